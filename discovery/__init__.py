@@ -1,0 +1,1 @@
+"""Service registration and discovery on top of shoal's gossip membership."""

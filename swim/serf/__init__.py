@@ -1,0 +1,1 @@
+"""The Serf layer: tags, Lamport clocks, intents, user events and queries."""
