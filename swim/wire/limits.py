@@ -1,0 +1,28 @@
+"""Size bounds enforced by every decoder; each one keeps a hostile peer from costing us memory."""
+
+MAX_PACKET_BYTES = 65_536
+"""Largest UDP datagram we accept (the UDP read buffer of memberlist)."""
+
+MAX_STREAM_BYTES = 20 * 1024 * 1024
+"""Largest stream payload we accept (memberlist's ``maxPushStateBytes``)."""
+
+MAX_DECOMPRESSED_BYTES = 40 * 1024 * 1024
+"""Largest output of one decompression (upstream memberlist's ``maxDecompressedBytes``)."""
+
+MAX_COMPOUND_PARTS = 255
+"""A compound message counts its parts in one byte."""
+
+MAX_COMPOUND_PART_BYTES = 65_535
+"""A compound message gives each part's length in two bytes."""
+
+MAX_NESTING = 4
+"""How deep compound and compress wrappers may nest inside one packet."""
+
+VSN_LEN = 6
+"""``Vsn`` is always pmin, pmax, pcur, dmin, dmax, dcur."""
+
+DEFAULT_META_MAX_BYTES = 512
+"""memberlist's ``MetaMaxSize``; configurable in shoal."""
+
+UDP_BUFFER_BYTES = 1400
+"""The largest packet memberlist builds (``UDPBufferSize``)."""
