@@ -42,7 +42,9 @@ _CONTAINERS = frozenset(
 )
 _LABEL_BYTE = bytes((MessageType.HAS_LABEL,))
 _CRC_BYTE = bytes((MessageType.HAS_CRC,))
-_COMPRESS_OVERHEAD = len(encode(Compress(buf=b"")))
+COMPRESS_MIN_BYTES = 256
+"""Smaller packets go uncompressed: a datagram is a datagram, so LZW (pure Python here) would
+spend tens of microseconds to save a few bytes.  Gossip packets, which are larger, still shrink."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,8 @@ def encode_packet(messages: Sequence[bytes], options: WireOptions, *, crc: bool 
     """One datagram carrying ``messages`` (each already encoded, type byte first).
 
     At most 255 messages fit one packet; :func:`swim.wire.messages.make_compounds` splits more.
+    With compression on, a packet of at least :data:`COMPRESS_MIN_BYTES` is compressed when that
+    makes it smaller (memberlist tries every packet; receivers accept both).
     """
     if not messages:
         raise EncodeError("a packet needs at least one message")
@@ -148,7 +152,7 @@ def encode_packet(messages: Sequence[bytes], options: WireOptions, *, crc: bool 
             f"a packet holds at most {MAX_COMPOUND_PARTS} messages, got {len(messages)}"
         )
     payload = messages[0] if len(messages) == 1 else encode_compound(messages)
-    if options.compress and len(payload) > _COMPRESS_OVERHEAD:
+    if options.compress and len(payload) >= COMPRESS_MIN_BYTES:
         compressed = compress_message(payload)
         if len(compressed) < len(payload):
             payload = compressed
