@@ -1,0 +1,218 @@
+"""Probing: direct pings, indirect probes with nacks, TCP fallback, the buddy system, health."""
+
+from __future__ import annotations
+
+import itertools
+
+from swim import wire
+from swim.config import Config
+from swim.engine import Engine
+from swim.events import MemberSuspect
+
+from .conftest import address_of, alive, feed, make_engine, sent, sent_messages
+
+
+def run_until_probe(engine: Engine, start: float = 0.0) -> tuple[float, wire.Ping]:
+    """Advance time until the engine sends a ping; return when and the ping."""
+    now = start
+    for _ in range(1000):
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        pings = sent_messages(engine, wire.Ping)
+        if pings:
+            return now, pings[0][1]
+    raise AssertionError("no probe")
+
+
+def test_each_member_is_probed_once_per_round() -> None:
+    engine = make_engine(peers=8)
+    targets: list[str] = []
+    now = 0.0
+    while len(targets) < 16:
+        now, ping = run_until_probe(engine, now)
+        targets.append(ping.node)
+        feed(engine, now, wire.Ack(seq_no=ping.seq_no))
+    assert sorted(targets[:8]) == [f"p{i}" for i in range(8)]
+    assert sorted(targets[8:]) == [f"p{i}" for i in range(8)]
+
+
+def test_probes_happen_once_per_probe_interval_when_acked() -> None:
+    engine = make_engine(peers=3)
+    times = []
+    now = 0.0
+    for _ in range(5):
+        now, ping = run_until_probe(engine, now)
+        times.append(now)
+        feed(engine, now + 0.01, wire.Ack(seq_no=ping.seq_no))
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert gaps == [1.0] * 4
+
+
+def test_ping_carries_queued_broadcasts() -> None:
+    # with gossip rounds off, piggybacking on probes is the only way news leaves
+    engine = make_engine(Config.lan(compression=False, gossip_nodes=0), peers=3)
+    feed(engine, 0.0, alive("newcomer", 50))
+    now = 0.0
+    for _ in range(100):
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        with_ping = [m for _, m in sent(engine) if any(isinstance(x, wire.Ping) for x in m)]
+        if with_ping:
+            assert any(isinstance(m, wire.Alive) and m.node == "newcomer" for m in with_ping[0])
+            return
+    raise AssertionError("no ping")
+
+
+def test_an_ack_lowers_the_health_score() -> None:
+    engine = make_engine(peers=3)
+    engine.stats.health_score = 3
+    now, ping = run_until_probe(engine)
+    feed(engine, now, wire.Ack(seq_no=ping.seq_no))
+    assert engine.health_score == 2
+
+
+def test_missed_probe_asks_helpers_with_nacks_and_tries_tcp() -> None:
+    engine = make_engine(peers=6)
+    now, ping = run_until_probe(engine)
+    engine.tick(now + 0.5)  # probe timeout: no ack
+    requests = sent_messages(engine, wire.IndirectPing)
+    assert len(requests) == 3  # IndirectChecks
+    helpers = {dst for dst, _ in requests}
+    assert len(helpers) == 3
+    for _, request in requests:
+        assert isinstance(request, wire.IndirectPing)
+        assert request.node == ping.node and request.seq_no == ping.seq_no and request.nack
+    streams = engine.take_stream_requests()
+    assert len(streams) == 1
+    assert streams[0].deadline == now + 1.0
+    target = wire.StreamReader(engine.wire_options).receive_data(streams[0].data)
+    assert isinstance(target, wire.Ping) and target.node == ping.node
+
+
+def test_tcp_fallback_can_be_disabled() -> None:
+    engine = make_engine(Config.lan(compression=False, disable_tcp_pings=True), peers=6)
+    now, _ = run_until_probe(engine)
+    engine.tick(now + 0.5)
+    assert engine.take_stream_requests() == []
+
+
+def test_missed_nacks_raise_the_health_score_and_received_ones_do_not() -> None:
+    engine = make_engine(peers=6)
+    now, ping = run_until_probe(engine)
+    engine.tick(now + 0.5)
+    engine.take_stream_requests()
+    feed(engine, now + 0.9, wire.Nack(seq_no=ping.seq_no))  # one helper of three answers
+    engine.tick(now + 1.0)
+    assert engine.health_score == 2  # 3 expected nacks - 1 received
+    assert any(isinstance(e, MemberSuspect) for e in engine.take_events())
+
+
+def test_a_failed_probe_without_helpers_adds_one() -> None:
+    engine = make_engine(Config.lan(compression=False, disable_tcp_pings=True), peers=1)
+    now, _ = run_until_probe(engine)
+    engine.tick(now + 1.0)
+    assert engine.health_score == 1
+
+
+def test_health_stretches_a_failing_probe_and_is_capped() -> None:
+    engine = make_engine(Config.lan(compression=False, disable_tcp_pings=True), peers=1)
+    engine.stats.health_score = 7
+    now, _ = run_until_probe(engine)
+    engine.tick(now + 7.9)
+    assert not any(isinstance(e, MemberSuspect) for e in engine.take_events())
+    engine.tick(now + 8.0)  # probe interval x (7 + 1)
+    assert any(isinstance(e, MemberSuspect) for e in engine.take_events())
+    assert engine.health_score == 7
+
+
+def test_an_indirect_ack_saves_the_probe() -> None:
+    engine = make_engine(peers=6)
+    now, ping = run_until_probe(engine)
+    engine.tick(now + 0.5)
+    feed(engine, now + 0.7, wire.Ack(seq_no=ping.seq_no))
+    engine.tick(now + 2.0)
+    assert not any(isinstance(e, MemberSuspect) for e in engine.take_events())
+
+
+def test_a_tcp_ack_saves_the_probe() -> None:
+    engine = make_engine(peers=6)
+    now, ping = run_until_probe(engine)
+    engine.tick(now + 0.5)
+    (stream,) = engine.take_stream_requests()
+    engine.stream_finished(stream.stream_id, wire.Ack(seq_no=ping.seq_no), now + 0.6)
+    engine.tick(now + 2.0)
+    assert not any(isinstance(e, MemberSuspect) for e in engine.take_events())
+
+
+def test_buddy_system_pings_a_suspect_with_the_suspicion() -> None:
+    engine = make_engine(peers=1)
+    feed(engine, 0.0, wire.Suspect(incarnation=1, node="p0", from_node="someone"))
+    now, _ = 0.0, None
+    for _ in range(100):
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        packets = [msgs for _, msgs in sent(engine) if any(isinstance(m, wire.Ping) for m in msgs)]
+        if packets:
+            kinds = [type(m) for m in packets[0]]
+            assert kinds == [wire.Ping, wire.Suspect]
+            return
+    raise AssertionError("no ping to the suspect")
+
+
+def test_helper_relays_the_ack_to_the_requester() -> None:
+    engine = make_engine(peers=2)
+    requester = address_of(0)
+    target = alive("p1", 1)
+    feed(
+        engine,
+        0.0,
+        wire.IndirectPing(
+            seq_no=77,
+            target=target.addr,
+            port=target.port,
+            node="p1",
+            nack=True,
+            source_addr=bytes((10, 0, 0, 2)),
+            source_port=7946,
+            source_node="p0",
+        ),
+    )
+    ((dst, ping),) = sent_messages(engine, wire.Ping)
+    assert dst == address_of(1)
+    assert isinstance(ping, wire.Ping)
+    feed(engine, 0.1, wire.Ack(seq_no=ping.seq_no))
+    acks = sent_messages(engine, wire.Ack)
+    assert acks == [(requester, wire.Ack(seq_no=77))]
+    engine.tick(1.0)
+    assert sent_messages(engine, wire.Nack) == []
+
+
+def test_helper_sends_a_nack_when_the_target_is_silent() -> None:
+    engine = make_engine(peers=2)
+    target = alive("p1", 1)
+    feed(
+        engine,
+        0.0,
+        wire.IndirectPing(seq_no=78, target=target.addr, port=target.port, node="p1", nack=True),
+        source=address_of(0),
+    )
+    engine.take_datagrams()
+    engine.tick(0.49)
+    assert sent_messages(engine, wire.Nack) == []
+    engine.tick(0.5)
+    assert sent_messages(engine, wire.Nack) == [(address_of(0), wire.Nack(seq_no=78))]
+
+
+def test_pings_for_another_name_are_ignored_and_others_answered() -> None:
+    engine = make_engine(peers=1)
+    feed(engine, 0.0, wire.Ping(seq_no=5, node="someone-else"), source=address_of(0))
+    assert sent_messages(engine, wire.Ack) == []
+    feed(engine, 0.0, wire.Ping(seq_no=6, node="me"), source=address_of(0))
+    assert sent_messages(engine, wire.Ack) == [(address_of(0), wire.Ack(seq_no=6))]
+
+
+def test_tcp_ping_is_answered_on_the_stream() -> None:
+    engine = make_engine(peers=1)
+    reply = engine.handle_stream(wire.Ping(seq_no=9, node="me"), address_of(0), 0.0)
+    assert reply is not None
+    assert wire.StreamReader(engine.wire_options).receive_data(reply) == wire.Ack(seq_no=9)

@@ -1,0 +1,202 @@
+"""State rules: incarnations, refutation, staleness, dead and left, reaping, names, metadata."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from swim import wire
+from swim.config import Config
+from swim.engine import Engine, MetadataTooLarge
+from swim.events import (
+    MemberConflict,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+)
+from swim.members import MemberState
+
+from .conftest import ME, alive, feed, make_engine, sent_messages
+
+
+def queued_alive_about_me(engine: Engine) -> wire.Alive:
+    engine.tick(engine.next_deadline() or 0.0)
+    for _ in range(50):
+        for _, message in sent_messages(engine, wire.Alive):
+            assert isinstance(message, wire.Alive)
+            if message.node == "me":
+                return message
+        engine.tick(engine.next_deadline() or 0.0)
+    raise AssertionError("no alive about us was sent")
+
+
+@pytest.mark.parametrize(("ours", "accused", "expected"), [(1, 1, 2), (1, 5, 6), (9, 9, 10)])
+def test_refutation_takes_max_of_ours_plus_one_and_accused_plus_one(
+    ours: int, accused: int, expected: int
+) -> None:
+    engine = make_engine(peers=3)
+    engine._me.incarnation = ours
+    feed(engine, 0.0, wire.Suspect(incarnation=accused, node="me", from_node="p0"))
+    assert engine.local_member.incarnation == expected
+    assert engine.local_member.state is MemberState.ALIVE
+    assert queued_alive_about_me(engine).incarnation == expected
+    assert engine.health_score == 1  # a refutation costs a point of health
+    assert engine.stats.suspicions_refuted == 1
+
+
+def test_stale_accusations_about_us_are_ignored() -> None:
+    engine = make_engine(peers=3)
+    engine._me.incarnation = 9
+    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"))
+    assert engine.local_member.incarnation == 9
+    assert engine.stats.suspicions_refuted == 0
+
+
+def test_a_forged_alive_about_us_is_refuted_above_our_incarnation() -> None:
+    engine = make_engine(peers=3)
+    engine._me.incarnation = 4
+    forged = alive("me", 0, incarnation=4, meta=b"forged")
+    forged.addr, forged.port = bytes((10, 0, 0, 1)), 7946
+    feed(engine, 0.0, forged)
+    assert engine.local_member.incarnation == 5  # max(ours + 1, accused + 1)
+    assert queued_alive_about_me(engine).meta == b""
+
+
+def test_dead_about_us_is_refuted() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="me", from_node="p0"))
+    assert engine.local_member.state is MemberState.ALIVE
+    assert engine.local_member.incarnation == 2
+
+
+def test_stale_messages_are_ignored() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, alive("p0", 0, incarnation=5))
+    feed(engine, 0.0, wire.Suspect(incarnation=4, node="p0", from_node="p1"))
+    feed(engine, 0.0, wire.Dead(incarnation=4, node="p0", from_node="p1"))
+    feed(engine, 0.0, alive("p0", 0, incarnation=5, meta=b"changed"))
+    member = engine.member("p0")
+    assert member is not None
+    assert (member.state, member.incarnation, member.meta) == (MemberState.ALIVE, 5, b"")
+
+
+def test_newer_alive_updates_metadata_with_an_event() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, alive("p0", 0, incarnation=2, meta=b"v2"))
+    (event,) = engine.take_events()
+    assert isinstance(event, MemberUpdated)
+    assert (event.old_meta, event.member.meta) == (b"", b"v2")
+
+
+def test_dead_and_left_are_distinguished_by_the_sender() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p1", from_node="p1"))
+    events = engine.take_events()
+    assert [type(e) for e in events] == [MemberFailed, MemberLeft]
+    assert engine.member("p0").state is MemberState.DEAD  # type: ignore[union-attr]
+    assert engine.member("p1").state is MemberState.LEFT  # type: ignore[union-attr]
+
+
+def test_dead_members_get_gossip_for_a_while_then_are_reaped() -> None:
+    config = Config.lan(compression=False, push_pull_interval=0.0, reconnect_interval=0.0)
+    engine = make_engine(config, peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    dead_address = engine.member("p0").address  # type: ignore[union-attr]
+    engine.broadcast(b"news", 0.0)
+    targets = set()
+    now = 0.0
+    while now < 20.0:
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        targets |= {dst for dst, _ in engine.take_datagrams()}
+        engine.broadcast(b"more news", now)
+        engine.take_stream_requests()
+    assert dead_address in targets  # within GossipToTheDeadTime
+    while now < 70.0:
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        engine.take_datagrams()
+        engine.take_stream_requests()
+    assert engine.member("p0") is None  # reaped at a probe round after 30 s
+
+
+def test_left_members_are_reaped_too() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p0"))
+    now = 0.0
+    while now < 80.0:
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        engine.take_datagrams()
+        engine.take_stream_requests()
+    assert engine.member("p0") is None
+
+
+def test_metadata_change_bumps_our_incarnation_and_is_announced() -> None:
+    engine = make_engine(peers=3)
+    engine.update_meta(b"role=web", 0.0)
+    assert engine.local_member.incarnation == 2
+    message = queued_alive_about_me(engine)
+    assert (message.meta, message.incarnation) == (b"role=web", 2)
+
+
+def test_metadata_over_the_limit_is_a_clear_error() -> None:
+    engine = make_engine(peers=1)
+    with pytest.raises(MetadataTooLarge, match="513 bytes, over the limit of 512"):
+        engine.update_meta(bytes(513), 0.0)
+    bigger = Config.lan(meta_max_size=1024)
+    Engine("big", ME, bigger, random.Random(1), meta=bytes(1000))
+    with pytest.raises(MetadataTooLarge):
+        Engine("big", ME, Config.lan(), random.Random(1), meta=bytes(1000))
+
+
+def test_a_live_name_at_a_new_address_is_a_conflict_reported_once() -> None:
+    engine = make_engine(peers=3)
+    impostor = alive("p0", 40, incarnation=9)
+    feed(engine, 0.0, impostor)
+    feed(engine, 0.0, impostor)
+    events = engine.take_events()
+    assert len(events) == 1 and isinstance(events[0], MemberConflict)
+    assert events[0].existing.name == "p0" and events[0].other == ("10.0.0.42", 7946)
+    assert engine.member("p0").address == ("10.0.0.2", 7946)  # type: ignore[union-attr]
+
+
+def test_a_restarted_node_takes_its_name_over_once_the_old_entry_is_dead() -> None:
+    engine = make_engine(peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    engine.take_events()
+    feed(engine, 1.0, alive("p0", 40, incarnation=1))  # new address, same incarnation
+    (event,) = engine.take_events()
+    assert isinstance(event, MemberJoined)
+    assert event.member.address == ("10.0.0.42", 7946)
+
+
+def test_reclaim_time_delays_the_takeover() -> None:
+    config = Config.lan(compression=False, dead_node_reclaim_time=10.0)
+    engine = make_engine(config, peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    engine.take_events()
+    feed(engine, 5.0, alive("p0", 40, incarnation=2))
+    assert isinstance(engine.take_events()[0], MemberConflict)
+    feed(engine, 10.0, alive("p0", 40, incarnation=2))
+    assert isinstance(engine.take_events()[0], MemberJoined)
+
+
+def test_a_left_name_is_free_at_once() -> None:
+    config = Config.lan(compression=False, dead_node_reclaim_time=1000.0)
+    engine = make_engine(config, peers=3)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p0"))
+    engine.take_events()
+    feed(engine, 0.1, alive("p0", 40, incarnation=2))
+    assert isinstance(engine.take_events()[0], MemberJoined)
+
+
+def test_alive_with_broken_versions_is_dropped() -> None:
+    engine = make_engine(peers=1)
+    bad = alive("odd", 5)
+    bad.vsn = bytes((3, 1, 2, 2, 5, 5))  # pmin > pmax
+    feed(engine, 0.0, bad)
+    assert engine.member("odd") is None
