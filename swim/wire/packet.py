@@ -185,7 +185,9 @@ def decode_packet(data: bytes, options: WireOptions) -> list[Message]:
     return [decode(data)]
 
 
-def _unfold(data: bytes, out: list[Message], depth: int, budget: list[int]) -> None:
+def _unfold(
+    data: bytes, out: list[Message], depth: int, budget: list[int], compressed: bool = False
+) -> None:
     """Append the messages in ``data`` to ``out``, opening compounds and compressions within
     the nesting, message-count and decompressed-size bounds shared by the whole packet."""
     if depth > MAX_NESTING:
@@ -193,11 +195,13 @@ def _unfold(data: bytes, out: list[Message], depth: int, budget: list[int]) -> N
     kind = data[0] if data else -1
     if kind == MessageType.COMPOUND:
         for part in decode_compound(data):
-            _unfold(part, out, depth + 1, budget)
+            _unfold(part, out, depth + 1, budget, compressed)
     elif kind == MessageType.COMPRESS:
+        if compressed:  # memberlist compresses a packet once; nesting only multiplies our work
+            raise DecodeError("a compressed message inside a compressed message")
         inner = decompress_message(data, budget[0])
         budget[0] -= len(inner)
-        _unfold(inner, out, depth + 1, budget)
+        _unfold(inner, out, depth + 1, budget, True)
     elif kind in _STREAM_ONLY:
         raise DecodeError(f"message type {kind} is not allowed inside a packet")
     else:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from swim.wire import structs
+from swim.wire import lzw, structs
 from swim.wire.errors import DecodeError, EncodeError
 from swim.wire.limits import MAX_DECOMPRESSED_BYTES, MAX_STREAM_BYTES
 from swim.wire.messages import (
     Ack,
+    Compress,
     Err,
     MessageType,
     Ping,
@@ -27,7 +28,7 @@ from swim.wire.messages import (
     UserMsgHeader,
     encode,
 )
-from swim.wire.packet import WireOptions, add_label, compress_message, decompress_message
+from swim.wire.packet import WireOptions, add_label, compress_message
 
 MAX_PUSH_NODES = 1 << 20
 """Most node states one push-pull may announce (upstream memberlist's ``maxPushStateNodes``)."""
@@ -174,28 +175,35 @@ class StreamReader:
     and ``None`` until then.  Call :meth:`end_of_stream` when the peer closes: it raises if the
     message was cut short.  Raises only :class:`DecodeError`; a plaintext stream is refused when
     the options require encryption.  Bytes after the message are ignored, as memberlist does.
+    Each byte is looked at a bounded number of times, however the stream is split.
     """
 
     def __init__(self, options: WireOptions) -> None:
         self._options = options
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the label and the first bytes, then an encrypted payload
+        self._received = 0
+        self._body_bytes = 0
         self._label_checked = False
         self._plain: _PlainParser | None = None
+        self._compressed: msgpack.Unpacker | None = None
         self._message: StreamMessage | None = None
-        self._plain_bytes = 0
 
     def receive_data(self, data: bytes) -> StreamMessage | None:
         """Add bytes from the peer; the message once it is complete."""
         if self._message is not None:
             return self._message
-        if self._plain is not None:  # a plaintext stream: parse as it comes, nothing buffered
+        self._received += len(data)
+        if self._received > MAX_STREAM_BYTES + 5 + 257:
+            raise DecodeError(f"stream exceeds {MAX_STREAM_BYTES} bytes")
+        if self._plain is not None:
             self._count(len(data))
             self._message = self._plain.feed(data)
-            return self._message
-        self._buffer += data
-        if len(self._buffer) > MAX_STREAM_BYTES + 5 + 257:
-            raise DecodeError(f"stream exceeds {MAX_STREAM_BYTES} bytes")
-        self._message = self._advance()
+        elif self._compressed is not None:
+            self._count(len(data))
+            self._message = self._feed_compressed(data)
+        else:
+            self._buffer += data
+            self._message = self._advance()
         return self._message
 
     def end_of_stream(self) -> StreamMessage:
@@ -205,8 +213,9 @@ class StreamReader:
         return self._message
 
     def _count(self, size: int) -> None:
-        self._plain_bytes += size
-        if self._plain_bytes > MAX_STREAM_BYTES:
+        """Bound a plaintext or compressed stream, which has no length header to check."""
+        self._body_bytes += size
+        if self._body_bytes > MAX_STREAM_BYTES:
             raise DecodeError(f"stream exceeds {MAX_STREAM_BYTES} bytes")
 
     def _advance(self) -> StreamMessage | None:
@@ -217,6 +226,8 @@ class StreamReader:
                     return None
                 if buffer[0] != MessageType.HAS_LABEL:
                     raise DecodeError("label missing")
+                if buffer[1] == 0:
+                    raise DecodeError("label: empty label header")
                 label = bytes(buffer[2 : 2 + buffer[1]])
                 if label != self._options.label:
                     raise DecodeError(f"label mismatch: got {label!r:.40}")
@@ -229,13 +240,26 @@ class StreamReader:
             return self._decrypt()
         if self._options.keyring is not None and self._options.verify_incoming:
             raise DecodeError("stream: plaintext refused, this node requires encryption")
-        if kind == MessageType.COMPRESS:
-            return self._decompress(bytes(buffer))
-        self._plain = _PlainParser(MAX_STREAM_BYTES)
         data = bytes(buffer)
         buffer.clear()
         self._count(len(data))
+        if kind == MessageType.COMPRESS:
+            self._compressed = structs.unpacker()
+            return self._feed_compressed(data[1:])
+        self._plain = _PlainParser(MAX_STREAM_BYTES)
         return self._plain.feed(data)
+
+    def _feed_compressed(self, data: bytes) -> StreamMessage | None:
+        # The compress message is one msgpack map after the type byte; wait until it is whole.
+        assert self._compressed is not None
+        try:
+            self._compressed.feed(data)
+            decoded = self._compressed.unpack()
+        except msgpack.OutOfData:
+            return None
+        except Exception as exc:  # msgpack's many error types for malformed input
+            raise DecodeError(f"stream: bad msgpack: {type(exc).__name__}") from None
+        return _parse_complete(_inflate(_COMPRESS_CODEC.build(decoded)), MAX_DECOMPRESSED_BYTES)
 
     def _decrypt(self) -> StreamMessage | None:
         buffer = self._buffer
@@ -253,24 +277,17 @@ class StreamReader:
             bytes(buffer[5 : 5 + length]), header + self._options.label
         )
         if plain[:1] == bytes((MessageType.COMPRESS,)):
-            plain = _inflate(plain)
+            plain = _inflate(_COMPRESS_CODEC.decode(plain))
         return _parse_complete(plain, MAX_DECOMPRESSED_BYTES)
 
-    def _decompress(self, data: bytes) -> StreamMessage | None:
-        # The compress message is one msgpack map after the type byte; wait until it is whole.
-        unpacker = structs.unpacker()
-        unpacker.feed(data[1:])
-        try:
-            unpacker.skip()
-        except msgpack.OutOfData:
-            return None
-        except Exception as exc:
-            raise DecodeError(f"stream: bad msgpack: {type(exc).__name__}") from None
-        return _parse_complete(_inflate(data[: 1 + unpacker.tell()]), MAX_DECOMPRESSED_BYTES)
+
+_COMPRESS_CODEC = structs.StructCodec(Compress, prefix=b"\x09")
 
 
-def _inflate(data: bytes) -> bytes:
-    inner = decompress_message(data)
+def _inflate(message: Compress) -> bytes:
+    if message.algo != 0:
+        raise DecodeError(f"unknown compression algorithm {message.algo}")
+    inner = lzw.decompress(message.buf)
     if inner[:1] == bytes((MessageType.COMPRESS,)):
         raise DecodeError("stream: compressed twice")
     return inner

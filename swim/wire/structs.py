@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
 
 import msgpack
 
-from swim.wire.errors import DecodeError
+from swim.wire.errors import DecodeError, EncodeError
 from swim.wire.limits import MAX_STREAM_BYTES, VSN_LEN
 
 _packer = msgpack.Packer(use_bin_type=False)
@@ -157,17 +157,42 @@ class Kind(NamedTuple):
     empty: object
     fast: str = "check(v)"
     nil_when_empty: bool = False
+    valid: str = ""
+    """A condition over ``v`` that a value must meet to be encoded (empty: anything typed)."""
 
 
 TEXT = Kind(_text, "", "v.decode() if type(v) is bytes else check(v)")
 RAW = Kind(_raw, b"", "v if type(v) is bytes else check(v)", nil_when_empty=True)
-U8 = Kind(_unsigned(8), 0, "v if type(v) is int and 0 <= v < 0x100 else check(v)")
-U16 = Kind(_unsigned(16), 0, "v if type(v) is int and 0 <= v < 0x10000 else check(v)")
-U32 = Kind(_unsigned(32), 0, "v if type(v) is int and 0 <= v < 0x100000000 else check(v)")
-U64 = Kind(_unsigned(64), 0, "v if type(v) is int and 0 <= v < 1 << 64 else check(v)")
-I64 = Kind(_signed64, 0)
+U8 = Kind(
+    _unsigned(8), 0, "v if type(v) is int and 0 <= v < 0x100 else check(v)", valid="0 <= v < 0x100"
+)
+U16 = Kind(
+    _unsigned(16),
+    0,
+    "v if type(v) is int and 0 <= v < 0x10000 else check(v)",
+    valid="0 <= v < 0x10000",
+)
+U32 = Kind(
+    _unsigned(32),
+    0,
+    "v if type(v) is int and 0 <= v < 0x100000000 else check(v)",
+    valid="0 <= v < 0x100000000",
+)
+U64 = Kind(
+    _unsigned(64),
+    0,
+    "v if type(v) is int and 0 <= v < 1 << 64 else check(v)",
+    valid="0 <= v < 1 << 64",
+)
+I64 = Kind(_signed64, 0, valid="-(1 << 63) <= v < 1 << 63")
 BOOL = Kind(_boolean, False, "v if v is True or v is False else check(v)")
-VSN = Kind(_vsn, b"", "v if type(v) is bytes and len(v) == 6 else check(v)", nil_when_empty=True)
+VSN = Kind(
+    _vsn,
+    b"",
+    "v if type(v) is bytes and len(v) == 6 else check(v)",
+    nil_when_empty=True,
+    valid="len(v) == 6",
+)
 RAW_LIST = Kind(_raw_list, (), nil_when_empty=True)
 TEXT_LIST = Kind(_text_list, (), nil_when_empty=True)
 FLOAT = Kind(_float, 0.0, "v if type(v) is float else check(v)")
@@ -189,6 +214,10 @@ class Struct(Protocol):
 
 
 S = TypeVar("S", bound=Struct)
+
+
+def _out_of_range(struct: str, attr: str, value: object) -> str:
+    return f"{struct}.{attr}={value!r:.40} is out of range for its Go type"
 
 
 class StructCodec(Generic[S]):
@@ -214,6 +243,8 @@ class StructCodec(Generic[S]):
             "prefix": prefix,
             "limit": MAX_CONTAINER_LEN,
             "DecodeError": DecodeError,
+            "EncodeError": EncodeError,
+            "out_of_range": _out_of_range,
         }
         name = cls.__name__
         order = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
@@ -221,6 +252,10 @@ class StructCodec(Generic[S]):
         fetch, args = [], {}
         for i, (key, attr, kind, omitempty) in enumerate(cls.FIELDS):
             value = f"list(m.{attr})" if kind in (RAW_LIST, TEXT_LIST) else f"m.{attr}"
+            if kind.valid:
+                condition = re.sub(r"\bv\b", f"m.{attr}", kind.valid)
+                enc.append(f"    if not ({condition}):")
+                enc.append(f"        raise EncodeError(out_of_range({name!r}, {attr!r}, m.{attr}))")
             if omitempty:
                 enc.append(f"    if m.{attr}: d[{key!r}] = {value}")
             elif kind.nil_when_empty:
