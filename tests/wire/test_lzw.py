@@ -1,7 +1,6 @@
 """Tests for swim.wire.lzw: Go's compress/lzw (LSB, litWidth 8), byte for byte."""
 
 import random
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -167,15 +166,13 @@ def test_size_cap_is_exact() -> None:
         decompress(stream, max_size=len(data) - 1)
 
 
-def test_bomb_is_refused_quickly() -> None:
+def test_bomb_is_refused_at_the_cap() -> None:
     # Each cycle of KwKwK codes 0, 258, ..., 4094 expands to about 7.4 MB of zeros.
     cycle = [CLEAR, 0, *range(258, 4095)]
     stream = pack(cycle * 4 + [EOF])
     assert len(stream) < 25_000
-    start = time.monotonic()
     with pytest.raises(DecodeError, match="exceeds 1000000 bytes"):
         decompress(stream, max_size=1_000_000)
-    assert time.monotonic() - start < 1.0
 
 
 def _decodes_or_decode_error(stream: bytes) -> None:
