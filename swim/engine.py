@@ -201,6 +201,7 @@ class Engine:
         self._gossip_pool = RandomSet[str]()  # alive, suspect and recently dead members but us
         self._departed = RandomSet[str]()  # dead and left members we may reconnect to
         self._departed_addresses: dict[str, tuple[Address, float]] = {}
+        self._names_by_address: dict[Address, str] = {}
         self._seeds: list[Address] = []
         self._suspicions: dict[str, Suspicion] = {}
         self._suspicion_timers: dict[str, _Timer] = {}
@@ -289,6 +290,11 @@ class Engine:
         node = self._nodes.get(name)
         return node.snapshot() if node is not None else None
 
+    @property
+    def queued_broadcasts(self) -> int:
+        """Broadcasts waiting to be sent (membership news and user messages)."""
+        return len(self._broadcasts) + len(self._user_broadcasts)
+
     def alive_count(self) -> int:
         """Members alive in our view, this node included."""
         return len(self._alive) + (self._me.state is MemberState.ALIVE)
@@ -304,11 +310,11 @@ class Engine:
         self._join_serial += 1
         join = _Join(self._join_serial, pending=0)
         for seed in seeds:
-            if seed not in self._seeds:
-                self._seeds.append(seed)
             if seed == self._me.address:
                 join.failures[seed] = "this is our own address"
                 continue
+            if seed not in self._seeds:
+                self._seeds.append(seed)
             join.pending += 1
             self._open_push_pull(seed, join=True, purpose="join", join_op=join)
         if join.pending == 0:
@@ -536,6 +542,8 @@ class Engine:
 
     def _reap(self, node: _Node) -> None:
         del self._nodes[node.name]
+        if self._names_by_address.get(node.address) == node.name:
+            del self._names_by_address[node.address]
         self._gossip_pool.discard(node.name)
         self._conflicts_reported.pop(node.name, None)
 
@@ -759,6 +767,7 @@ class Engine:
                 state_change=self._now,
             )
             self._nodes[alive.node] = node
+            self._names_by_address[node.address] = node.name
             self._insert_into_probe_ring(alive.node)
         elif node.addr != alive.addr or node.port != alive.port:
             reclaimable = node.state is MemberState.LEFT or (
@@ -796,8 +805,10 @@ class Engine:
         node.incarnation = alive.incarnation
         node.meta = alive.meta
         if takes_over:
+            self._names_by_address.pop(node.address, None)
             node.addr, node.port = alive.addr, alive.port
             node.address = (_ip_text(alive.addr), alive.port)
+            self._names_by_address[node.address] = node.name
             self._conflicts_reported.pop(node.name, None)
         self._set_state(node, MemberState.ALIVE)
         if old_state in (MemberState.DEAD, MemberState.LEFT):
@@ -1031,33 +1042,41 @@ class Engine:
 
     def _reconnect_tick(self) -> None:
         """Try to merge with one departed member or seed, so that a healed partition (which
-        memberlist never notices: it forgets the dead and probes only the living) comes back."""
-        config = self.config
-        self._schedule(self._now + config.reconnect_interval, self._reconnect_tick)
+        memberlist never notices: it forgets the dead and probes only the living) comes back.
+
+        Like Serf's reconnects, an attempt is made with probability ``candidates / alive``,
+        so a healthy cluster spends nothing and a split one retries every interval.
+        """
+        self._schedule(self._now + self.config.reconnect_interval, self._reconnect_tick)
         if not self._active() or self._leaving:
             return
-        candidate = self._reconnect_candidate()
-        if candidate is None:
+        seeds = [seed for seed in self._seeds if not self._is_live_address(seed)]
+        candidates = len(self._departed) + len(seeds)
+        if not candidates or self._rng.random() >= candidates / max(1, len(self._alive)):
             return
-        alive = max(1, len(self._alive))
-        candidates = len(self._departed) + len(self._seeds)
-        if self._rng.random() < min(1.0, candidates / alive):
+        target = self._departed_candidate()
+        if target is None and seeds:
+            target = self._rng.choice(seeds)
+        if target is not None:
             self.stats.reconnect_attempts += 1
-            self._open_push_pull(candidate, join=False, purpose="reconnect")
+            self._open_push_pull(target, join=False, purpose="reconnect")
 
-    def _reconnect_candidate(self) -> Address | None:
+    def _departed_candidate(self) -> Address | None:
         for _ in range(4):
             name = self._departed.choice(self._rng)
             if name is None:
-                break
+                return None
             address, since = self._departed_addresses[name]
             if self._now - since <= self.config.reconnect_timeout:
                 return address
             self._departed.discard(name)
             del self._departed_addresses[name]
-        live = {node.address for node in self._nodes.values() if node.state is MemberState.ALIVE}
-        seeds = [seed for seed in self._seeds if seed not in live]
-        return self._rng.choice(seeds) if seeds else None
+        return None
+
+    def _is_live_address(self, address: Address) -> bool:
+        name = self._names_by_address.get(address)
+        node = self._nodes.get(name) if name is not None else None
+        return node is not None and node.state is MemberState.ALIVE
 
     # ------------------------------------------------------------------ streams
 

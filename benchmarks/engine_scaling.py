@@ -1,0 +1,134 @@
+"""CPU time the engine spends per node per protocol period, as the cluster grows.
+
+A few observed engines each hold a full view of ``n`` members; the other members are stand-ins
+that answer at once (their own work is not counted).  Every protocol period each observed engine
+probes (and is acked), answers one ping, and runs its five gossip rounds: that is the quiet
+steady state, which must stay flat in ``n``.  A second figure adds one membership update per
+period, which the engine re-gossips ``retransmit_mult * ceil(log10(n + 1))`` times, so it grows
+with log n by design.  Push-pull is O(n) by nature and is reported per member entry merged.
+Ratios are to n = 100, measured in the same run.
+
+    python benchmarks/engine_scaling.py [--periods 60] [--sizes 10,100,1000,5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from swim import wire
+from swim.config import Config
+from swim.engine import Engine
+
+CONFIG = Config.lan(
+    compression=False, push_pull_interval=0.0, reconnect_interval=0.0, disable_tcp_pings=True
+)
+PLAIN = wire.WireOptions()
+VSN = CONFIG.vsn
+
+
+def peer_addr(i: int) -> bytes:
+    return bytes((10, (i >> 16) & 255, (i >> 8) & 255, i & 255))
+
+
+def alive(i: int, incarnation: int = 1) -> bytes:
+    message = wire.Alive(incarnation, f"node-{i}", peer_addr(i), 7946, VSN, b"\xff\x80")
+    return wire.encode_packet([wire.encode(message)], PLAIN)
+
+
+SETTLED = 2_000.0
+"""Virtual time by which every observed engine has sent its join news and settled."""
+
+
+def observed_engine(n: int, seed: int) -> Engine:
+    engine = Engine("observer", ("10.255.0.1", 7946), CONFIG, random.Random(seed))
+    for i in range(n - 1):
+        engine.receive_datagram(alive(i), ("10.254.0.1", 7946), 0.0)
+    engine.take_datagrams()
+    engine.take_events()
+    drain(engine, SETTLED)  # the join news goes out before we start measuring
+    if engine.queued_broadcasts:
+        raise RuntimeError(f"n={n}: join news still queued at t={SETTLED}")
+    return engine
+
+
+def drain(engine: Engine, until: float) -> None:
+    """Run ``engine`` to ``until`` with every peer acking at once."""
+    while (deadline := engine.next_deadline()) is not None and deadline <= until:
+        engine.tick(deadline)
+        answer_pings(engine, deadline)
+
+
+def answer_pings(engine: Engine, now: float) -> None:
+    for source, data in engine.take_datagrams():
+        for message in wire.decode_packet(data, PLAIN):
+            if isinstance(message, wire.Ping):
+                ack = wire.encode_packet([wire.encode(wire.Ack(seq_no=message.seq_no))], PLAIN)
+                engine.receive_datagram(ack, source, now)
+    engine.take_stream_requests()
+    engine.take_events()
+
+
+def steady_state_cost(n: int, engines: int, periods: int, updates: bool) -> float:
+    """Seconds of CPU per node per protocol period for probing and gossip."""
+    observed = [observed_engine(n, seed) for seed in range(engines)]
+    rng = random.Random(n)
+    ping = wire.encode_packet([wire.encode(wire.Ping(seq_no=1, node="observer"))], PLAIN)
+    incarnation = 2
+    cpu = 0.0
+    for period in range(periods):
+        now = SETTLED + period * CONFIG.probe_interval
+        incarnation += 1
+        update = alive(rng.randrange(n - 1), incarnation)
+        started = time.process_time()
+        for engine in observed:
+            engine.receive_datagram(ping, ("10.254.0.2", 7946), now)
+            if updates:
+                engine.receive_datagram(update, ("10.254.0.3", 7946), now)
+            drain(engine, now + CONFIG.probe_interval)
+        cpu += time.process_time() - started
+    return cpu / (engines * periods)
+
+
+def push_pull_cost(n: int, rounds: int) -> tuple[float, float]:
+    """Seconds per member entry to answer and merge a peer's full state, and the total."""
+    engine = observed_engine(n, 99)
+    states = [
+        wire.PushNodeState(
+            f"node-{i}", peer_addr(i), 7946, 1, wire.NodeState.ALIVE, VSN, b"\xff\x80"
+        )
+        for i in range(n - 1)
+    ]
+    remote = wire.PushPull(states, join=False)
+    started = time.process_time()
+    for _ in range(rounds):
+        engine.handle_stream(remote, ("10.254.0.4", 7946), SETTLED)
+    total = time.process_time() - started
+    engine.take_datagrams()
+    return total / (rounds * n), total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--periods", type=int, default=60)
+    parser.add_argument("--engines", type=int, default=5)
+    parser.add_argument("--sizes", default="10,100,1000,5000")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    quiet = {n: steady_state_cost(n, args.engines, args.periods, False) for n in sizes}
+    busy = {n: steady_state_cost(n, args.engines, args.periods, True) for n in sizes}
+    merge = {n: push_pull_cost(n, rounds=5) for n in sizes}
+    print("CPU microseconds per node per protocol period (probing + gossip)")
+    print(f"{'n':>6}{'quiet':>10}{'vs 100':>8}{'1 update':>10}{'vs 100':>8}{'push-pull/entry':>17}")
+    for n in sizes:
+        q, b = quiet[n], busy[n]
+        q_ratio, b_ratio = q / quiet.get(100, q), b / busy.get(100, b)
+        print(
+            f"{n:>6}{q * 1e6:>10.1f}{q_ratio:>7.2f}x{b * 1e6:>10.1f}{b_ratio:>7.2f}x"
+            f"{merge[n][0] * 1e6:>17.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
