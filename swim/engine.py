@@ -555,7 +555,7 @@ class Engine:
         probe = _Probe(self._seq_no, node.name, start=now, end=now + interval)
         self._probe = probe
         ping = self._encode_ping(probe.seq_no, node.name)
-        if node.state is MemberState.ALIVE:
+        if node.state is MemberState.ALIVE or not config.lifeguard:
             self._send_with_piggyback(node.address, ping, node)
         else:  # buddy system: tell a suspect what we think, so that it can refute at once
             suspect = wire.Suspect(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from swim.config import Config
 from swim.events import LeaveCompleted, MemberFailed, UserMessage
@@ -134,3 +138,21 @@ def trace(seed: int) -> str:
 def test_the_same_seed_gives_the_same_outputs() -> None:
     assert trace(3) == trace(3)
     assert trace(3) != trace(4)
+
+
+def test_the_same_seed_gives_the_same_outputs_in_any_process() -> None:
+    """Set iteration order changes with PYTHONHASHSEED; none of it may reach the protocol."""
+    root = Path(__file__).resolve().parents[2]
+    digests = set()
+    for hash_seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", "from tests.swim.test_cluster import trace; print(trace(3))"],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        digests.add(result.stdout.strip())
+    assert digests == {trace(3)}

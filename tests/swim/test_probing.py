@@ -216,3 +216,18 @@ def test_tcp_ping_is_answered_on_the_stream() -> None:
     reply = engine.handle_stream(wire.Ping(seq_no=9, node="me"), address_of(0), 0.0)
     assert reply is not None
     assert wire.StreamReader(engine.wire_options).receive_data(reply) == wire.Ack(seq_no=9)
+
+
+def test_without_lifeguard_a_suspect_gets_a_plain_ping() -> None:
+    engine = make_engine(Config.lan(compression=False, lifeguard=False, gossip_nodes=0), peers=1)
+    feed(engine, 0.0, wire.Suspect(incarnation=1, node="p0", from_node="someone"))
+    now = 0.0
+    for _ in range(100):
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        packets = [msgs for _, msgs in sent(engine) if any(isinstance(m, wire.Ping) for m in msgs)]
+        if packets:
+            # the queued gossip about p0 may ride along, but not our own buddy-system suspect
+            assert not any(isinstance(m, wire.Suspect) and m.from_node == "me" for m in packets[0])
+            return
+    raise AssertionError("no ping to the suspect")

@@ -10,6 +10,7 @@ from swim import wire
 from swim.config import Config
 from swim.engine import Engine, MetadataTooLarge
 from swim.events import (
+    LeaveCompleted,
     MemberConflict,
     MemberFailed,
     MemberJoined,
@@ -200,3 +201,23 @@ def test_alive_with_broken_versions_is_dropped() -> None:
     bad.vsn = bytes((3, 1, 2, 2, 5, 5))  # pmin > pmax
     feed(engine, 0.0, bad)
     assert engine.member("odd") is None
+
+
+def test_leave_gives_up_waiting_after_the_leave_timeout() -> None:
+    # nothing can carry the announcement: no gossip rounds, no probe in the next 100 s
+    config = Config.lan(compression=False, gossip_nodes=0, probe_interval=100.0, probe_timeout=1.0)
+    engine = Engine("me", ME, config, random.Random(1), now=50.0)
+    feed(engine, 50.0, alive("p0", 0))
+    engine.take_events()
+    engine.leave(50.0)
+    assert isinstance(engine.take_events()[0], MemberLeft)
+    engine.tick(54.9)
+    assert engine.take_events() == []
+    engine.tick(55.0)
+    assert engine.take_events() == [LeaveCompleted(timed_out=True)]
+
+
+def test_leave_alone_completes_at_once() -> None:
+    engine = make_engine(peers=0)
+    engine.leave(0.0)
+    assert engine.take_events()[-1] == LeaveCompleted(timed_out=False)
