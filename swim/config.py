@@ -87,6 +87,8 @@ class Config:
     """The share of each packet's broadcast space kept for user messages while they wait."""
     leave_timeout: float = 5.0
     """How long a leave waits for its broadcast to go out."""
+    isolation_timeout: float = 10.0
+    """Silence from every peer for this long makes a node report itself isolated."""
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -213,6 +215,7 @@ _RANGES: dict[str, tuple[type, float, float | None]] = {
     "left_member_retention": (float, 0.0, None),
     "user_broadcast_share": (float, 0.0, 1.0),
     "leave_timeout": (float, 0.0, HOUR),
+    "isolation_timeout": (float, 0.001, None),
 }
 
 

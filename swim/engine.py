@@ -28,6 +28,7 @@ from swim.broadcasts import BroadcastQueue, retransmit_limit
 from swim.config import Config
 from swim.events import (
     Event,
+    Isolated,
     JoinCompleted,
     LeaveCompleted,
     MemberAlive,
@@ -37,6 +38,7 @@ from swim.events import (
     MemberLeft,
     MemberSuspect,
     MemberUpdated,
+    Reconnected,
     UserMessage,
 )
 from swim.members import Address, Member, MemberState, RandomSet, ip_bytes
@@ -202,6 +204,10 @@ class Engine:
         self._departed = RandomSet[str]()  # dead and left members we may reconnect to
         self._departed_addresses: dict[str, tuple[Address, float]] = {}
         self._names_by_address: dict[Address, str] = {}
+        self._peer_states: dict[str, MemberState] = {}  # peers' last states, reaped dead too
+        self._peers_not_left = 0  # peers we should hear from: alive, suspect or dead
+        self._last_contact = now
+        self._isolated_since: float | None = None
         self._seeds: list[Address] = []
         self._suspicions: dict[str, Suspicion] = {}
         self._suspicion_timers: dict[str, _Timer] = {}
@@ -291,6 +297,11 @@ class Engine:
         return node.snapshot() if node is not None else None
 
     @property
+    def isolated(self) -> bool:
+        """Whether no peer has been heard from for ``isolation_timeout`` (see :class:`Isolated`)."""
+        return self._isolated_since is not None
+
+    @property
     def queued_broadcasts(self) -> int:
         """Broadcasts waiting to be sent (membership news and user messages)."""
         return len(self._broadcasts) + len(self._user_broadcasts)
@@ -321,9 +332,9 @@ class Engine:
             self._finish_join(join)
         return join.join_id
 
-    def leave(self, now: float) -> None:
+    def leave(self, now: float, timeout: float | None = None) -> None:
         """Announce that we leave; :class:`LeaveCompleted` follows once the announcement has
-        been sent its full count, or after ``leave_timeout``."""
+        been sent its full count, or after ``timeout`` (default: ``leave_timeout``)."""
         self._advance(now)
         if self._leaving or self._left:
             return
@@ -333,8 +344,9 @@ class Engine:
         if not len(self._alive):
             self._finish_leave(timed_out=False)
         else:
+            wait = self.config.leave_timeout if timeout is None else timeout
             self._leave_timer = self._schedule(
-                now + self.config.leave_timeout, lambda: self._finish_leave(timed_out=True)
+                now + wait, lambda: self._finish_leave(timed_out=True)
             )
 
     def update_meta(self, meta: bytes, now: float) -> None:
@@ -397,6 +409,7 @@ class Engine:
             self.stats.dropped_packets += 1
             log.debug("dropped a packet from %s: %s", source, exc.reason)
             return
+        self._contact()
         for message in messages:
             self._dispatch(message, source)
 
@@ -406,6 +419,7 @@ class Engine:
         """Handle the message a peer sent on an inbound stream; returns the reply to write
         (None for none)."""
         self._advance(now)
+        self._contact()
         if isinstance(message, wire.PushPull):
             reply = wire.encode_stream(self._local_push_pull(message.join), self.wire_options)
             self._merge(message, source)
@@ -439,6 +453,8 @@ class Engine:
         pending.timer.active = False
         if error is None and reply is None and pending.purpose != "user":
             error = "no reply"
+        if error is None:
+            self._contact()
         self._complete_stream(pending, reply, error)
 
     # ------------------------------------------------------------------ timers
@@ -475,6 +491,30 @@ class Engine:
         self._schedule(self._now + self.config.probe_interval, self._probe_tick)
         if self._active() and (self._probe is None or self._probe.done):
             self._probe_next()
+        self._check_isolation()
+
+    def _check_isolation(self) -> None:
+        silence = self._now - self._last_contact
+        if (
+            self._isolated_since is None
+            and self._peers_not_left > 0
+            and not self._left
+            and silence >= self.config.isolation_timeout
+        ):
+            self._isolated_since = self._last_contact
+            log.warning(
+                "isolated: no peer heard from for %.1f s; still serving and trying to rejoin",
+                silence,
+            )
+            self._events.append(Isolated(since=self._last_contact))
+
+    def _contact(self) -> None:
+        """A peer was heard from."""
+        self._last_contact = self._now
+        if self._isolated_since is not None:
+            log.warning("reconnected after %.1f s", self._now - self._isolated_since)
+            self._events.append(Reconnected(isolated_for=self._now - self._isolated_since))
+            self._isolated_since = None
 
     def _gossip_tick(self) -> None:
         self._schedule(self._now + self.config.gossip_interval, self._gossip_tick)
@@ -542,6 +582,8 @@ class Engine:
 
     def _reap(self, node: _Node) -> None:
         del self._nodes[node.name]
+        if node.state is MemberState.LEFT:
+            self._track_peer(node.name, None)  # a reaped dead member still counts until expiry
         if self._names_by_address.get(node.address) == node.name:
             del self._names_by_address[node.address]
         self._gossip_pool.discard(node.name)
@@ -728,6 +770,7 @@ class Engine:
         if node is self._me:
             return
         name = node.name
+        self._track_peer(name, state)
         if state is MemberState.ALIVE:
             self._alive.add(name)
         else:
@@ -742,6 +785,17 @@ class Engine:
         else:
             self._departed.discard(name)
             self._departed_addresses.pop(name, None)
+
+    def _track_peer(self, name: str, state: MemberState | None) -> None:
+        """Keep count of the peers that did not leave: while there are any, silence from all
+        of them means we are cut off."""
+        previous = self._peer_states.pop(name, None)
+        if previous is not None and previous is not MemberState.LEFT:
+            self._peers_not_left -= 1
+        if state is not None:
+            self._peer_states[name] = state
+            if state is not MemberState.LEFT:
+                self._peers_not_left += 1
 
     def _on_alive(self, alive: wire.Alive) -> None:
         me = self._me
@@ -1071,6 +1125,8 @@ class Engine:
                 return address
             self._departed.discard(name)
             del self._departed_addresses[name]
+            if name not in self._nodes:
+                self._track_peer(name, None)
         return None
 
     def _is_live_address(self, address: Address) -> bool:

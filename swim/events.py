@@ -82,6 +82,21 @@ class LeaveCompleted:
     timed_out: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Isolated:
+    """No peer has been heard from since ``since`` (for ``isolation_timeout``): this node is cut
+    off.  It keeps serving what it knows and keeps trying to rejoin."""
+
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    """A peer was heard from again after ``isolated_for`` seconds of isolation."""
+
+    isolated_for: float
+
+
 MemberEvent = (
     MemberJoined
     | MemberUpdated
@@ -91,4 +106,4 @@ MemberEvent = (
     | MemberLeft
     | MemberConflict
 )
-Event = MemberEvent | UserMessage | JoinCompleted | LeaveCompleted
+Event = MemberEvent | UserMessage | JoinCompleted | LeaveCompleted | Isolated | Reconnected

@@ -10,12 +10,14 @@ from swim import wire
 from swim.config import Config
 from swim.engine import Engine, MetadataTooLarge
 from swim.events import (
+    Isolated,
     LeaveCompleted,
     MemberConflict,
     MemberFailed,
     MemberJoined,
     MemberLeft,
     MemberUpdated,
+    Reconnected,
 )
 from swim.members import MemberState
 
@@ -221,3 +223,39 @@ def test_leave_alone_completes_at_once() -> None:
     engine = make_engine(peers=0)
     engine.leave(0.0)
     assert engine.take_events()[-1] == LeaveCompleted(timed_out=False)
+
+
+def run_silently(engine: Engine, until: float) -> list[object]:
+    events: list[object] = []
+    now = 0.0
+    while (deadline := engine.next_deadline()) is not None and deadline <= until:
+        now = deadline
+        engine.tick(now)
+        engine.take_datagrams()
+        engine.take_stream_requests()
+        events += engine.take_events()
+    return events
+
+
+def test_silence_from_every_peer_reports_isolation_and_contact_ends_it() -> None:
+    engine = make_engine(peers=3)
+    events = run_silently(engine, 9.5)
+    assert not any(isinstance(e, Isolated) for e in events)
+    events = run_silently(engine, 12.0)
+    assert [e for e in events if isinstance(e, Isolated)] == [Isolated(since=0.0)]
+    assert engine.isolated
+    feed(engine, 20.0, wire.Ping(seq_no=1, node="me"))
+    assert engine.take_events() == [Reconnected(isolated_for=20.0)]
+    assert not engine.isolated
+
+
+def test_a_node_whose_peers_all_left_is_alone_not_isolated() -> None:
+    engine = make_engine(peers=2)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p0"))
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p1", from_node="p1"))
+    assert not any(isinstance(e, Isolated) for e in run_silently(engine, 100.0))
+
+
+def test_a_node_that_never_had_peers_is_not_isolated() -> None:
+    engine = make_engine(peers=0)
+    assert not any(isinstance(e, Isolated) for e in run_silently(engine, 100.0))
