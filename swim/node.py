@@ -1,0 +1,607 @@
+"""The trio runtime: a real member on real sockets.
+
+:class:`Node` binds UDP and TCP on one port and moves bytes and time between the sockets and an
+:class:`~swim.engine.Engine`; every protocol decision is the engine's.  Structured concurrency
+throughout: everything the node starts runs in its own nursery and ends when the ``async with``
+block does.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import random
+import socket
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from swim import wire
+from swim.config import Config
+from swim.engine import Engine, StreamRequest
+from swim.events import (
+    Event,
+    Isolated,
+    JoinCompleted,
+    LeaveCompleted,
+    UserMessage,
+)
+from swim.members import Address, Member
+
+log = logging.getLogger("swim.node")
+
+RECEIVE_BUFFER = 65_536
+
+
+class JoinError(Exception):
+    """No seed could be joined; ``failures`` says why, seed by seed."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        reasons = "; ".join(f"{seed}: {why}" for seed, why in failures.items()) or "no seeds given"
+        super().__init__(f"could not join the cluster: {reasons}")
+
+
+class SendError(Exception):
+    """A reliable message could not be delivered."""
+
+
+class IsolatedError(Exception):
+    """The node stayed isolated past the grace time the application chose to allow."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventsLost:
+    """A subscriber fell behind and ``count`` events were dropped before this one."""
+
+    count: int
+
+
+@dataclass(slots=True)
+class RuntimeStats:
+    """The runtime's own counters, beside the engine's."""
+
+    inbound_streams: int = 0
+    inbound_streams_refused: int = 0
+    stream_errors: int = 0
+    send_errors: int = 0
+
+
+@dataclass(eq=False)
+class EventStream:
+    """One subscriber's events, buffered up to ``capacity``; iterate it with ``async for``.
+
+    A subscriber that falls behind loses the oldest events it has not read, and receives an
+    :class:`EventsLost` saying how many before the next one, instead of a silent gap.
+    """
+
+    capacity: int
+    _queue: collections.deque[Event | EventsLost] = field(default_factory=collections.deque)
+    _lost: int = 0
+    _ready: trio.Event = field(default_factory=trio.Event)
+
+    def _put(self, event: Event) -> None:
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self._lost += 1
+        self._queue.append(event)
+        self._ready.set()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event | EventsLost:
+        while not self._queue:
+            self._ready = trio.Event()
+            await self._ready.wait()
+        if self._lost:
+            lost, self._lost = self._lost, 0
+            return EventsLost(lost)
+        return self._queue.popleft()
+
+
+def parse_seed(seed: str, default_port: int) -> tuple[str | None, str, int]:
+    """``[name/]host[:port]`` (an IPv6 host in brackets) as ``(name, host, port)``."""
+    name, _, rest = seed.rpartition("/") if "/" in seed else ("", "", seed)
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, _, port_text = rest.partition(":")
+    else:
+        host, port_text = rest, ""
+    if not host:
+        raise ValueError(f"seed {seed!r} has no host; expected [name/]host[:port]")
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ValueError(f"seed {seed!r} has a bad port {port_text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"seed {seed!r}: port {port} is outside 1..65535")
+    return name or None, host, port
+
+
+def _host_text(host: str) -> str:
+    return host if ":" not in host else f"[{host}]"
+
+
+class Node:
+    """A cluster member: ``async with Node(config) as node: await node.join([...])``.
+
+    ``bind`` is the local address for UDP and TCP (port 0 picks a free port, which
+    :attr:`address` then tells); ``advertise`` is the address other members should use, when it
+    differs.  ``exit_when_isolated`` (seconds) makes an isolated node raise
+    :class:`IsolatedError` out of its ``async with`` block once that long has passed without
+    reconnecting; by default an isolated node keeps serving and keeps trying to rejoin.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        name: str | None = None,
+        bind: tuple[str, int] = ("0.0.0.0", 7946),
+        advertise: tuple[str, int] | None = None,
+        meta: bytes = b"",
+        keyring: wire.Keyring | None = None,
+        on_message: Callable[[bytes, Address | None], None] | None = None,
+        event_buffer: int = 1024,
+        max_inbound_streams: int = 128,
+        exit_when_isolated: float | None = None,
+        rejoin_interval: float = 5.0,
+        rng: random.Random | None = None,
+        local_state: Callable[[bool], bytes] | None = None,
+        merge_remote_state: Callable[[bytes, bool], None] | None = None,
+    ) -> None:
+        self.config = config or Config.lan()
+        self._name = name or socket.gethostname()
+        self._bind = bind
+        self._advertise = advertise
+        self._meta = meta
+        self._keyring = keyring
+        self._on_message = on_message
+        self._event_buffer = event_buffer
+        self._stream_slots = trio.Semaphore(max_inbound_streams)
+        self._exit_when_isolated = exit_when_isolated
+        self._rejoin_interval = rejoin_interval
+        self._rng = rng or random.Random(os.urandom(16))
+        self._local_state = local_state
+        self._merge_remote_state = merge_remote_state
+        self.runtime_stats = RuntimeStats()
+        self._engine: Engine | None = None
+        self._udp: trio.socket.SocketType | None = None
+        self._listener: trio.SocketListener | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
+        self._wakeup = trio.Event()
+        self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._joins: dict[int, tuple[trio.Event, list[JoinCompleted]]] = {}
+        self._reliable: dict[int, tuple[trio.Event, list[str | None]]] = {}
+        self._left = trio.Event()
+        self._seeds: list[str] = []
+        self._rejoin_scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Node:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            await self._start()
+        except BaseException:
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(*sys.exc_info())
+            self._close_sockets()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # The node's tasks are an implementation detail: a single error (the block's own,
+            # or IsolatedError from the isolation policy) comes out as itself, not in a group.
+            if len(group.exceptions) != 1:
+                raise
+            if group.exceptions[0] is exc:
+                return False
+            raise group.exceptions[0] from None
+        finally:
+            self._close_sockets()
+        return result
+
+    async def _start(self) -> None:
+        host, port = self._bind
+        self._udp, self._listener = await _bind_udp_and_tcp(host, port)
+        bound_port = self._udp.getsockname()[1]
+        advertise = self._advertise or (_advertise_host(host), bound_port)
+        self._engine = Engine(
+            self._name,
+            advertise,
+            self.config,
+            self._rng,
+            meta=self._meta,
+            keyring=self._keyring,
+            now=trio.current_time(),
+            local_state=self._local_state,
+            merge_remote_state=self._merge_remote_state,
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._receive_datagrams)
+        self._nursery.start_soon(self._run_timers)
+        self._nursery.start_soon(self._serve_streams)
+        log.info("node %s listening on %s:%d", self._name, host, bound_port)
+
+    def _close_sockets(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._listener is not None:
+            self._listener.socket.close()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the node is not running; use it inside `async with Node(...)`")
+        return self._engine
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def address(self) -> Address:
+        """The address other members reach this node at (with the port actually bound)."""
+        return self.engine.local_member.address
+
+    @property
+    def local_member(self) -> Member:
+        return self.engine.local_member
+
+    def members(self) -> list[Member]:
+        """A snapshot of every member in this node's view, itself included."""
+        return self.engine.members()
+
+    def member(self, name: str) -> Member | None:
+        return self.engine.member(name)
+
+    @property
+    def isolated(self) -> bool:
+        return self.engine.isolated
+
+    def stats(self) -> dict[str, int]:
+        """The engine's and the runtime's counters."""
+        out = {name: getattr(self.engine.stats, name) for name in self.engine.stats.__slots__}
+        out.update(
+            {name: getattr(self.runtime_stats, name) for name in self.runtime_stats.__slots__}
+        )
+        return out
+
+    def events(self) -> EventStream:
+        """Subscribe to events from now on (membership, user messages, isolation)."""
+        stream = EventStream(self._event_buffer)
+        self._subscribers.add(stream)
+        return stream
+
+    # ------------------------------------------------------------------ commands
+
+    async def join(self, seeds: Iterable[str], *, attempts: int = 1, backoff: float = 1.0) -> int:
+        """Join the cluster through ``seeds`` (``host:port`` or ``name/host:port``; host names
+        are resolved, A and AAAA, at every attempt).  Returns how many seeds answered; raises
+        :class:`JoinError` naming each seed and why it failed when none did, after
+        ``attempts`` tries spaced by a doubling ``backoff``."""
+        seeds = list(seeds)
+        self._seeds = seeds
+        failures: dict[str, str] = {}
+        for attempt in range(max(1, attempts)):
+            if attempt:
+                await trio.sleep(backoff * 2 ** (attempt - 1))
+            joined, failures = await self._join_once(seeds)
+            if joined:
+                return joined
+        raise JoinError(failures)
+
+    async def _join_once(self, seeds: Sequence[str]) -> tuple[int, dict[str, str]]:
+        failures: dict[str, str] = {}
+        targets: dict[Address, str] = {}
+        default_port = self.address[1]
+        for seed in seeds:
+            try:
+                _, host, port = parse_seed(seed, default_port)
+                for address in await _resolve(host, port):
+                    targets.setdefault(address, seed)
+            except (ValueError, OSError) as exc:
+                failures[seed] = str(exc)
+        if not targets:
+            return 0, failures
+        done = trio.Event()
+        results: list[JoinCompleted] = []
+        join_id = self.engine.join(list(targets), trio.current_time())
+        self._joins[join_id] = (done, results)
+        await self._flush()
+        await done.wait()
+        (result,) = results
+        for address, why in result.failures.items():
+            seed = targets.get(address, f"{address[0]}:{address[1]}")
+            where = f"{_host_text(address[0])}:{address[1]}"
+            failures[seed if seed == where else f"{seed} ({where})"] = why
+        return len(result.joined), failures
+
+    async def leave(self, timeout: float = 5.0) -> None:
+        """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out."""
+        self.engine.leave(trio.current_time(), timeout)
+        await self._flush()
+        with trio.move_on_after(timeout + 1.0):
+            await self._left.wait()
+
+    async def update_metadata(self, meta: bytes) -> None:
+        """Advertise new metadata (raises ``MetadataTooLarge`` past ``meta_max_size``)."""
+        self.engine.update_meta(meta, trio.current_time())
+        await self._flush()
+
+    async def send(self, name: str, data: bytes) -> None:
+        """Send ``data`` to the member ``name`` in one datagram (best effort)."""
+        self.engine.send(name, data, trio.current_time())
+        await self._flush()
+
+    async def send_reliable(self, name: str, data: bytes) -> None:
+        """Send ``data`` to the member ``name`` over TCP; raises :class:`SendError` on failure."""
+        stream_id = self.engine.send_reliable(name, data, trio.current_time())
+        done = trio.Event()
+        outcome: list[str | None] = []
+        self._reliable[stream_id] = (done, outcome)
+        await self._flush()
+        await done.wait()
+        if outcome[0] is not None:
+            raise SendError(f"could not deliver to {name}: {outcome[0]}")
+
+    async def broadcast(self, data: bytes) -> None:
+        """Piggyback ``data`` on gossip to random members (see :meth:`Engine.broadcast`)."""
+        self.engine.broadcast(data, trio.current_time())
+        await self._flush()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _flush(self, wake_timers: bool = True) -> None:
+        """Carry out what the engine asked for, and let the timer task re-read its deadline
+        (an input may have brought it closer)."""
+        engine = self.engine
+        assert self._udp is not None and self._nursery is not None
+        for address, data in engine.take_datagrams():
+            try:
+                await self._udp.sendto(data, address)
+            except OSError as exc:
+                self.runtime_stats.send_errors += 1
+                log.debug("cannot send to %s: %s", address, exc)
+        for request in engine.take_stream_requests():
+            self._nursery.start_soon(self._outbound_stream, request)
+        for event in engine.take_events():
+            self._deliver(event)
+        if wake_timers:
+            self._wakeup.set()
+
+    def _deliver(self, event: Event) -> None:
+        if isinstance(event, JoinCompleted):
+            done, results = self._joins.pop(event.join_id)
+            results.append(event)
+            done.set()
+            return
+        if isinstance(event, LeaveCompleted):
+            self._left.set()
+            return
+        if isinstance(event, UserMessage) and self._on_message is not None:
+            try:
+                self._on_message(event.payload, event.source)
+            except Exception:
+                log.exception("the message handler raised; the message is dropped")
+        if isinstance(event, Isolated):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._while_isolated)
+        for subscriber in list(self._subscribers):
+            subscriber._put(event)
+
+    async def _run_timers(self) -> None:
+        engine = self.engine
+        while True:
+            deadline = engine.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            engine.tick(trio.current_time())
+            await self._flush(wake_timers=False)
+
+    async def _receive_datagrams(self) -> None:
+        assert self._udp is not None
+        engine = self.engine
+        while True:
+            try:
+                data, source = await self._udp.recvfrom(RECEIVE_BUFFER)
+            except OSError as exc:  # e.g. ICMP port unreachable reported on Linux
+                log.debug("receive error: %s", exc)
+                continue
+            engine.receive_datagram(data, (source[0], source[1]), trio.current_time())
+            await self._flush()
+
+    async def _serve_streams(self) -> None:
+        assert self._listener is not None
+        await trio.serve_listeners(self._handle_stream, [self._listener])
+
+    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self._stream_slots.value == 0:
+                self.runtime_stats.inbound_streams_refused += 1
+                return
+            async with self._stream_slots:
+                self.runtime_stats.inbound_streams += 1
+                peer = stream.socket.getpeername()
+                source = (peer[0], peer[1])
+                with trio.move_on_after(self.config.tcp_timeout):
+                    message = await self._read_message(stream)
+                    if message is None:
+                        return
+                    reply = self.engine.handle_stream(message, source, trio.current_time())
+                    if reply is not None:
+                        await stream.send_all(reply)
+                    await self._flush()
+
+    async def _read_message(self, stream: trio.SocketStream) -> wire.StreamMessage | None:
+        reader = wire.StreamReader(self.engine.wire_options)
+        try:
+            while True:
+                try:
+                    chunk = await stream.receive_some(RECEIVE_BUFFER)
+                except trio.BrokenResourceError:
+                    chunk = b""
+                if not chunk:
+                    return reader.end_of_stream()
+                message = reader.receive_data(chunk)
+                if message is not None:
+                    return message
+        except wire.DecodeError as exc:
+            self.runtime_stats.stream_errors += 1
+            log.debug("dropped a stream: %s", exc.reason)
+            return None
+
+    async def _outbound_stream(self, request: StreamRequest) -> None:
+        engine = self.engine
+        reply: wire.StreamMessage | None = None
+        error: str | None = None
+        with trio.move_on_at(request.deadline) as scope:
+            try:
+                host, port = request.address
+                stream = await trio.open_tcp_stream(host, port)
+                async with stream:
+                    await stream.send_all(request.data)
+                    if request.expects_reply:
+                        reply = await self._read_message(stream)
+                        if reply is None:
+                            error = "the reply could not be read"
+            except OSError as exc:
+                error = _describe(exc)
+            except trio.BrokenResourceError as exc:
+                error = f"connection lost: {exc}"
+        if scope.cancelled_caught:
+            error = "timed out"
+        pending = self._reliable.pop(request.stream_id, None)
+        if pending is not None:
+            pending[1].append(error)
+            pending[0].set()
+        engine.stream_finished(request.stream_id, reply, trio.current_time(), error=error)
+        await self._flush()
+
+    async def _while_isolated(self) -> None:
+        """Keep trying to rejoin through the seeds (resolved again each time) until a peer is
+        heard from; with ``exit_when_isolated``, give up after that long."""
+        if self._rejoin_scope is not None:
+            return
+        started = trio.current_time()
+        with trio.CancelScope() as self._rejoin_scope:
+            delay = self._rejoin_interval
+            while self.engine.isolated:
+                if (
+                    self._exit_when_isolated is not None
+                    and trio.current_time() - started >= self._exit_when_isolated
+                ):
+                    raise IsolatedError(
+                        f"isolated for {trio.current_time() - started:.0f} s "
+                        f"(exit_when_isolated={self._exit_when_isolated})"
+                    )
+                if self._seeds:
+                    joined, failures = await self._join_once(self._seeds)
+                    if not joined:
+                        log.info("rejoin failed: %s", failures)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self._rejoin_scope = None
+
+
+def _describe(exc: OSError) -> str:
+    """The underlying reason of a connection failure ("Connection refused"), which trio keeps
+    in the cause of its own "all attempts to connect ... failed"."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return exc.strerror or str(exc)
+
+
+async def _bind_udp_and_tcp(
+    host: str, port: int, attempts: int = 20
+) -> tuple[trio.socket.SocketType, trio.SocketListener]:
+    """A UDP socket and a TCP listener on the same port (port 0: a free one for both)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: OSError | None = None
+    for _ in range(attempts):
+        udp = trio.socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            await udp.bind((host, port))
+            bound = udp.getsockname()[1]
+            tcp = trio.socket.socket(family, socket.SOCK_STREAM)
+            try:
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                await tcp.bind((host, bound))
+                tcp.listen(128)
+            except OSError as exc:
+                tcp.close()
+                raise exc
+        except OSError as exc:
+            udp.close()
+            last_error = exc
+            if port != 0:
+                break
+            continue
+        return udp, trio.SocketListener(tcp)
+    raise OSError(
+        f"cannot bind UDP and TCP on {host}:{port}: {last_error}; "
+        "choose another port or free this one"
+    )
+
+
+def _advertise_host(bind_host: str) -> str:
+    """The address to advertise for a wildcard bind: this host's first non-loopback address."""
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    family = socket.AF_INET6 if bind_host == "::" else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, family)
+    except OSError:
+        infos = []
+    for info in infos:
+        address = str(info[4][0])
+        if not address.startswith(("127.", "::1")):
+            return address
+    raise OSError(
+        f"cannot tell which address to advertise for bind address {bind_host!r}; "
+        "pass advertise=(host, port) or bind to a specific address"
+    )
+
+
+async def _resolve(host: str, port: int) -> list[Address]:
+    """Every A and AAAA address of ``host`` (an IP literal resolves to itself)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    addresses: list[Address] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = (str(sockaddr[0]), int(sockaddr[1]))
+            if address not in addresses:
+                addresses.append(address)
+    return addresses

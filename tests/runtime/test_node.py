@@ -1,0 +1,326 @@
+"""The trio runtime on real loopback sockets, in virtual time (trio's MockClock)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from swim import wire
+from swim.config import Config
+from swim.engine import MetadataTooLarge
+from swim.events import (
+    Isolated,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspect,
+    MemberUpdated,
+    Reconnected,
+)
+from swim.members import MemberState
+from swim.node import EventsLost, IsolatedError, JoinError, Node, SendError, parse_seed
+
+FAST = Config.local(compression=False)
+LOOPBACK = "127.0.0.1"
+
+
+def seed_of(node: Node) -> str:
+    host, port = node.address
+    return f"{host}:{port}"
+
+
+class Cluster:
+    """Nodes started in one nursery, each in a cancel scope so that a test can crash it."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.nodes: dict[str, Node] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+
+    async def start(self, name: str, config: Config = FAST, **kwargs: object) -> Node:
+        async def run(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope() as scope:
+                self.scopes[name] = scope
+                async with Node(config, name=name, bind=(LOOPBACK, 0), **kwargs) as node:  # type: ignore[arg-type]
+                    task_status.started(node)
+                    await trio.sleep_forever()
+
+        node: Node = await self.nursery.start(run)
+        self.nodes[name] = node
+        return node
+
+    def crash(self, name: str) -> None:
+        """Stop a node without a leave: its sockets close, it says nothing."""
+        self.scopes[name].cancel()
+
+    async def started(self, count: int, config: Config = FAST) -> list[Node]:
+        nodes = [await self.start(f"n{i}", config) for i in range(count)]
+        for node in nodes[1:]:
+            await node.join([seed_of(nodes[0])])
+        return nodes
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        yield Cluster(nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 60.0) -> None:
+    """Wait in virtual time until ``condition`` holds, at most ``limit`` seconds."""
+    with trio.fail_after(limit):
+        while not condition():
+            await trio.sleep(0.05)
+
+
+def states(node: Node) -> dict[str, str]:
+    return {m.name: m.state.value for m in node.members()}
+
+
+async def test_nodes_join_and_converge(autojump_clock: trio.testing.MockClock) -> None:
+    async with cluster() as c:
+        nodes = await c.started(5)
+        everyone = {f"n{i}": "alive" for i in range(5)}
+        await wait_until(lambda: all(states(n) == everyone for n in nodes))
+
+
+async def test_port_zero_binds_udp_and_tcp_on_one_free_port(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Node(FAST, name="solo", bind=(LOOPBACK, 0)) as node:
+        host, port = node.address
+        assert host == LOOPBACK and port > 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.connect((host, port))  # the TCP listener is on the same port
+
+
+async def test_a_crash_is_detected_as_suspect_then_failed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cluster() as c:
+        nodes = await c.started(4)
+        await wait_until(lambda: all(len(states(n)) == 4 for n in nodes))
+        events = nodes[0].events()
+        c.crash("n3")
+        seen: list[type] = []
+        with trio.fail_after(60):
+            async for event in events:
+                if getattr(getattr(event, "member", None), "name", None) == "n3":
+                    seen.append(type(event))
+                    if isinstance(event, MemberFailed):
+                        break
+        assert seen[0] is MemberSuspect and seen[-1] is MemberFailed
+        await wait_until(lambda: all(states(n)["n3"] == "dead" for n in nodes[:3]))
+
+
+async def test_graceful_leave_shows_left(autojump_clock: trio.testing.MockClock) -> None:
+    async with cluster() as c:
+        nodes = await c.started(3)
+        await wait_until(lambda: all(len(states(n)) == 3 for n in nodes))
+        await nodes[2].leave()
+        await wait_until(lambda: all(states(n)["n2"] == "left" for n in nodes[:2]), limit=5)
+
+
+async def test_metadata_update_reaches_the_others(autojump_clock: trio.testing.MockClock) -> None:
+    async with cluster() as c:
+        nodes = await c.started(3)
+        events = nodes[1].events()
+        await nodes[0].update_metadata(b"role=web")
+        with trio.fail_after(10):
+            async for event in events:
+                if isinstance(event, MemberUpdated) and event.member.name == "n0":
+                    assert (event.old_meta, event.member.meta) == (b"", b"role=web")
+                    break
+        with pytest.raises(MetadataTooLarge, match="over the limit of 512"):
+            await nodes[0].update_metadata(bytes(600))
+
+
+async def test_user_messages_best_effort_and_reliable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    received: list[bytes] = []
+    async with cluster() as c:
+        a = await c.start("a")
+        await c.start("b", on_message=lambda data, source: received.append(data))
+        await c.nodes["b"].join([seed_of(a)])
+        await a.send("b", b"datagram")
+        await a.send_reliable("b", b"stream")
+        await wait_until(lambda: len(received) == 2, limit=5)
+        assert sorted(received) == [b"datagram", b"stream"]
+        c.crash("b")
+        await trio.sleep(0.1)
+        with pytest.raises(SendError, match="could not deliver to b"):
+            await a.send_reliable("b", b"lost")
+
+
+async def test_a_slow_subscriber_is_told_how_many_events_it_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cluster() as c:
+        a = await c.start("a", event_buffer=2)
+        events = a.events()
+        for i in range(5):
+            node = await c.start(f"m{i}")
+            await node.join([seed_of(a)])
+        await wait_until(lambda: len(a.members()) == 6, limit=10)
+        first = await events.__anext__()
+        assert isinstance(first, EventsLost) and first.count >= 3
+        second = await events.__anext__()
+        assert isinstance(second, MemberJoined)
+
+
+async def test_join_error_names_each_seed_and_why(autojump_clock: trio.testing.MockClock) -> None:
+    async with Node(FAST, name="lonely", bind=(LOOPBACK, 0)) as node:
+        with trio.socket.socket() as closed:  # a port that nobody listens on
+            await closed.bind((LOOPBACK, 0))
+            dead_port = closed.getsockname()[1]
+        with pytest.raises(JoinError) as error:
+            await node.join([f"{LOOPBACK}:{dead_port}", "no-port:", "localhost:0", seed_of(node)])
+        failures = error.value.failures
+        assert "refused" in failures[f"{LOOPBACK}:{dead_port}"].lower()
+        assert "no-port:" in failures
+        assert "port 0" in failures["localhost:0"]
+        assert failures[seed_of(node)] == "this is our own address"
+        assert str(error.value).startswith("could not join the cluster: ")
+
+
+def test_seeds_parse_with_names_ipv6_and_default_ports() -> None:
+    assert parse_seed("10.0.0.1:7000", 7946) == (None, "10.0.0.1", 7000)
+    assert parse_seed("db/10.0.0.1", 7946) == ("db", "10.0.0.1", 7946)
+    assert parse_seed("[::1]:8000", 7946) == (None, "::1", 8000)
+    assert parse_seed("::1", 7946) == (None, "::1", 7946)
+    with pytest.raises(ValueError, match="bad port"):
+        parse_seed("host:http", 7946)
+
+
+async def test_isolation_is_reported_and_ends_when_peers_return(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = FAST.replace(isolation_timeout=5.0)
+    async with cluster() as c:
+        a = await c.start("a", config, rejoin_interval=1.0)
+        b = await c.start("b", config)
+        await a.join([seed_of(b)])
+        events = a.events()
+        port = b.address[1]
+        c.crash("b")
+        with trio.fail_after(30):
+            async for event in events:
+                if isinstance(event, Isolated):
+                    break
+        assert a.isolated
+        # b comes back on the same port; a's rejoin attempts through its seed find it
+        back: Node = await c.nursery.start(_node_on_port, "b", config, port)
+        assert back.address[1] == port
+        with trio.fail_after(60):
+            async for event in events:
+                if isinstance(event, Reconnected):
+                    break
+        assert not a.isolated
+
+
+async def _node_on_port(
+    name: str,
+    config: Config,
+    port: int,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with Node(config, name=name, bind=(LOOPBACK, port)) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+async def test_exit_when_isolated_raises_out_of_the_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = FAST.replace(isolation_timeout=2.0)
+    async with cluster() as c:
+        b = await c.start("b", config)
+        with pytest.raises(IsolatedError, match="isolated for"):
+            async with Node(
+                config, name="a", bind=(LOOPBACK, 0), exit_when_isolated=10.0, rejoin_interval=1.0
+            ) as a:
+                await a.join([seed_of(b)])
+                c.crash("b")
+                await trio.sleep(120)
+
+
+async def test_junk_datagrams_and_streams_are_dropped_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    key = bytes(16)
+    async with Node(FAST, name="target", bind=(LOOPBACK, 0), keyring=wire.Keyring([key])) as node:
+        host, port = node.address
+        with trio.socket.socket(type=socket.SOCK_DGRAM) as sender:
+            for junk in (b"", b"\x00", b"\xff" * 100, bytes(70_000)[:65_000], b"\x0c\x00\x00"):
+                await sender.sendto(junk, (host, port))
+            plain_ping = wire.encode_packet([wire.encode(wire.Ping(seq_no=1))], wire.WireOptions())
+            await sender.sendto(plain_ping, (host, port))  # unencrypted: refused
+            wrong_key = wire.WireOptions(keyring=wire.Keyring([bytes(range(16))]))
+            await sender.sendto(
+                wire.encode_packet([wire.encode(wire.Ping(seq_no=2))], wrong_key), (host, port)
+            )
+            await trio.sleep(0.5)
+            # it still answers a proper ping
+            right = wire.WireOptions(keyring=wire.Keyring([key]))
+            await sender.sendto(
+                wire.encode_packet([wire.encode(wire.Ping(seq_no=3))], right), (host, port)
+            )
+            with trio.fail_after(5):
+                data, _ = await sender.recvfrom(65_536)
+            assert wire.decode_packet(data, right) == [wire.Ack(seq_no=3)]
+        for junk in (b"\x06\xff\xff", b"\x0a\xff\xff\xff\xff", b"\x00" * 10):
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(junk)
+                await stream.send_eof()
+                with trio.fail_after(15):
+                    assert await stream.receive_some(100) == b""
+        stats = node.stats()
+        assert stats["decode_errors"] >= 6
+        assert stats["stream_errors"] >= 3
+
+
+async def test_leaving_the_block_releases_every_socket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Node(FAST, name="short", bind=(LOOPBACK, 0)) as node:
+        host, port = node.address
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind((host, port))  # free again
+
+
+async def test_ipv6_loopback(autojump_clock: trio.testing.MockClock) -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6 support")
+    async with (
+        Node(FAST, name="v6a", bind=("::1", 0)) as a,
+        Node(FAST, name="v6b", bind=("::1", 0)) as b,
+    ):
+        await b.join([f"[::1]:{a.address[1]}"])
+        await wait_until(lambda: states(a).get("v6b") == "alive", limit=10)
+        assert a.member("v6b") is not None
+        assert a.member("v6b").address == ("::1", b.address[1])  # type: ignore[union-attr]
+        assert a.member("v6b").state is MemberState.ALIVE  # type: ignore[union-attr]
+
+
+async def test_graceful_leave_is_not_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    async with cluster() as c:
+        nodes = await c.started(3)
+        await wait_until(lambda: all(len(states(n)) == 3 for n in nodes))
+        events = nodes[0].events()
+        await nodes[1].leave()
+        c.crash("n1")
+        with trio.fail_after(30):
+            async for event in events:
+                if getattr(getattr(event, "member", None), "name", None) == "n1":
+                    assert isinstance(event, MemberLeft)
+                    break
