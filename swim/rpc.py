@@ -1,0 +1,1013 @@
+"""Serf's agent RPC protocol (``ipc.go`` in Serf's sources), server and client, over trio TCP.
+
+This is how ``serf members``, ``serf join`` and the other commands drive a running agent, so the
+real ``serf`` binary can drive a shoal agent and ``swim members`` can drive either.  The server
+only translates: what the messages mean for membership is the :class:`AgentBackend`'s business.
+
+The wire, as Serf 0.9 writes it:
+
+* A TCP connection carries msgpack objects back to back with no other framing.  A request is a
+  header ``{Command, Seq}`` followed, for the commands that take one, by a body; a reply is a
+  header ``{Seq, Error}`` followed, for the commands that return one, by a body.  Whether a body
+  follows is fixed per command (:data:`SERF_COMMANDS`), and the client's Go code decodes a reply
+  body even when ``Error`` is set, except for "Authentication required".
+* Both ends use go-msgpack's ``MsgpackHandle{RawToString: true, WriteExt: true}``: strings are
+  msgpack str (str8 included) and ``[]byte`` fields (``Addr``, ``Payload``) are bin; absent or
+  nil fields mean Go's zero value.
+* ``handshake {Version: 1}`` must come first; an agent with an auth key then needs
+  ``auth {AuthKey}`` before anything but another handshake.
+* ``stream {Type}`` is acknowledged by a header alone; every event it lets through then arrives
+  as another header with the same ``Seq`` and a record body, until ``stop {Stop: seq}``.
+
+Where Serf's agent drops the connection and leaves its client hanging or guessing, this server
+replies with the reason and keeps the connection: an invalid regex, a body of the wrong shape, a
+Serf command shoal does not serve.  It closes only when it cannot tell where the next request
+starts: bytes that are not msgpack, a header that is not one, a command it has never heard of, or
+a command before the handshake (as Serf does).
+
+The endpoint is trusted the way Serf's is: whoever reaches it can make the agent leave, so bind
+it to loopback or set an auth key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Final, Protocol, TypeVar
+
+import msgpack
+import trio
+
+log = logging.getLogger("swim.rpc")
+
+DEFAULT_RPC_ADDR: Final = "127.0.0.1:7373"
+"""Where ``serf agent`` listens for RPC unless told otherwise, and where clients look first."""
+IPC_VERSION: Final = 1
+"""The only RPC protocol version Serf has (``MinIPCVersion`` = ``MaxIPCVersion`` = 1)."""
+
+UNSUPPORTED_COMMAND: Final = "Unsupported command"
+UNSUPPORTED_IPC_VERSION: Final = "Unsupported IPC version"
+DUPLICATE_HANDSHAKE: Final = "Handshake already performed"
+HANDSHAKE_REQUIRED: Final = "Handshake required"
+INVALID_FILTER: Final = "Invalid event filter"
+STREAM_EXISTS: Final = "Stream with given sequence exists"
+AUTH_REQUIRED: Final = "Authentication required"
+INVALID_AUTH_TOKEN: Final = "Invalid authentication token"
+REGEX_ERROR_PREFIX: Final = "Failed to compile regex: "
+
+SERF_COMMANDS: Final[Mapping[str, tuple[bool, bool]]] = {
+    "handshake": (True, False),
+    "auth": (True, False),
+    "event": (True, False),
+    "force-leave": (True, False),
+    "join": (True, True),
+    "members": (False, True),
+    "members-filtered": (True, True),
+    "stream": (True, False),
+    "monitor": (True, False),
+    "stop": (True, False),
+    "leave": (False, False),
+    "install-key": (True, True),
+    "use-key": (True, True),
+    "remove-key": (True, True),
+    "list-keys": (False, True),
+    "tags": (True, False),
+    "query": (True, False),
+    "respond": (True, False),
+    "stats": (False, True),
+    "get-coordinate": (True, True),
+}
+"""Every command Serf's agent knows: (takes a request body, returns a reply body)."""
+
+MEMBER_EVENTS: Final = frozenset(
+    {"member-join", "member-leave", "member-failed", "member-update", "member-reap"}
+)
+"""The ``Event`` names of member event records (Serf's ``EventType.String()``)."""
+_FILTER_EVENTS: Final = MEMBER_EVENTS | {"user", "query", "*"}
+
+STREAM_BUFFER: Final = 512
+"""Events one stream may hold for a slow reader before dropping new ones (Serf's buffer size)."""
+MAX_REQUEST_BYTES: Final = 1 << 20
+"""Largest request object the server buffers; Serf's requests are a few hundred bytes."""
+MAX_REPLY_BYTES: Final = 64 << 20
+"""Largest reply object the client buffers: a members list of a very large cluster fits."""
+DEFAULT_TIMEOUT: Final = 10.0
+"""Seconds the client allows to connect, shake hands and write a request (Serf's default)."""
+_RECEIVE_CHUNK = 65_536
+
+
+class RpcError(Exception):
+    """The agent refused or failed a request; ``str()`` is its message, Serf's own strings
+    included (such as :data:`INVALID_AUTH_TOKEN`)."""
+
+
+class RpcConnectionError(Exception):
+    """The agent could not be reached, broke the connection, or sent what this client cannot
+    read; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMember:
+    """One member as the RPC protocol shows it (Serf's ``agent.Member``)."""
+
+    name: str
+    addr: bytes
+    """The IP address: 4 bytes for IPv4, 16 for IPv6 (Go's ``net.IP``)."""
+    port: int
+    tags: dict[str, str]
+    status: str
+    """Serf's status names: "alive", "leaving", "left", "failed"."""
+    protocol_min: int
+    protocol_max: int
+    protocol_cur: int
+    delegate_min: int
+    delegate_max: int
+    delegate_cur: int
+
+
+@dataclass(frozen=True, slots=True)
+class RpcMemberEvent:
+    """Members joined, left, failed, changed tags or were reaped."""
+
+    event: str
+    """One of :data:`MEMBER_EVENTS`."""
+    members: tuple[RpcMember, ...]
+
+    def __post_init__(self) -> None:
+        if self.event not in MEMBER_EVENTS:
+            raise ValueError(
+                f"member event {self.event!r} is not one of Serf's: {sorted(MEMBER_EVENTS)}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class RpcUserEvent:
+    """A user event, as ``serf event`` sends it and event handlers receive it."""
+
+    name: str
+    payload: bytes
+    coalesce: bool
+    ltime: int
+    """The event's Lamport time."""
+
+
+RpcEvent = RpcMemberEvent | RpcUserEvent
+
+
+class AgentBackend(Protocol):
+    """What the RPC server drives: the agent implements this.  Every method that can fail
+    raises an exception whose ``str()`` is the error to report to the client."""
+
+    def members(self) -> list[RpcMember]:
+        """Every member this agent knows, itself included, in any state."""
+        ...
+
+    async def join(self, addresses: list[str], replay: bool) -> int:
+        """Join the cluster through these addresses; return how many answered.  ``replay``
+        asks to replay past user events."""
+        ...
+
+    async def leave(self) -> None:
+        """Leave the cluster gracefully.  The reply goes out after this returns, so shut the
+        agent down afterwards (``serf agent`` leaves, replies, then shuts down)."""
+        ...
+
+    async def force_leave(self, node: str, prune: bool) -> None:
+        """Mark a failed member as left; ``prune`` also forgets it at once."""
+        ...
+
+    async def set_tags(self, add: dict[str, str], delete: list[str]) -> None:
+        """Set these tags and remove those on this agent, and tell the cluster."""
+        ...
+
+    async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        """Send a user event to the cluster."""
+        ...
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """Figures for operators, grouped by section (``serf info`` prints them)."""
+        ...
+
+    def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
+        """Call ``deliver`` from trio's thread with every member and user event from now on,
+        until the returned function is called.  ``deliver`` never blocks: a stream too far
+        behind drops events, as Serf's does."""
+        ...
+
+
+def parse_rpc_addr(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a host and a port number."""
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address needs brackets, as in Go
+    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r} is not an address HOST:PORT, such as {DEFAULT_RPC_ADDR}")
+    return host, int(port)
+
+
+def ip_text(addr: bytes) -> str:
+    """An address as Go's ``net.IP.String()`` prints it (IPv4-mapped IPv6 as IPv4)."""
+    if not addr:
+        return ""
+    if len(addr) == 4:
+        return str(ipaddress.IPv4Address(addr))
+    if len(addr) == 16:
+        ip = ipaddress.IPv6Address(addr)
+        return str(ip.ipv4_mapped or ip)
+    return "?" + addr.hex()
+
+
+def host_port(addr: bytes, port: int) -> str:
+    """An address and port as Go's ``net.TCPAddr.String()`` prints them."""
+    host = ip_text(addr)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Msgpack objects in and out.
+
+
+def _pack(obj: object) -> bytes:
+    # packb builds its own Packer: one module-wide Packer is not safe across threads.
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+class _ProtocolError(ValueError):
+    """The peer broke the protocol: bytes that are not msgpack, an object without the shape of
+    the Serf struct due, a request out of order."""
+
+
+class _ObjectReader:
+    """Msgpack objects from a stream, one at a time, buffering at most ``max_bytes``.
+
+    Partial objects stay buffered when a read is cancelled, so reading can resume.
+    """
+
+    def __init__(self, stream: trio.abc.ReceiveStream, max_bytes: int) -> None:
+        self._stream = stream
+        self._max_bytes = max_bytes
+        self._unpacker = msgpack.Unpacker(max_buffer_size=max_bytes)
+
+    async def next(self) -> object:
+        """The next object; EOFError when the peer closes the stream."""
+        while True:
+            try:
+                return next(self._unpacker)
+            except StopIteration:
+                pass
+            except Exception as exc:  # msgpack raises several unrelated types for bad input
+                raise _ProtocolError(f"not msgpack ({type(exc).__name__}: {exc})") from None
+            data = await self._stream.receive_some(_RECEIVE_CHUNK)
+            if not data:
+                raise EOFError
+            try:
+                self._unpacker.feed(data)
+            except msgpack.BufferFull:
+                raise _ProtocolError(f"an object is larger than {self._max_bytes} bytes") from None
+
+
+def _struct(value: object, what: str) -> dict[str, object]:
+    if value is None:  # Go decodes nil into a zero struct
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise _ProtocolError(f"{what} is a {type(value).__name__}, not a map")
+
+
+def _as_text(value: object, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise _ProtocolError(f"{what} is not valid UTF-8") from None
+    raise _ProtocolError(f"{what} is a {type(value).__name__}, not a string")
+
+
+def _text(body: dict[str, object], key: str) -> str:
+    return _as_text(body.get(key), key)
+
+
+def _bytes(body: dict[str, object], key: str) -> bytes:
+    value = body.get(key)
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):  # older msgpack writers send []byte as str
+        return value.encode()
+    raise _ProtocolError(f"{key} is a {type(value).__name__}, not bytes")
+
+
+def _flag(body: dict[str, object], key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    raise _ProtocolError(f"{key} is a {type(value).__name__}, not a boolean")
+
+
+def _integer(body: dict[str, object], key: str, low: int, high: int) -> int:
+    value = body.get(key)
+    if value is None:
+        return 0
+    if type(value) is int and low <= value <= high:
+        return value
+    raise _ProtocolError(f"{key} is {value!r:.40}, not an integer in [{low}, {high}]")
+
+
+def _text_list(body: dict[str, object], key: str) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [_as_text(item, key) for item in value]
+    raise _ProtocolError(f"{key} is a {type(value).__name__}, not a list of strings")
+
+
+def _text_map(body: dict[str, object], key: str) -> dict[str, str]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {_as_text(k, key): _as_text(v, key) for k, v in value.items()}
+    raise _ProtocolError(f"{key} is a {type(value).__name__}, not a map of strings")
+
+
+def _member_struct(member: RpcMember) -> dict[str, object]:
+    return {
+        "Name": member.name,
+        "Addr": member.addr,
+        "Port": member.port,
+        "Tags": member.tags,
+        "Status": member.status,
+        "ProtocolMin": member.protocol_min,
+        "ProtocolMax": member.protocol_max,
+        "ProtocolCur": member.protocol_cur,
+        "DelegateMin": member.delegate_min,
+        "DelegateMax": member.delegate_max,
+        "DelegateCur": member.delegate_cur,
+    }
+
+
+def _member(value: object) -> RpcMember:
+    body = _struct(value, "a member")
+    return RpcMember(
+        name=_text(body, "Name"),
+        addr=_bytes(body, "Addr"),
+        port=_integer(body, "Port", 0, 0xFFFF),
+        tags=_text_map(body, "Tags"),
+        status=_text(body, "Status"),
+        protocol_min=_integer(body, "ProtocolMin", 0, 0xFF),
+        protocol_max=_integer(body, "ProtocolMax", 0, 0xFF),
+        protocol_cur=_integer(body, "ProtocolCur", 0, 0xFF),
+        delegate_min=_integer(body, "DelegateMin", 0, 0xFF),
+        delegate_max=_integer(body, "DelegateMax", 0, 0xFF),
+        delegate_cur=_integer(body, "DelegateCur", 0, 0xFF),
+    )
+
+
+def _members(value: object) -> list[RpcMember]:
+    members = _struct(value, "the members reply").get("Members")
+    if members is None:
+        return []
+    if not isinstance(members, list):
+        raise _ProtocolError(f"Members is a {type(members).__name__}, not a list")
+    return [_member(item) for item in members]
+
+
+def _joined(value: object) -> int:
+    return _integer(_struct(value, "the join reply"), "Num", -(1 << 31), (1 << 31) - 1)
+
+
+def _stats(value: object) -> dict[str, dict[str, str]]:
+    sections = _struct(value, "the stats reply")
+    return {_as_text(name, "a stats section"): _text_map(sections, name) for name in sections}
+
+
+def _record(event: RpcEvent) -> dict[str, object]:
+    if isinstance(event, RpcMemberEvent):
+        return {"Event": event.event, "Members": [_member_struct(m) for m in event.members]}
+    return {
+        "Event": "user",
+        "LTime": event.ltime,
+        "Name": event.name,
+        "Payload": event.payload,
+        "Coalesce": event.coalesce,
+    }
+
+
+def _event(value: object) -> RpcEvent | None:
+    record = _struct(value, "a stream record")
+    kind = _text(record, "Event")
+    if kind == "user":
+        return RpcUserEvent(
+            name=_text(record, "Name"),
+            payload=_bytes(record, "Payload"),
+            coalesce=_flag(record, "Coalesce"),
+            ltime=_integer(record, "LTime", 0, (1 << 64) - 1),
+        )
+    if kind in MEMBER_EVENTS:
+        return RpcMemberEvent(kind, tuple(_members({"Members": record.get("Members")})))
+    return None  # a query: shoal has none, and Serf sends them only to "query" filters
+
+
+# ---------------------------------------------------------------------------------------------
+# What the server decides for itself: event filters and member filters, as Serf defines them.
+
+
+def parse_event_filter(text: str) -> list[tuple[str, str]]:
+    """Serf's ``-event-handler``/``stream`` filter, such as ``"member-join,user:deploy"``, as
+    (event, name) pairs; empty means ``"*"``.  Raises RpcError(INVALID_FILTER)."""
+    filters = []
+    for part in (text or "*").split(","):
+        event, name = part, ""
+        if part.startswith(("user:", "query:")):
+            event, _, name = part.partition(":")
+        if event not in _FILTER_EVENTS:
+            raise RpcError(INVALID_FILTER)
+        filters.append((event, name))
+    return filters
+
+
+def event_matches(filters: Sequence[tuple[str, str]], event: RpcEvent) -> bool:
+    """Whether any filter lets ``event`` through (Serf's ``EventFilter.Invoke``)."""
+    kind, name = (event.event, "") if isinstance(event, RpcMemberEvent) else ("user", event.name)
+    return any(
+        wanted == "*" or (wanted == kind and (not wanted_name or wanted_name == name))
+        for wanted, wanted_name in filters
+    )
+
+
+_LEADING_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+
+
+def _anchored(expr: str) -> re.Pattern[str]:
+    # Serf compiles "^expr$" with Go's regexp, whose $ is the very end (Python's \Z).  Go also
+    # allows flags such as (?i) after the ^, which Python 3.11 refuses: move them in front.
+    flags = _LEADING_FLAGS.match(expr)
+    prefix = flags.group() if flags else ""
+    return re.compile(prefix + "^" + expr[len(prefix) :] + r"\Z")
+
+
+def filter_members(
+    members: Sequence[RpcMember], tags: Mapping[str, str], status: str, name: str
+) -> list[RpcMember]:
+    """The members whose tags, status and name fully match these regexes, as Serf's
+    ``members-filtered`` selects them: an empty status or name matches anything, and a tag
+    filter on a tag a member lacks matches its empty value.  Raises RpcError for a bad regex."""
+    try:
+        tag_res = {key: _anchored(expr) for key, expr in tags.items()}
+        status_re = _anchored(status)
+        name_re = _anchored(name)
+    except re.error as exc:
+        raise RpcError(f"{REGEX_ERROR_PREFIX}{exc}") from None
+    return [
+        member
+        for member in members
+        if all(regex.search(member.tags.get(key, "")) for key, regex in tag_res.items())
+        and (not status or status_re.search(member.status))
+        and (not name or name_re.search(member.name))
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The server.
+
+
+async def serve_rpc(
+    backend: AgentBackend,
+    host: str,
+    port: int,
+    auth_key: str | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve Serf's RPC protocol on ``host:port`` until cancelled, one task per connection.
+
+    Start it with ``port = await nursery.start(serve_rpc, backend, host, port)``: it reports
+    the bound port, so port 0 picks a free one.  With an ``auth_key`` (empty means none, as in
+    Serf), clients must authenticate after the handshake.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(partial(_serve_connection, backend, auth_key or None), listeners)
+
+
+async def _serve_connection(
+    backend: AgentBackend, auth_key: str | None, stream: trio.SocketStream
+) -> None:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+        peer = f"{host}:{port}"
+    except OSError:  # the client is already gone
+        peer = "a departed client"
+    log.debug("RPC client %s connected", peer)
+    try:
+        async with trio.open_nursery() as nursery:  # for its event streams
+            connection = _Connection(backend, auth_key, stream, peer, nursery)
+            try:
+                await connection.serve()
+            finally:
+                connection.stop_streams()
+            nursery.cancel_scope.cancel()
+    except Exception:  # a bug must cost this connection only, never the server
+        log.exception("RPC client %s: unexpected failure; closing its connection", peer)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@dataclass(slots=True)
+class _EventStream:
+    events: trio.MemorySendChannel[RpcEvent]
+    unsubscribe: Callable[[], None]
+
+    def close(self) -> None:
+        self.unsubscribe()
+        self.events.close()
+
+
+class _Connection:
+    """One client: reads requests in order and answers each; event streams write alongside."""
+
+    def __init__(
+        self,
+        backend: AgentBackend,
+        auth_key: str | None,
+        stream: trio.SocketStream,
+        peer: str,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._backend = backend
+        self._auth_key = auth_key
+        self._stream = stream
+        self._peer = peer
+        self._nursery = nursery
+        self._reader = _ObjectReader(stream, MAX_REQUEST_BYTES)
+        self._write_lock = trio.Lock()
+        self._version = 0
+        self._authenticated = auth_key is None
+        self._streams: dict[int, _EventStream] = {}
+        self._handlers = {
+            "handshake": self._handshake,
+            "auth": self._auth,
+            "event": self._user_event,
+            "force-leave": self._force_leave,
+            "join": self._join,
+            "members": self._members,
+            "members-filtered": self._members,
+            "stream": self._stream_events,
+            "stop": self._stop,
+            "leave": self._leave,
+            "tags": self._tags,
+            "stats": self._stats,
+        }
+
+    async def serve(self) -> None:
+        """Answer requests until the client leaves or sends what cannot be parsed."""
+        try:
+            while True:
+                await self._serve_one()
+        except EOFError:
+            log.debug("RPC client %s disconnected", self._peer)
+        except _ProtocolError as exc:
+            log.info("closing the RPC connection from %s: %s", self._peer, exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("RPC client %s went away", self._peer)
+
+    def stop_streams(self) -> None:
+        """Unsubscribe every event stream of this connection."""
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
+
+    async def _serve_one(self) -> None:
+        header = _struct(await self._reader.next(), "the request header")
+        command = _text(header, "Command")
+        seq = _integer(header, "Seq", 0, (1 << 64) - 1)
+        if command != "handshake" and not self._version:
+            await self._reply(seq, HANDSHAKE_REQUIRED)
+            raise _ProtocolError(f"{command!r} came before the handshake")
+        shape = SERF_COMMANDS.get(command)
+        if shape is None:
+            await self._reply(seq, UNSUPPORTED_COMMAND)
+            raise _ProtocolError(f"unknown command {command!r}, whose body cannot be skipped")
+        takes_body, returns_body = shape
+        body = await self._reader.next() if takes_body else None
+        # Serf's client reads a reply body even when the reply is an error.
+        empty_reply: object = {} if returns_body else None
+        if not self._authenticated and command not in ("handshake", "auth"):
+            await self._reply(seq, AUTH_REQUIRED)  # the one error Serf's client expects bare
+            return
+        handler = self._handlers.get(command)
+        if handler is None:
+            await self._reply(seq, UNSUPPORTED_COMMAND, empty_reply)
+            return
+        try:
+            await handler(seq, _struct(body, f"the {command} request"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except _ProtocolError as exc:
+            log.info("RPC %s from %s: malformed request: %s", command, self._peer, exc)
+            await self._reply(seq, f"decode failed: {exc}", empty_reply)
+        except Exception as exc:  # the backend's refusal, or its failure, is this answer
+            message = str(exc) or type(exc).__name__
+            log.info("RPC %s from %s failed: %s", command, self._peer, message)
+            await self._reply(seq, message, empty_reply)
+
+    async def _reply(self, seq: int, error: str = "", body: object = None) -> None:
+        data = _pack({"Seq": seq, "Error": error})
+        if body is not None:
+            data += _pack(body)
+        async with self._write_lock:
+            await self._stream.send_all(data)
+
+    async def _handshake(self, seq: int, body: dict[str, object]) -> None:
+        version = _integer(body, "Version", -(1 << 31), (1 << 31) - 1)
+        if version != IPC_VERSION:
+            raise RpcError(UNSUPPORTED_IPC_VERSION)
+        if self._version:
+            raise RpcError(DUPLICATE_HANDSHAKE)
+        self._version = version
+        await self._reply(seq)
+
+    async def _auth(self, seq: int, body: dict[str, object]) -> None:
+        offered = _text(body, "AuthKey").encode()
+        if not hmac.compare_digest(offered, (self._auth_key or "").encode()):
+            raise RpcError(INVALID_AUTH_TOKEN)
+        self._authenticated = True
+        await self._reply(seq)
+
+    async def _user_event(self, seq: int, body: dict[str, object]) -> None:
+        await self._backend.user_event(
+            _text(body, "Name"), _bytes(body, "Payload"), _flag(body, "Coalesce")
+        )
+        await self._reply(seq)
+
+    async def _force_leave(self, seq: int, body: dict[str, object]) -> None:
+        await self._backend.force_leave(_text(body, "Node"), _flag(body, "Prune"))
+        await self._reply(seq)
+
+    async def _join(self, seq: int, body: dict[str, object]) -> None:
+        joined = await self._backend.join(_text_list(body, "Existing"), _flag(body, "Replay"))
+        await self._reply(seq, "", {"Num": joined})
+
+    async def _members(self, seq: int, body: dict[str, object]) -> None:
+        members = filter_members(
+            self._backend.members(),
+            _text_map(body, "Tags"),
+            _text(body, "Status"),
+            _text(body, "Name"),
+        )
+        await self._reply(seq, "", {"Members": [_member_struct(m) for m in members]})
+
+    async def _leave(self, seq: int, _: dict[str, object]) -> None:
+        await self._backend.leave()
+        await self._reply(seq)
+
+    async def _tags(self, seq: int, body: dict[str, object]) -> None:
+        await self._backend.set_tags(_text_map(body, "Tags"), _text_list(body, "DeleteTags"))
+        await self._reply(seq)
+
+    async def _stats(self, seq: int, _: dict[str, object]) -> None:
+        await self._reply(seq, "", self._backend.stats())
+
+    async def _stream_events(self, seq: int, body: dict[str, object]) -> None:
+        filters = parse_event_filter(_text(body, "Type"))
+        if seq in self._streams:
+            raise RpcError(STREAM_EXISTS)
+        send, receive = trio.open_memory_channel[RpcEvent](STREAM_BUFFER)
+        dropped = 0
+
+        def deliver(event: RpcEvent) -> None:
+            nonlocal dropped
+            if not event_matches(filters, event):
+                return
+            try:
+                send.send_nowait(event)
+            except trio.WouldBlock:
+                if not dropped:
+                    log.warning(
+                        "RPC client %s reads its stream too slowly: dropping events until it "
+                        "catches up",
+                        self._peer,
+                    )
+                dropped += 1
+                return
+            except trio.ClosedResourceError:
+                return  # a backend that snapshots its subscribers may call us once after stop
+            if dropped:
+                log.warning("RPC client %s caught up after losing %d events", self._peer, dropped)
+                dropped = 0
+
+        # Subscribe before acknowledging so nothing is missed; the events wait in the channel
+        # and go out only after the acknowledgement, as Serf orders them.
+        self._streams[seq] = _EventStream(send, self._backend.subscribe(deliver))
+        await self._reply(seq)
+        self._nursery.start_soon(self._forward, seq, receive)
+
+    async def _forward(self, seq: int, events: trio.MemoryReceiveChannel[RpcEvent]) -> None:
+        async with events:
+            async for event in events:
+                data = _pack({"Seq": seq, "Error": ""}) + _pack(_record(event))
+                async with self._write_lock:
+                    if seq not in self._streams:
+                        return  # stopped: nothing may follow the reply to stop
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the request loop sees the closed connection too
+
+    async def _stop(self, seq: int, body: dict[str, object]) -> None:
+        stream = self._streams.pop(_integer(body, "Stop", 0, (1 << 64) - 1), None)
+        if stream is not None:
+            stream.close()
+        await self._reply(seq)  # Serf's stop always succeeds
+
+
+# ---------------------------------------------------------------------------------------------
+# The client.
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call:
+    returns_body: bool
+    done: bool = False
+    error: str = ""
+    body: object = None
+
+
+@dataclass(slots=True)
+class _Subscription:
+    acknowledged: bool = False
+    error: str = ""
+    stopped: bool = False
+    dropped: int = 0
+    records: deque[object] = field(default_factory=deque)
+
+
+class RpcClient:
+    """A client of Serf's RPC protocol, for a shoal agent or a Serf one.
+
+    Open it with ``async with RpcClient.connect("127.0.0.1:7373") as client:``.  Several tasks
+    may use one client at once: there is no background task, so whichever task waits for a
+    reply reads the connection and hands each message to its owner.
+    """
+
+    def __init__(self, stream: trio.SocketStream, addr: str, timeout: float) -> None:
+        """Use :meth:`connect`."""
+        self._stream = stream
+        self._addr = addr
+        self._timeout = timeout
+        self._reader = _ObjectReader(stream, MAX_REPLY_BYTES)
+        self._read_lock = trio.Lock()
+        self._write_lock = trio.Lock()
+        self._last_seq = 0
+        self._calls: dict[int, _Call] = {}
+        self._subscriptions: dict[int, _Subscription] = {}
+        self._body_for: Callable[[object], None] | None = None
+        self._broken: RpcConnectionError | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        addr: str = DEFAULT_RPC_ADDR,
+        auth_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> AsyncIterator[RpcClient]:
+        """Connect to the agent at ``addr`` (``host:port``), shake hands, and authenticate when
+        given a key.  Raises RpcConnectionError when the agent cannot be reached, RpcError when
+        it refuses the key, ValueError for an address that is not ``host:port``."""
+        host, port = parse_rpc_addr(addr)
+        try:
+            with trio.fail_after(timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            raise RpcConnectionError(
+                f"cannot reach the agent at {addr}: no answer in {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise RpcConnectionError(
+                f"cannot reach the agent at {addr}: {_connect_failure(exc)}"
+            ) from None
+        async with stream:
+            client = cls(stream, addr, timeout)
+            try:
+                with trio.fail_after(timeout):
+                    await client._request("handshake", {"Version": IPC_VERSION})
+                    if auth_key:
+                        await client._request("auth", {"AuthKey": auth_key})
+            except trio.TooSlowError:
+                raise RpcConnectionError(
+                    f"{addr} accepted the connection but did not answer the handshake in "
+                    f"{timeout:g} s; is it a Serf or shoal agent's RPC address?"
+                ) from None
+            yield client
+
+    async def members(self) -> list[RpcMember]:
+        """Every member the agent knows."""
+        return self._read(_members, await self._request("members", returns_body=True))
+
+    async def members_filtered(
+        self, tags: Mapping[str, str] | None = None, status: str = "", name: str = ""
+    ) -> list[RpcMember]:
+        """The members whose tags, status and name fully match these regexes (empty: any)."""
+        body = {"Tags": dict(tags or {}), "Status": status, "Name": name}
+        return self._read(_members, await self._request("members-filtered", body, True))
+
+    async def join(self, addresses: Sequence[str], replay: bool = False) -> int:
+        """Ask the agent to join through these addresses; returns how many it reached."""
+        body = {"Existing": list(addresses), "Replay": replay}
+        reply = await self._request("join", body, True)
+        return self._read(_joined, reply)
+
+    async def leave(self) -> None:
+        """Ask the agent to leave the cluster gracefully and shut down."""
+        await self._request("leave")
+
+    async def force_leave(self, node: str, prune: bool = False) -> None:
+        """Ask the agent to mark a failed member as left (``prune``: and forget it)."""
+        await self._request("force-leave", {"Node": node, "Prune": prune})
+
+    async def update_tags(
+        self, tags: Mapping[str, str] | None = None, delete: Sequence[str] = ()
+    ) -> None:
+        """Set and remove tags on the agent."""
+        await self._request("tags", {"Tags": dict(tags or {}), "DeleteTags": list(delete)})
+
+    async def user_event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
+        """Send a user event through the agent."""
+        await self._request("event", {"Name": name, "Payload": payload, "Coalesce": coalesce})
+
+    async def stats(self) -> dict[str, dict[str, str]]:
+        """The agent's figures by section, as ``serf info`` shows them."""
+        return self._read(_stats, await self._request("stats", returns_body=True))
+
+    @asynccontextmanager
+    async def stream(self, event_filter: str = "*") -> AsyncIterator[AsyncIterator[RpcEvent]]:
+        """Events the agent sees, filtered like ``"member-join,member-failed,user:deploy"``:
+        ``async with client.stream(...) as events: async for event in events: ...``.  Leaving
+        the block stops the stream.  A reader that falls :data:`STREAM_BUFFER` events behind
+        loses the newest, as Serf's client does."""
+        seq = self._next_seq()
+        subscription = self._subscriptions[seq] = _Subscription()
+        try:
+            await self._send("stream", seq, {"Type": event_filter})
+            await self._wait(lambda: subscription.acknowledged)
+            if subscription.error:
+                raise RpcError(subscription.error)
+            yield self._events(subscription)
+        finally:
+            subscription.stopped = True
+            subscription.records.clear()
+            if self._broken is None and not subscription.error:
+                with trio.move_on_after(self._timeout, shield=True), suppress(RpcConnectionError):
+                    await self._request("stop", {"Stop": seq})
+
+    async def _events(self, subscription: _Subscription) -> AsyncIterator[RpcEvent]:
+        while True:
+            await self._wait(lambda: bool(subscription.records) or subscription.stopped)
+            if subscription.stopped:
+                return
+            event = self._read(_event, subscription.records.popleft())
+            if event is not None:
+                yield event
+
+    def _next_seq(self) -> int:
+        self._last_seq += 1
+        return self._last_seq
+
+    def _read(self, parse: Callable[[object], T], reply: object) -> T:
+        try:
+            return parse(reply)
+        except _ProtocolError as exc:
+            raise RpcConnectionError(
+                f"the agent at {self._addr} sent a reply shoal cannot read: {exc}"
+            ) from None
+
+    async def _request(
+        self, command: str, body: object = None, returns_body: bool = False
+    ) -> object:
+        seq = self._next_seq()
+        call = self._calls[seq] = _Call(returns_body)
+        await self._send(command, seq, body)
+        await self._wait(lambda: call.done)
+        if call.error:
+            raise RpcError(call.error)
+        return call.body
+
+    def _fail(self, reason: str) -> RpcConnectionError:
+        if self._broken is None:
+            self._broken = RpcConnectionError(
+                f"the connection to the agent at {self._addr} {reason}"
+            )
+        return self._broken
+
+    async def _send(self, command: str, seq: int, body: object) -> None:
+        if self._broken is not None:
+            raise self._broken
+        data = _pack({"Command": command, "Seq": seq})
+        if body is not None:
+            data += _pack(body)
+        # A request cut in half would garble every later one: finish writing it, within limits.
+        async with self._write_lock:
+            with trio.move_on_after(self._timeout, shield=True) as scope:
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise self._fail(f"broke: {exc}") from None
+            if scope.cancelled_caught:
+                raise self._fail(f"stalled: a request took over {self._timeout:g} s to write")
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        """Read and dispatch replies until ``ready()``; one task reads at a time."""
+        while not ready():
+            if self._broken is not None:
+                raise self._broken
+            async with self._read_lock:
+                if not ready() and self._broken is None:
+                    await self._read_one()
+
+    async def _read_one(self) -> None:
+        try:
+            message = await self._reader.next()
+        except EOFError:
+            raise self._fail("was closed by the agent") from None
+        except _ProtocolError as exc:
+            raise self._fail(f"carried bytes shoal cannot read: {exc}") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise self._fail(f"broke: {exc}") from None
+        if self._body_for is not None:
+            deliver, self._body_for = self._body_for, None
+            deliver(message)
+            return
+        try:
+            header = _struct(message, "a reply header")
+            seq = _integer(header, "Seq", 0, (1 << 64) - 1)
+            error = _text(header, "Error")
+        except _ProtocolError as exc:
+            raise self._fail(f"carried a reply shoal cannot read: {exc}") from None
+        call = self._calls.pop(seq, None)
+        if call is not None:
+            call.error = error
+            if call.returns_body and error != AUTH_REQUIRED:
+                self._body_for = partial(_finish, call)
+            else:
+                call.done = True
+            return
+        subscription = self._subscriptions.get(seq)
+        if subscription is None:
+            raise self._fail(f"carried a reply to request {seq}, which was never sent")
+        if not subscription.acknowledged:
+            subscription.acknowledged = True
+            subscription.error = error
+        else:
+            self._body_for = partial(_keep_record, subscription)
+
+
+def _finish(call: _Call, body: object) -> None:
+    call.body = body
+    call.done = True
+
+
+def _keep_record(subscription: _Subscription, record: object) -> None:
+    if subscription.stopped:
+        return  # Serf's agent may send what it had queued after the stop
+    if len(subscription.records) >= STREAM_BUFFER:
+        if not subscription.dropped:
+            log.warning("an event stream is read too slowly: dropping events until it catches up")
+        subscription.dropped += 1
+        return
+    if subscription.dropped:
+        log.warning("an event stream caught up after losing %d events", subscription.dropped)
+        subscription.dropped = 0
+    subscription.records.append(record)
+
+
+def _connect_failure(exc: OSError) -> str:
+    # trio reports "all attempts failed" and puts each attempt's error in an ExceptionGroup.
+    cause = exc.__cause__
+    if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
+        exc = cause.exceptions[0]
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno).lower()
+    return (exc.strerror or str(exc)).lower()  # resolver errors have negative numbers
