@@ -377,13 +377,27 @@ class Engine:
             node.address, wire.User(payload), purpose="user", expects_reply=False
         )
 
-    def broadcast(self, payload: bytes, now: float, key: str | None = None) -> None:
+    def broadcast(
+        self,
+        payload: bytes,
+        now: float,
+        key: str | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         """Piggyback ``payload`` on gossip: it is sent ``retransmit_mult * ceil(log10(n + 1))``
         times to random members, who do not pass it on (memberlist's user broadcast; the Serf
         layer's events, which receivers re-gossip, reach everyone).  A later broadcast with the
-        same ``key`` replaces a queued one."""
+        same ``key`` replaces a queued one.  ``on_done`` runs once it has been sent its full
+        count (or replaced)."""
         self._advance(now)
-        self._user_broadcasts.queue(b"\x08" + payload, key)
+        self._user_broadcasts.queue(b"\x08" + payload, key, on_done)
+
+    def send_to(self, address: Address, payload: bytes, now: float) -> None:
+        """Send ``payload`` as a user message in one datagram to any address (Serf answers
+        queries this way, to the asker's address)."""
+        self._advance(now)
+        name = self._names_by_address.get(address)
+        self._send_packet(address, [b"\x08" + payload], self._nodes.get(name) if name else None)
 
     # ------------------------------------------------------------------ inputs
 

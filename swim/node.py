@@ -16,7 +16,7 @@ import random
 import socket
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,16 @@ from swim.events import (
     UserMessage,
 )
 from swim.members import Address, Member
+from swim.serf.layer import (
+    KeyringChanged,
+    QueryAck,
+    QueryAnswer,
+    QueryDone,
+    Serf,
+    SerfEvent,
+    SerfQuery,
+)
+from swim.wire import serf as serf_wire
 
 log = logging.getLogger("swim.node")
 
@@ -64,6 +74,15 @@ class EventsLost:
     count: int
 
 
+@dataclass(eq=False)
+class QueryResult:
+    """What a query collected: who acknowledged it and who answered what."""
+
+    acks: list[str] = field(default_factory=list)
+    answers: dict[str, bytes] = field(default_factory=dict)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 @dataclass(slots=True)
 class RuntimeStats:
     """The runtime's own counters, beside the engine's."""
@@ -72,6 +91,10 @@ class RuntimeStats:
     inbound_streams_refused: int = 0
     stream_errors: int = 0
     send_errors: int = 0
+
+
+Delivered = Event | SerfEvent | EventsLost
+"""What a subscriber receives."""
 
 
 @dataclass(eq=False)
@@ -83,11 +106,13 @@ class EventStream:
     """
 
     capacity: int
-    _queue: collections.deque[Event | EventsLost] = field(default_factory=collections.deque)
+    _queue: collections.deque[Event | SerfEvent | EventsLost] = field(
+        default_factory=collections.deque
+    )
     _lost: int = 0
     _ready: trio.Event = field(default_factory=trio.Event)
 
-    def _put(self, event: Event) -> None:
+    def _put(self, event: Event | SerfEvent) -> None:
         if len(self._queue) >= self.capacity:
             self._queue.popleft()
             self._lost += 1
@@ -97,7 +122,7 @@ class EventStream:
     def __aiter__(self) -> EventStream:
         return self
 
-    async def __anext__(self) -> Event | EventsLost:
+    async def __anext__(self) -> Delivered:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
@@ -137,7 +162,9 @@ class Node:
 
     ``bind`` is the local address for UDP and TCP (port 0 picks a free port, which
     :attr:`address` then tells); ``advertise`` is the address other members should use, when it
-    differs.  ``exit_when_isolated`` (seconds) makes an isolated node raise
+    differs.  With ``tags`` (even empty) the node runs the Serf layer: tags travel as Serf
+    tags, and user events, queries and Serf's join and leave intents work with Serf agents.
+    ``exit_when_isolated`` (seconds) makes an isolated node raise
     :class:`IsolatedError` out of its ``async with`` block once that long has passed without
     reconnecting; by default an isolated node keeps serving and keeps trying to rejoin.
     """
@@ -157,8 +184,8 @@ class Node:
         exit_when_isolated: float | None = None,
         rejoin_interval: float = 5.0,
         rng: random.Random | None = None,
-        local_state: Callable[[bool], bytes] | None = None,
-        merge_remote_state: Callable[[bytes, bool], None] | None = None,
+        tags: Mapping[str, str] | None = None,
+        keyring_file: str | None = None,
     ) -> None:
         self.config = config or Config.lan()
         self._name = name or socket.gethostname()
@@ -172,8 +199,10 @@ class Node:
         self._exit_when_isolated = exit_when_isolated
         self._rejoin_interval = rejoin_interval
         self._rng = rng or random.Random(os.urandom(16))
-        self._local_state = local_state
-        self._merge_remote_state = merge_remote_state
+        self._tags = None if tags is None else dict(tags)
+        self._keyring_file = keyring_file
+        self._serf: Serf | None = None
+        self._queries: dict[int, QueryResult] = {}
         self.runtime_stats = RuntimeStats()
         self._engine: Engine | None = None
         self._udp: trio.socket.SocketType | None = None
@@ -229,22 +258,42 @@ class Node:
         self._udp, self._listener = await _bind_udp_and_tcp(host, port)
         bound_port = self._udp.getsockname()[1]
         advertise = self._advertise or (_advertise_host(host), bound_port)
+        now = trio.current_time()
+        meta = self._meta
+        if self._tags is not None:
+            meta = serf_wire.encode_tags(self._tags, self.config.meta_max_size)
         self._engine = Engine(
             self._name,
             advertise,
             self.config,
             self._rng,
-            meta=self._meta,
+            meta=meta,
             keyring=self._keyring,
-            now=trio.current_time(),
-            local_state=self._local_state,
-            merge_remote_state=self._merge_remote_state,
+            now=now,
+            local_state=None if self._tags is None else self._serf_local_state,
+            merge_remote_state=None if self._tags is None else self._serf_merge,
         )
+        if self._tags is not None:
+            self._serf = Serf(
+                self._engine,
+                self._tags,
+                self._rng,
+                now,
+                reconnect_timeout=self.config.reconnect_timeout,
+            )
         assert self._nursery is not None
         self._nursery.start_soon(self._receive_datagrams)
         self._nursery.start_soon(self._run_timers)
         self._nursery.start_soon(self._serve_streams)
         log.info("node %s listening on %s:%d", self._name, host, bound_port)
+
+    def _serf_local_state(self, join: bool) -> bytes:
+        assert self._serf is not None
+        return self._serf.local_state(join)
+
+    def _serf_merge(self, data: bytes, join: bool) -> None:
+        assert self._serf is not None
+        self._serf.merge_remote_state(data, join)
 
     def _close_sockets(self) -> None:
         if self._udp is not None:
@@ -284,6 +333,13 @@ class Node:
     def isolated(self) -> bool:
         return self.engine.isolated
 
+    @property
+    def serf(self) -> Serf:
+        """The Serf layer (present when the node was given ``tags``)."""
+        if self._serf is None:
+            raise RuntimeError("this node runs without the Serf layer; pass tags={} to Node")
+        return self._serf
+
     def stats(self) -> dict[str, int]:
         """The engine's and the runtime's counters."""
         out = {name: getattr(self.engine.stats, name) for name in self.engine.stats.__slots__}
@@ -313,6 +369,9 @@ class Node:
                 await trio.sleep(backoff * 2 ** (attempt - 1))
             joined, failures = await self._join_once(seeds)
             if joined:
+                if self._serf is not None:
+                    self._serf.joined(trio.current_time())
+                    await self._flush()
                 return joined
         raise JoinError(failures)
 
@@ -344,7 +403,10 @@ class Node:
 
     async def leave(self, timeout: float = 5.0) -> None:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out."""
-        self.engine.leave(trio.current_time(), timeout)
+        if self._serf is not None:
+            self._serf.leave(trio.current_time(), timeout)
+        else:
+            self.engine.leave(trio.current_time(), timeout)
         await self._flush()
         with trio.move_on_after(timeout + 1.0):
             await self._left.wait()
@@ -370,6 +432,55 @@ class Node:
         if outcome[0] is not None:
             raise SendError(f"could not deliver to {name}: {outcome[0]}")
 
+    async def user_event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
+        """Send a Serf user event to every member (``serf event``)."""
+        self.serf.user_event(name, payload, coalesce, trio.current_time())
+        await self._flush()
+
+    async def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Replace this node's Serf tags."""
+        self.serf.set_tags(tags, trio.current_time())
+        await self._flush()
+
+    async def force_leave(self, name: str, prune: bool = False) -> None:
+        """Mark a failed member as left for good, cluster-wide (``serf force-leave``)."""
+        self.serf.force_leave(name, prune, trio.current_time())
+        await self._flush()
+
+    async def query(
+        self,
+        name: str,
+        payload: bytes = b"",
+        *,
+        nodes: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        request_ack: bool = False,
+        relay_factor: int = 0,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """Ask the members (those the filters pick) and collect acks and answers until the
+        query's timeout (Serf's default when None)."""
+        query_id = self.serf.query(
+            name,
+            payload,
+            trio.current_time(),
+            nodes=nodes,
+            tags=tags,
+            request_ack=request_ack,
+            relay_factor=relay_factor,
+            timeout=timeout,
+        )
+        result = QueryResult()
+        self._queries[query_id] = result
+        await self._flush()
+        await result.done.wait()
+        return result
+
+    async def respond(self, query: SerfQuery, payload: bytes) -> None:
+        """Answer a query received as a :class:`~swim.serf.layer.SerfQuery` event."""
+        self.serf.respond(query, payload, trio.current_time())
+        await self._flush()
+
     async def broadcast(self, data: bytes) -> None:
         """Piggyback ``data`` on gossip to random members (see :meth:`Engine.broadcast`)."""
         self.engine.broadcast(data, trio.current_time())
@@ -380,18 +491,29 @@ class Node:
     async def _flush(self, wake_timers: bool = True) -> None:
         """Carry out what the engine asked for, and let the timer task re-read its deadline
         (an input may have brought it closer)."""
-        engine = self.engine
+        engine, serf = self.engine, self._serf
         assert self._udp is not None and self._nursery is not None
-        for address, data in engine.take_datagrams():
-            try:
-                await self._udp.sendto(data, address)
-            except OSError as exc:
-                self.runtime_stats.send_errors += 1
-                log.debug("cannot send to %s: %s", address, exc)
-        for request in engine.take_stream_requests():
-            self._nursery.start_soon(self._outbound_stream, request)
-        for event in engine.take_events():
-            self._deliver(event)
+        now = trio.current_time()
+        while True:
+            events = engine.take_events()
+            for event in events:
+                if serf is not None:
+                    serf.handle(event, now)  # may queue broadcasts: taken in this same pass
+                self._deliver(event)
+            serf_events = serf.take_events() if serf is not None else []
+            for serf_event in serf_events:
+                self._deliver_serf(serf_event)
+            datagrams = engine.take_datagrams()
+            for address, data in datagrams:
+                try:
+                    await self._udp.sendto(data, address)
+                except OSError as exc:
+                    self.runtime_stats.send_errors += 1
+                    log.debug("cannot send to %s: %s", address, exc)
+            for request in engine.take_stream_requests():
+                self._nursery.start_soon(self._outbound_stream, request)
+            if not (events or serf_events or datagrams):
+                break
         if wake_timers:
             self._wakeup.set()
 
@@ -412,17 +534,45 @@ class Node:
         if isinstance(event, Isolated):
             assert self._nursery is not None
             self._nursery.start_soon(self._while_isolated)
+        self._publish(event)
+
+    def _deliver_serf(self, event: SerfEvent) -> None:
+        if isinstance(event, QueryAck | QueryAnswer | QueryDone):
+            result = self._queries.get(event.query_id)
+            if result is None:
+                return
+            if isinstance(event, QueryAck):
+                result.acks.append(event.node)
+            elif isinstance(event, QueryAnswer):
+                result.answers[event.node] = event.payload
+            else:
+                del self._queries[event.query_id]
+                result.done.set()
+            return
+        if isinstance(event, KeyringChanged) and self._keyring_file is not None:
+            assert self._keyring is not None
+            try:
+                self._keyring.save(self._keyring_file)
+            except OSError as exc:
+                log.error("cannot write the keyring file %s: %s", self._keyring_file, exc)
+        self._publish(event)
+
+    def _publish(self, event: Event | SerfEvent) -> None:
         for subscriber in list(self._subscribers):
             subscriber._put(event)
 
     async def _run_timers(self) -> None:
-        engine = self.engine
+        engine, serf = self.engine, self._serf
         while True:
-            deadline = engine.next_deadline()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
+            deadlines = [engine.next_deadline(), serf.next_deadline() if serf else None]
+            deadline = min((d for d in deadlines if d is not None), default=math.inf)
+            with trio.move_on_at(deadline):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            engine.tick(trio.current_time())
+            now = trio.current_time()
+            engine.tick(now)
+            if serf is not None:
+                serf.tick(now)
             await self._flush(wake_timers=False)
 
     async def _receive_datagrams(self) -> None:

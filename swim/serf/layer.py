@@ -1,0 +1,710 @@
+"""The Serf layer: what makes a shoal node a first-class member of a Serf cluster.
+
+Like the engine it sits on, :class:`Serf` does no I/O and reads no clock: it turns the engine's
+events into Serf's (member status with intents, user events, queries), answers Serf's internal
+queries, and sends through the engine.  It follows Serf 0.9.4 (``serf.go``, ``delegate.go``,
+``query.go``, ``internal_query.go``): Lamport clocks for members, events and queries; join and
+leave intents so that a graceful leave reads ``left`` and a stray leave intent is refuted;
+events and queries de-duplicated in 512-slot rings and re-gossiped by every node that sees
+them first; the push-pull state that carries clocks, left members and recent events.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import heapq
+import logging
+import math
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from swim import wire
+from swim.engine import Engine
+from swim.events import (
+    Event,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberUpdated,
+    UserMessage,
+)
+from swim.members import Address, Member, MemberState, ip_bytes, ip_text
+from swim.wire import serf as msg
+from swim.wire.crypto import KeyringError
+
+log = logging.getLogger("swim.serf")
+
+RING_SIZE = 512
+"""Recent user events and queries remembered for de-duplication (Serf's buffer sizes)."""
+RECENT_INTENT_TIMEOUT = 300.0
+"""How long an intent about an unknown member is kept for when it shows up."""
+REAP_INTERVAL = 15.0
+BROADCAST_TIMEOUT = 5.0
+LEAVE_PROPAGATE_DELAY = 1.0
+QUERY_TIMEOUT_MULT = 16
+INTERNAL_PREFIX = "_serf_"
+
+
+class Status(enum.Enum):
+    """A member's status in Serf's eyes (``serf members`` prints these)."""
+
+    ALIVE = "alive"
+    LEAVING = "leaving"
+    LEFT = "left"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class SerfMember:
+    """One member with its tags and Serf status."""
+
+    name: str
+    address: Address
+    tags: dict[str, str]
+    status: Status
+    vsn: bytes
+    status_ltime: int = 0
+    leave_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SerfUserEvent:
+    """A Serf user event, delivered once per node however many copies arrive."""
+
+    ltime: int
+    name: str
+    payload: bytes
+    coalesce: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SerfQuery:
+    """A query this node should answer with :meth:`Serf.respond` before ``deadline``."""
+
+    ltime: int
+    id: int
+    name: str
+    payload: bytes
+    source_node: str
+    address: Address
+    relay_factor: int
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAck:
+    """``node`` received our query ``query_id``."""
+
+    query_id: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    """``node`` answered our query ``query_id``."""
+
+    query_id: int
+    node: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryDone:
+    """Our query ``query_id`` timed out: no more acks or answers will be delivered."""
+
+    query_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReaped:
+    """A failed or left member was forgotten after its retention time."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringChanged:
+    """A key query changed the keyring: the runtime should write the keyring file."""
+
+    keys: tuple[bytes, ...]
+
+
+SerfEvent = (
+    SerfUserEvent | SerfQuery | QueryAck | QueryAnswer | QueryDone | MemberReaped | KeyringChanged
+)
+
+
+class _Clock:
+    """A Lamport clock (``lamport.go``)."""
+
+    __slots__ = ("time",)
+
+    def __init__(self) -> None:
+        self.time = 1
+
+    def witness(self, value: int) -> None:
+        self.time = max(self.time, value + 1)
+
+
+@dataclass(slots=True)
+class _OpenQuery:
+    id: int
+    ltime: int
+    deadline: float
+    acks: set[str] = field(default_factory=set)
+    answers: set[str] = field(default_factory=set)
+
+
+class SerfError(Exception):
+    """A Serf operation was refused; the message says why."""
+
+
+class Serf:
+    """Serf on top of one engine.  Feed it the engine's events with :meth:`handle`, call
+    :meth:`tick` by :meth:`next_deadline`, take what it produced with :meth:`take_events`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        tags: Mapping[str, str],
+        rng: random.Random,
+        now: float,
+        *,
+        reconnect_timeout: float = 24 * 3600.0,
+        tombstone_timeout: float = 24 * 3600.0,
+        event_size_limit: int = msg.DEFAULT_USER_EVENT_SIZE_LIMIT,
+    ) -> None:
+        self.engine = engine
+        self._rng = rng
+        self._now = now
+        self.tags = dict(tags)
+        self._reconnect_timeout = reconnect_timeout
+        self._tombstone_timeout = tombstone_timeout
+        self._event_size_limit = event_size_limit
+        self.clock, self.event_clock, self.query_clock = _Clock(), _Clock(), _Clock()
+        self._event_min_time = 0
+        self._query_min_time = 0
+        self._members: dict[str, SerfMember] = {}
+        self._intents: dict[str, tuple[str, int, float]] = {}  # name -> (kind, ltime, when)
+        self._events_seen: list[tuple[int, list[tuple[str, bytes]]] | None] = [None] * RING_SIZE
+        self._queries_seen: list[tuple[int, list[int]] | None] = [None] * RING_SIZE
+        self._open_queries: dict[int, _OpenQuery] = {}
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_serial = 0
+        self._leaving = False
+        self._out: list[SerfEvent] = []
+        self._schedule(now + REAP_INTERVAL, self._reap)
+        self._on_node_join(engine.local_member)
+
+    # ------------------------------------------------------------------ driver interface
+
+    def take_events(self) -> list[SerfEvent]:
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def tick(self, now: float) -> None:
+        self._now = max(self._now, now)
+        while self._timers and self._timers[0][0] <= now:
+            _, _, action = heapq.heappop(self._timers)
+            action()
+
+    def handle(self, event: Event, now: float) -> None:
+        """Take one engine event: membership changes and user messages."""
+        self._now = max(self._now, now)
+        if isinstance(event, MemberJoined):
+            self._on_node_join(event.member)
+        elif isinstance(event, MemberUpdated):
+            known = self._members.get(event.member.name)
+            if known is not None:
+                known.address, known.vsn = event.member.address, event.member.vsn
+                known.tags = _tags(event.member.meta)
+        elif isinstance(event, MemberLeft | MemberFailed):
+            self._on_node_leave(event.member)
+        elif isinstance(event, UserMessage):
+            self._on_message(event.payload)
+
+    def local_state(self, join: bool) -> bytes:
+        """Serf's push-pull state: clocks, status times, left members, recent events."""
+        events = tuple(
+            None
+            if slot is None
+            else msg.RecentEvents(slot[0], tuple(msg.RecentEvent(n, p) for n, p in slot[1]))
+            for slot in self._events_seen
+        )
+        state = msg.SerfPushPull(
+            ltime=self.clock.time,
+            status_ltimes={name: m.status_ltime for name, m in self._members.items()},
+            left_members=tuple(n for n, m in self._members.items() if m.status is Status.LEFT),
+            event_ltime=self.event_clock.time,
+            events=events,
+            query_ltime=self.query_clock.time,
+        )
+        return msg.encode_serf(state)
+
+    def merge_remote_state(self, data: bytes, join: bool) -> None:
+        """Merge a peer's push-pull state (``delegate.go MergeRemoteState``)."""
+        try:
+            state = msg.decode_serf(data)
+        except wire.DecodeError as exc:
+            log.debug("bad Serf push-pull state: %s", exc.reason)
+            return
+        if not isinstance(state, msg.SerfPushPull):
+            return
+        for clock, value in (
+            (self.clock, state.ltime),
+            (self.event_clock, state.event_ltime),
+            (self.query_clock, state.query_ltime),
+        ):
+            if value > 0:
+                clock.witness(value - 1)
+        left = set(state.left_members)
+        for name in state.left_members:
+            self._on_leave_intent(msg.LeaveIntent(state.status_ltimes.get(name, 0) + 1, name))
+        for name, ltime in state.status_ltimes.items():
+            if name not in left:
+                self._on_join_intent(msg.JoinIntent(ltime, name))
+        for slot in state.events:
+            if slot is not None:
+                for event in slot.events:
+                    self._on_user_event(msg.UserEvent(slot.ltime, event.name, event.payload))
+
+    # ------------------------------------------------------------------ commands
+
+    def members(self) -> list[SerfMember]:
+        return list(self._members.values())
+
+    def joined(self, now: float) -> None:
+        """Announce ourselves after a successful join (Serf's ``broadcastJoin``)."""
+        self._now = max(self._now, now)
+        intent = msg.JoinIntent(self.clock.time, self.engine.name)
+        self.clock.witness(intent.ltime)
+        self._on_join_intent(intent)
+        self._broadcast(msg.encode_serf(intent))
+
+    def leave(self, now: float, timeout: float = BROADCAST_TIMEOUT) -> None:
+        """Leave as Serf does: a leave intent first, so that others record ``left`` rather
+        than ``failed``; then the engine's leave once the intent is out (or ``timeout``)."""
+        self._now = max(self._now, now)
+        if self._leaving:
+            return
+        self._leaving = True
+        intent = msg.LeaveIntent(self.clock.time, self.engine.name)
+        self.clock.time += 1
+        self._on_leave_intent(intent)
+        started = [False]
+
+        def leave_engine() -> None:
+            if not started[0]:
+                started[0] = True
+                self.engine.leave(self._now, timeout)
+
+        if self.engine.alive_count() > 1:
+            self._broadcast(msg.encode_serf(intent), on_done=leave_engine)
+            self._schedule(now + timeout, leave_engine)
+        else:
+            leave_engine()
+
+    def user_event(self, name: str, payload: bytes, coalesce: bool, now: float) -> None:
+        """Send a user event to every member; raises :class:`SerfError` past the size limit."""
+        self._now = max(self._now, now)
+        size = len(name.encode()) + len(payload)
+        limit = min(self._event_size_limit, msg.USER_EVENT_SIZE_LIMIT)
+        if size > limit:
+            raise SerfError(f"user event is {size} bytes, over the limit of {limit} bytes")
+        event = msg.UserEvent(self.event_clock.time, name, payload, coalesce)
+        raw = msg.encode_serf(event)
+        if len(raw) > limit:
+            raise SerfError(f"encoded user event is {len(raw)} bytes, over the limit of {limit}")
+        self.event_clock.time += 1
+        self._on_user_event(event)
+        self._broadcast(raw)
+
+    def set_tags(self, tags: Mapping[str, str], now: float) -> None:
+        """Advertise new tags (they travel in the node's metadata)."""
+        meta = msg.encode_tags(tags, self.engine.config.meta_max_size)
+        self.tags = dict(tags)
+        self.engine.update_meta(meta, now)
+
+    def force_leave(self, name: str, prune: bool, now: float) -> None:
+        """Tell the cluster a failed member has left for good (``serf force-leave``)."""
+        self._now = max(self._now, now)
+        member = self._members.get(name)
+        if member is None:
+            raise SerfError(f"no member named {name!r}")
+        intent = msg.LeaveIntent(self.clock.time, name, prune)
+        self.clock.time += 1
+        self._on_leave_intent(intent)
+        self._broadcast(msg.encode_serf(intent))
+
+    def default_query_timeout(self) -> float:
+        """``GossipInterval * 16 * ceil(log10(n + 1))``, as Serf computes it."""
+        n = len(self.engine.members())
+        return (
+            self.engine.config.gossip_interval * QUERY_TIMEOUT_MULT * math.ceil(math.log10(n + 1))
+        )
+
+    def query(
+        self,
+        name: str,
+        payload: bytes,
+        now: float,
+        *,
+        nodes: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        request_ack: bool = False,
+        relay_factor: int = 0,
+        timeout: float | None = None,
+    ) -> int:
+        """Ask every member (or those the filters pick); acks and answers arrive as
+        :class:`QueryAck` and :class:`QueryAnswer` events until :class:`QueryDone`."""
+        self._now = max(self._now, now)
+        timeout = self.default_query_timeout() if timeout is None else timeout
+        filters = []
+        if nodes:
+            filters.append(msg.encode_node_filter(nodes))
+        for tag, expr in (tags or {}).items():
+            filters.append(msg.encode_tag_filter(tag, expr))
+        me = self.engine.local_member
+        query = msg.Query(
+            ltime=self.query_clock.time,
+            id=self._rng.getrandbits(31),
+            addr=ip_bytes(me.address[0]),
+            port=me.address[1],
+            source_node=me.name,
+            name=name,
+            payload=payload,
+            filters=tuple(filters),
+            flags=msg.QUERY_FLAG_ACK if request_ack else 0,
+            relay_factor=relay_factor,
+            timeout_ns=int(timeout * 1e9),
+        )
+        raw = msg.encode_serf(query)
+        if len(raw) > msg.QUERY_SIZE_LIMIT:
+            raise SerfError(f"query is {len(raw)} bytes, over the limit of {msg.QUERY_SIZE_LIMIT}")
+        self.query_clock.time += 1
+        open_query = _OpenQuery(query.id, query.ltime, now + timeout)
+        self._open_queries[query.ltime] = open_query
+        self._schedule(now + timeout, lambda: self._finish_query(query.ltime))
+        self._on_query(query)
+        self._broadcast(raw)
+        return query.id
+
+    def respond(self, query: SerfQuery, payload: bytes, now: float) -> None:
+        """Answer ``query`` (raises :class:`SerfError` when it is too late or too large)."""
+        self._now = max(self._now, now)
+        if now > query.deadline:
+            raise SerfError(f"the query {query.name!r} timed out; it can no longer be answered")
+        answer = msg.QueryResponse(query.ltime, query.id, self.engine.name, 0, payload)
+        raw = msg.encode_serf(answer)
+        if len(raw) > msg.QUERY_RESPONSE_SIZE_LIMIT:
+            raise SerfError(
+                f"response is {len(raw)} bytes, over the limit of {msg.QUERY_RESPONSE_SIZE_LIMIT}"
+            )
+        self._send_response(query.address, query.source_node, query.relay_factor, answer)
+
+    # ------------------------------------------------------------------ members and intents
+
+    def _on_node_join(self, member: Member) -> None:
+        """``handleNodeJoin``: a new member may already have an intent waiting for it."""
+        known = self._members.get(member.name)
+        if known is None:
+            known = SerfMember(member.name, member.address, {}, Status.ALIVE, member.vsn)
+            intent = self._intents.pop(member.name, None)
+            if intent is not None:
+                kind, ltime, _ = intent
+                known.status_ltime = ltime
+                if kind == "leave":
+                    known.status = Status.LEAVING
+            self._members[member.name] = known
+        else:
+            known.status = Status.ALIVE
+            known.leave_time = 0.0
+        known.address, known.vsn, known.tags = member.address, member.vsn, _tags(member.meta)
+
+    def _on_node_leave(self, member: Member) -> None:
+        """``handleNodeLeave``; a member the engine saw leave gracefully reads ``left`` even
+        without a Serf leave intent (Serf would say ``failed``)."""
+        known = self._members.get(member.name)
+        if known is None:
+            return
+        if known.status is Status.LEAVING or member.state is MemberState.LEFT:
+            known.status = Status.LEFT
+        elif known.status is Status.ALIVE:
+            known.status = Status.FAILED
+        known.leave_time = self._now
+
+    def _on_join_intent(self, intent: msg.JoinIntent) -> bool:
+        self.clock.witness(intent.ltime)
+        member = self._members.get(intent.node)
+        if member is None:
+            return self._remember_intent(intent.node, "join", intent.ltime)
+        if intent.ltime <= member.status_ltime:
+            return False
+        member.status_ltime = intent.ltime
+        if member.status is Status.LEAVING:
+            member.status = Status.ALIVE
+        return True
+
+    def _on_leave_intent(self, intent: msg.LeaveIntent) -> bool:
+        self.clock.witness(intent.ltime)
+        member = self._members.get(intent.node)
+        if member is None:
+            return self._remember_intent(intent.node, "leave", intent.ltime)
+        if intent.ltime <= member.status_ltime:
+            return False
+        if intent.node == self.engine.name and not self._leaving:
+            # a stray leave intent about us: refute it with a newer join intent
+            self.joined(self._now)
+            return False
+        member.status_ltime = intent.ltime
+        if member.status is Status.ALIVE:
+            member.status = Status.LEAVING
+        elif member.status is Status.FAILED:
+            member.status = Status.LEFT
+        if intent.prune and member.status in (Status.LEFT, Status.LEAVING):
+            del self._members[member.name]
+            self._out.append(MemberReaped(member.name))
+        return True
+
+    def _remember_intent(self, name: str, kind: str, ltime: int) -> bool:
+        known = self._intents.get(name)
+        if known is not None and known[1] >= ltime:
+            return False
+        self._intents[name] = (kind, ltime, self._now)
+        self._schedule(self._now + RECENT_INTENT_TIMEOUT, lambda: self._expire_intent(name))
+        return True
+
+    def _expire_intent(self, name: str) -> None:
+        known = self._intents.get(name)
+        if known is not None and self._now - known[2] >= RECENT_INTENT_TIMEOUT:
+            del self._intents[name]
+
+    def _reap(self) -> None:
+        self._schedule(self._now + REAP_INTERVAL, self._reap)
+        for name in list(self._members):
+            member = self._members[name]
+            limit = {Status.FAILED: self._reconnect_timeout, Status.LEFT: self._tombstone_timeout}
+            timeout = limit.get(member.status)
+            if timeout is not None and self._now - member.leave_time > timeout:
+                del self._members[name]
+                self._out.append(MemberReaped(name))
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, payload: bytes) -> None:
+        """A Serf message arrived (``delegate.go NotifyMsg``); new news is re-gossiped."""
+        if not payload:
+            return
+        if payload[0] == msg.SerfMessageType.RELAY:
+            try:
+                relay = msg.decode_relay(payload)
+            except wire.DecodeError:
+                return
+            self.engine.send_to((ip_text(relay.dest_addr), relay.dest_port), relay.inner, self._now)
+            return
+        try:
+            message = msg.decode_serf(payload)
+        except wire.DecodeError as exc:
+            log.debug("dropped a Serf message: %s", exc.reason)
+            return
+        regossip = False
+        if isinstance(message, msg.LeaveIntent):
+            regossip = self._on_leave_intent(message)
+        elif isinstance(message, msg.JoinIntent):
+            regossip = self._on_join_intent(message)
+        elif isinstance(message, msg.UserEvent):
+            regossip = self._on_user_event(message)
+        elif isinstance(message, msg.Query):
+            regossip = self._on_query(message)
+        elif isinstance(message, msg.QueryResponse):
+            self._on_query_response(message)
+        if regossip:
+            self._broadcast(payload)
+
+    def _on_user_event(self, event: msg.UserEvent) -> bool:
+        self.event_clock.witness(event.ltime)
+        if event.ltime < self._event_min_time:
+            return False
+        now_time = self.event_clock.time
+        if now_time > RING_SIZE and event.ltime < now_time - RING_SIZE:
+            return False
+        index = event.ltime % RING_SIZE
+        slot = self._events_seen[index]
+        if slot is None or slot[0] != event.ltime:
+            slot = (event.ltime, [])
+            self._events_seen[index] = slot
+        if (event.name, event.payload) in slot[1]:
+            return False
+        slot[1].append((event.name, event.payload))
+        self._out.append(SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce))
+        return True
+
+    def _on_query(self, query: msg.Query) -> bool:
+        self.query_clock.witness(query.ltime)
+        if query.ltime < self._query_min_time:
+            return False
+        now_time = self.query_clock.time
+        if now_time > RING_SIZE and query.ltime < now_time - RING_SIZE:
+            return False
+        index = query.ltime % RING_SIZE
+        slot = self._queries_seen[index]
+        if slot is None or slot[0] != query.ltime:
+            slot = (query.ltime, [])
+            self._queries_seen[index] = slot
+        if query.id in slot[1]:
+            return False
+        slot[1].append(query.id)
+        regossip = not query.flags & msg.QUERY_FLAG_NO_BROADCAST
+        if not self._selected(query.filters):
+            return regossip
+        if len(query.addr) not in (4, 16):
+            return regossip
+        address = (ip_text(query.addr), query.port)
+        if query.flags & msg.QUERY_FLAG_ACK:
+            ack = msg.QueryResponse(query.ltime, query.id, self.engine.name, msg.QUERY_FLAG_ACK)
+            self._send_response(address, query.source_node, query.relay_factor, ack)
+        incoming = SerfQuery(
+            query.ltime,
+            query.id,
+            query.name,
+            query.payload,
+            query.source_node,
+            address,
+            query.relay_factor,
+            self._now + query.timeout_ns / 1e9,
+        )
+        if query.name.startswith(INTERNAL_PREFIX):
+            self._internal_query(incoming)
+        else:
+            self._out.append(incoming)
+        return regossip
+
+    def _selected(self, filters: Sequence[bytes]) -> bool:
+        for raw in filters:
+            try:
+                selector = msg.decode_filter(raw)
+            except wire.DecodeError:
+                return False
+            if isinstance(selector, msg.NodeFilter):
+                if self.engine.name not in selector.names:
+                    return False
+            else:
+                try:
+                    if re.search(selector.expr, self.tags.get(selector.tag, "")) is None:
+                        return False
+                except re.error:
+                    return False
+        return True
+
+    def _on_query_response(self, answer: msg.QueryResponse) -> None:
+        query = self._open_queries.get(answer.ltime)
+        if query is None or query.id != answer.id or self._now > query.deadline:
+            return
+        if answer.flags & msg.QUERY_FLAG_ACK:
+            if answer.from_node not in query.acks:
+                query.acks.add(answer.from_node)
+                self._out.append(QueryAck(query.id, answer.from_node))
+        elif answer.from_node not in query.answers:
+            query.answers.add(answer.from_node)
+            self._out.append(QueryAnswer(query.id, answer.from_node, answer.payload))
+
+    def _finish_query(self, ltime: int) -> None:
+        query = self._open_queries.pop(ltime, None)
+        if query is not None:
+            self._out.append(QueryDone(query.id))
+
+    def _send_response(
+        self, address: Address, source_node: str, relay_factor: int, answer: msg.QueryResponse
+    ) -> None:
+        raw = msg.encode_serf(answer)
+        self.engine.send_to(address, raw, self._now)
+        if relay_factor:
+            alive = [
+                m
+                for m in self._members.values()
+                if m.status is Status.ALIVE and m.name != self.engine.name and m.vsn[1] >= 5
+            ]
+            if len(self._members) >= relay_factor + 1:
+                relayed = msg.encode_relay(ip_bytes(address[0]), address[1], source_node, raw)
+                for member in self._rng.sample(alive, min(relay_factor, len(alive))):
+                    self.engine.send_to(member.address, relayed, self._now)
+
+    def _internal_query(self, query: SerfQuery) -> None:
+        """Serf's own queries: ping (the ack is the answer), name conflicts, keys."""
+        kind = query.name[len(INTERNAL_PREFIX) :]
+        if kind == "conflict":
+            name = query.payload.decode(errors="replace")
+            if name == self.engine.name:
+                return
+            member = self._members.get(name)
+            body = None
+            if member is not None:
+                body = msg.Member(
+                    name=member.name,
+                    addr=ip_bytes(member.address[0]),
+                    port=member.address[1],
+                    tags=member.tags,
+                    status=msg.MemberStatus[member.status.name],
+                    protocol_min=member.vsn[0],
+                    protocol_max=member.vsn[1],
+                    protocol_cur=member.vsn[2],
+                    delegate_min=member.vsn[3],
+                    delegate_max=member.vsn[4],
+                    delegate_cur=member.vsn[5],
+                )
+            self._respond_quietly(query, msg.encode_serf(msg.ConflictResponse(body)))
+        elif kind in ("install-key", "use-key", "remove-key", "list-keys"):
+            self._respond_quietly(query, msg.encode_serf(self._key_query(kind, query.payload)))
+
+    def _key_query(self, kind: str, payload: bytes) -> msg.KeyResponse:
+        keyring = self.engine.wire_options.keyring
+        if keyring is None:
+            empty = "Keyring is empty" if kind == "list-keys" else "No keyring to modify"
+            return msg.KeyResponse(False, f"{empty} (encryption not enabled)")
+        if kind == "list-keys":
+            keys = tuple(base64.b64encode(k).decode() for k in keyring.keys)
+            primary = base64.b64encode(keyring.primary_key).decode()
+            return msg.KeyResponse(True, "", keys, primary)
+        try:
+            request = msg.decode_serf(payload)
+            if not isinstance(request, msg.KeyRequest):
+                raise wire.DecodeError("not a key request")
+            action = {
+                "install-key": keyring.add_key,
+                "use-key": keyring.use_key,
+                "remove-key": keyring.remove_key,
+            }[kind]
+            action(request.key)
+        except (wire.DecodeError, KeyringError) as exc:
+            return msg.KeyResponse(False, str(exc))
+        self._out.append(KeyringChanged(keyring.keys))
+        return msg.KeyResponse(True)
+
+    def _respond_quietly(self, query: SerfQuery, payload: bytes) -> None:
+        try:
+            self.respond(query, payload, self._now)
+        except SerfError as exc:
+            log.debug("cannot answer %s: %s", query.name, exc)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _broadcast(self, raw: bytes, on_done: Callable[[], None] | None = None) -> None:
+        self.engine.broadcast(raw, self._now, on_done=on_done)
+
+    def _schedule(self, deadline: float, action: Callable[[], None]) -> None:
+        self._timer_serial += 1
+        heapq.heappush(self._timers, (deadline, self._timer_serial, action))
+
+
+def _tags(meta: bytes) -> dict[str, str]:
+    """A member's tags; metadata that is not Serf's reads as Serf reads it (a role)."""
+    try:
+        return msg.decode_tags(meta)
+    except wire.DecodeError:
+        return {}
