@@ -17,8 +17,9 @@ from typing import Any
 
 import trio
 
-from swim import __version__
-from swim.demo import run_demo
+from swim import __version__, agent
+from swim.agent import add_agent_arguments
+from swim.demo import DemoError, run_demo
 from swim.rpc import (
     AUTH_REQUIRED,
     DEFAULT_RPC_ADDR,
@@ -43,12 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"swim (shoal) {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
-        "demo", help="show the wire format at work over loopback sockets"
+        "demo", help="run a 5-node cluster on loopback through a crash, a restart and a leave"
     ).set_defaults(run=_demo)
     keygen = commands.add_parser(
         "keygen", help="print a new base64 AES-256 key for -encrypt (as `serf keygen` does)"
     )
     keygen.set_defaults(run=_keygen)
+    agent_parser = commands.add_parser(
+        "agent",
+        help="run a cluster member until SIGINT or SIGTERM, with Serf's flags and RPC",
+        allow_abbrev=False,
+    )
+    add_agent_arguments(agent_parser)
+    agent_parser.set_defaults(run=agent.main)
 
     members = _client_parser(
         commands, "members", "list the members of the cluster", _members, "retrieving members"
@@ -190,7 +198,10 @@ def _client_parser(
 
 
 def _demo(_: argparse.Namespace) -> int:
-    trio.run(run_demo)
+    try:
+        trio.run(run_demo)
+    except DemoError as exc:
+        return _fail(f"swim demo: {exc}")
     return 0
 
 

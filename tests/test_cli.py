@@ -6,20 +6,62 @@ import re
 from pathlib import Path
 
 import pytest
+import trio
+from trio.testing import MockClock
 
-from swim import __version__
+from swim import __version__, cli, demo
 from swim.cli import main
+from swim.demo import run_demo
 from swim.wire.crypto import decode_key
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_demo_round_trips_over_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_shows_a_crash_a_restart_and_a_leave() -> None:
+    lines: list[str] = []
+    trio.run(run_demo, lines.append, clock=MockClock(autojump_threshold=0))
+    out = "\n".join(lines)
+    expected = [
+        r"\] converged: every node sees all 5 alive",
+        r"\] n4 killed",
+        r"\] n\d sees n4 suspect +\(\+\d+\.\d\d s\)",
+        r"\] n\d sees n4 failed +\(\+\d+\.\d\d s\)",
+        r"\] n4 now failed at 4/4 live nodes",
+        r"\] n4 alive again at 4/4 nodes",
+        r"\] n\d sees n2 left",
+        r"\] n2 now left at 4/4 other nodes",
+        r"whole demo +\d+\.\d\d",
+    ]
+    positions = []
+    for pattern in expected:
+        match = re.search(pattern, out)
+        assert match, f"no line matching {pattern!r} in:\n{out}"
+        positions.append(match.start())
+    assert positions == sorted(positions), out  # in the order they happen
+    assert re.search(r"^\s+n0\s+\.\s+alive\s+left\s+alive\s+alive$", out, flags=re.MULTILINE)
+
+
+def test_demo_fails_loudly_when_a_stage_stalls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo._Cluster, "reached", lambda *_: None)  # never converges
+    monkeypatch.setattr(demo, "STAGE_LIMIT", 2.0)
+    with pytest.raises(demo.DemoError, match="convergence did not happen within 2 s"):
+        trio.run(run_demo, lambda _: None, clock=MockClock(autojump_threshold=0))
+
+
+def test_swim_demo_runs_the_demo_and_reports_a_stall(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcomes: list[demo.DemoError | None] = [None, demo.DemoError("the demo stalled: x")]
+
+    async def fake_demo() -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(cli, "run_demo", fake_demo)
     assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    assert "identical to Go's bytes: True" in out
-    assert "decoded 16 messages" in out
-    assert "round-trips exactly" in out
+    assert main(["demo"]) == 1
+    assert capsys.readouterr().err == "swim demo: the demo stalled: x\n"
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
