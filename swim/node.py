@@ -123,6 +123,7 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Delivered:
+        await trio.lowlevel.checkpoint()  # a busy stream still yields and notices cancellation
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()

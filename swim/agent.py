@@ -1,0 +1,364 @@
+"""``swim agent``: a long-running member with Serf's flags, Serf's RPC endpoint and snapshots.
+
+It runs one :class:`~swim.node.Node` with the Serf layer until SIGINT or SIGTERM, then leaves
+gracefully.  Its RPC endpoint speaks Serf's protocol (:mod:`swim.rpc`), so ``serf members``,
+``serf join`` and the other ``serf`` commands drive it as they drive a ``serf agent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from swim import wire
+from swim.config import Config, ConfigError
+from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
+from swim.members import MemberState, ip_bytes
+from swim.node import Delivered, JoinError, Node, parse_seed
+from swim.rpc import (
+    DEFAULT_RPC_ADDR,
+    RpcEvent,
+    RpcMember,
+    RpcMemberEvent,
+    RpcUserEvent,
+    parse_rpc_addr,
+    serve_rpc,
+)
+from swim.serf.layer import MemberReaped, SerfMember, SerfUserEvent
+from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState
+from swim.wire.crypto import KeyringError, decode_key
+
+log = logging.getLogger("swim.agent")
+
+
+class AgentError(Exception):
+    """The agent cannot start as configured; the message names the flag and the fix."""
+
+
+@dataclass
+class AgentOptions:
+    """The agent's flags, named after ``serf agent``'s."""
+
+    node: str
+    bind: tuple[str, int] = ("0.0.0.0", 7946)
+    advertise: tuple[str, int] | None = None
+    join: list[str] = field(default_factory=list)
+    encrypt: str | None = None
+    keyring_file: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    profile: str = "lan"
+    rpc_addr: str = DEFAULT_RPC_ADDR
+    rpc_auth: str | None = None
+    snapshot: str | None = None
+    rejoin_after_leave: bool = False
+    log_level: str = "INFO"
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """``serf agent``'s flags (single dash, as serf spells them; ``--`` works too)."""
+    flag = parser.add_argument
+    flag("-node", "--node", default=None, help="node name (default: the host name)")
+    flag("-bind", "--bind", default="0.0.0.0:7946", help="address to bind UDP and TCP to")
+    flag("-advertise", "--advertise", default=None, help="address to advertise to others")
+    flag("-join", "--join", action="append", default=[], help="seed to join (repeatable)")
+    flag("-encrypt", "--encrypt", default=None, help="base64 key to encrypt traffic with")
+    flag("-keyring-file", "--keyring-file", default=None, help="Serf keyring file to use")
+    flag("-tag", "--tag", action="append", default=[], help="tag as key=value (repeatable)")
+    flag("-profile", "--profile", default="lan", choices=("lan", "wan", "local"))
+    flag("-rpc-addr", "--rpc-addr", default=DEFAULT_RPC_ADDR, help="RPC endpoint address")
+    flag("-rpc-auth", "--rpc-auth", default=None, help="token RPC clients must present")
+    flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
+    flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
+    flag("-log-level", "--log-level", default="INFO", help="debug, info, warn or err")
+
+
+def options_from_args(args: argparse.Namespace) -> AgentOptions:
+    """Validate the parsed flags; :class:`AgentError` names any bad one."""
+    tags: dict[str, str] = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AgentError(f"-tag {item!r}: expected key=value, for example -tag role=web")
+        tags[key] = value
+    return AgentOptions(
+        node=args.node or os.uname().nodename,
+        bind=_address("-bind", args.bind, 7946),
+        advertise=_address("-advertise", args.advertise, None) if args.advertise else None,
+        join=list(args.join),
+        encrypt=args.encrypt,
+        keyring_file=args.keyring_file,
+        tags=tags,
+        profile=args.profile,
+        rpc_addr=args.rpc_addr,
+        rpc_auth=args.rpc_auth,
+        snapshot=args.snapshot,
+        rejoin_after_leave=args.rejoin,
+        log_level=args.log_level,
+    )
+
+
+def _address(flag: str, text: str, default_port: int | None) -> tuple[str, int]:
+    try:
+        _, host, port = parse_seed(text, default_port or 0)
+    except ValueError as exc:
+        raise AgentError(f"{flag} {text!r}: {exc}") from None
+    return host, port
+
+
+def load_keyring(options: AgentOptions) -> wire.Keyring | None:
+    """The keyring from ``-keyring-file`` and/or ``-encrypt`` (which becomes primary)."""
+    keys: list[bytes] = []
+    try:
+        if options.keyring_file and os.path.exists(options.keyring_file):
+            keys = list(wire.Keyring.from_file(options.keyring_file).keys)
+        if options.encrypt:
+            key = decode_key(options.encrypt)
+            keys = [key, *(k for k in keys if k != key)]
+    except KeyringError as exc:
+        raise AgentError(f"encryption: {exc}") from None
+    if not keys:
+        return None
+    keyring = wire.Keyring(keys)
+    if options.keyring_file and not os.path.exists(options.keyring_file):
+        keyring.save(options.keyring_file)
+    return keyring
+
+
+@dataclass(frozen=True)
+class RunningAgent:
+    """What :func:`run_agent` reports once it is up: its node and its RPC address."""
+
+    node: Node
+    rpc_address: tuple[str, int]
+
+
+class NodeBackend:
+    """What the RPC endpoint drives: this agent's node and Serf layer."""
+
+    def __init__(self, node: Node, shutdown: trio.Event) -> None:
+        self._node = node
+        self._shutdown = shutdown
+        self._subscribers: list[Callable[[RpcEvent], None]] = []
+
+    def members(self) -> list[RpcMember]:
+        return [_rpc_member(m) for m in self._node.serf.members()]
+
+    async def join(self, addresses: list[str], replay: bool) -> int:
+        return await self._node.join(addresses)
+
+    async def leave(self) -> None:
+        await self._node.leave()
+        self._shutdown.set()
+
+    async def force_leave(self, node: str, prune: bool) -> None:
+        await self._node.force_leave(node, prune)
+
+    async def set_tags(self, add: dict[str, str], delete: list[str]) -> None:
+        tags = {k: v for k, v in self._node.serf.tags.items() if k not in delete}
+        tags.update(add)
+        await self._node.set_tags(tags)
+
+    async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
+        await self._node.user_event(name, payload, coalesce)
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        node = self._node
+        members = node.serf.members()
+        counts = {status: 0 for status in ("alive", "leaving", "left", "failed")}
+        for member in members:
+            counts[member.status.value] += 1
+        return {
+            "agent": {"name": node.name},
+            "runtime": {"implementation": "shoal (Python, trio)"},
+            "serf": {
+                "members": str(len(members)),
+                "failed": str(counts["failed"]),
+                "left": str(counts["left"]),
+                "member_time": str(node.serf.clock.time),
+                "event_time": str(node.serf.event_clock.time),
+                "query_time": str(node.serf.query_clock.time),
+                "encrypted": str(node.engine.wire_options.keyring is not None).lower(),
+            },
+            "memberlist": {name: str(value) for name, value in node.stats().items()},
+        }
+
+    def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
+        self._subscribers.append(deliver)
+        return lambda: self._subscribers.remove(deliver)
+
+    def publish(self, event: Delivered) -> None:
+        """Pass a node event on to RPC streams, as Serf's event names."""
+        rpc = _rpc_event(event, self._node)
+        if rpc is not None:
+            for deliver in list(self._subscribers):
+                deliver(rpc)
+
+
+def _rpc_member(member: SerfMember) -> RpcMember:
+    vsn = member.vsn
+    return RpcMember(
+        member.name,
+        ip_bytes(member.address[0]),
+        member.address[1],
+        dict(member.tags),
+        member.status.value,
+        vsn[0],
+        vsn[1],
+        vsn[2],
+        vsn[3],
+        vsn[4],
+        vsn[5],
+    )
+
+
+_MEMBER_EVENT_NAMES: dict[type, str] = {
+    MemberJoined: "member-join",
+    MemberLeft: "member-leave",
+    MemberFailed: "member-failed",
+    MemberUpdated: "member-update",
+}
+
+
+def _rpc_event(event: Delivered, node: Node) -> RpcEvent | None:
+    if isinstance(event, SerfUserEvent):
+        return RpcUserEvent(event.name, event.payload, event.coalesce, event.ltime)
+    if isinstance(event, MemberReaped):
+        return None
+    name = _MEMBER_EVENT_NAMES.get(type(event))
+    if name is None:
+        return None
+    member_name = event.member.name  # type: ignore[union-attr]
+    serf_member = next((m for m in node.serf.members() if m.name == member_name), None)
+    if serf_member is None:
+        return None
+    return RpcMemberEvent(name, (_rpc_member(serf_member),))
+
+
+async def run_agent(
+    options: AgentOptions,
+    *,
+    task_status: trio.TaskStatus[RunningAgent] = trio.TASK_STATUS_IGNORED,
+    handle_signals: bool = True,
+) -> None:
+    """Run the agent until a signal, an RPC ``leave`` or cancellation; leave on the way out
+    (except when cancelled)."""
+    try:
+        config = Config.profile(options.profile)
+    except ConfigError as exc:
+        raise AgentError(f"-profile: {exc}") from None
+    keyring = load_keyring(options)
+    rpc_host, rpc_port = parse_rpc_addr(options.rpc_addr)
+    shutdown = trio.Event()
+    async with (
+        Node(
+            config,
+            name=options.node,
+            bind=options.bind,
+            advertise=options.advertise,
+            keyring=keyring,
+            keyring_file=options.keyring_file,
+            tags=options.tags,
+        ) as node,
+        trio.open_nursery() as nursery,
+    ):
+        backend = NodeBackend(node, shutdown)
+        snapshot = None
+        if options.snapshot:
+            snapshot = Snapshot(options.snapshot, rejoin_after_leave=options.rejoin_after_leave)
+            clocks = snapshot.previous
+            node.serf.clock.witness(clocks.member_clock)
+            node.serf.event_clock.witness(clocks.event_clock)
+            node.serf.query_clock.witness(clocks.query_clock)
+        nursery.start_soon(_forward_events, node, backend, snapshot)
+        if snapshot is not None:
+            nursery.start_soon(_flush_snapshot, snapshot, node)
+        rpc_port = await nursery.start(serve_rpc, backend, rpc_host, rpc_port, options.rpc_auth)
+        if handle_signals:
+            nursery.start_soon(_wait_for_signal, shutdown)
+        await _initial_join(node, options, snapshot.previous if snapshot else None)
+        log.info("agent %s running at %s:%d", node.name, *node.address)
+        task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
+        await shutdown.wait()
+        if node.engine.local_member.state is not MemberState.LEFT:
+            log.info("leaving the cluster")
+            with trio.move_on_after(config.leave_timeout + 2.0):
+                await node.leave(config.leave_timeout)
+        if snapshot is not None:
+            snapshot.leave()
+            snapshot.close()
+        nursery.cancel_scope.cancel()
+
+
+async def _initial_join(node: Node, options: AgentOptions, previous: SnapshotState | None) -> None:
+    """Join the ``-join`` seeds (failing fast when none answers), or else rejoin the members a
+    snapshot remembers."""
+    remembered = previous is not None and bool(previous.alive)
+    if options.join:
+        try:
+            await node.join(options.join)
+            return
+        except JoinError:
+            if not remembered:
+                raise
+            log.warning("the -join seeds did not answer; trying the snapshot's members")
+    if previous is None or not remembered:
+        return
+    if previous.left and not options.rejoin_after_leave:
+        log.info("the snapshot ends with a leave; not rejoining (use -rejoin to)")
+        return
+    for seed in previous.seeds(exclude=node.name):
+        try:
+            await node.join([seed])
+            log.info("rejoined through %s from the snapshot", seed)
+            return
+        except JoinError:
+            continue
+    log.warning("no member from the snapshot answered; running alone until someone joins")
+
+
+async def _forward_events(node: Node, backend: NodeBackend, snapshot: Snapshot | None) -> None:
+    async for event in node.events():
+        backend.publish(event)
+        if snapshot is None:
+            continue
+        if isinstance(event, MemberJoined):
+            snapshot.alive(event.member.name, event.member.address)
+        elif isinstance(event, MemberLeft | MemberFailed):
+            snapshot.not_alive(event.member.name)
+
+
+async def _flush_snapshot(snapshot: Snapshot, node: Node) -> None:
+    while True:
+        await trio.sleep(FLUSH_INTERVAL)
+        serf = node.serf
+        snapshot.clocks(serf.clock.time, serf.event_clock.time, serf.query_clock.time)
+        snapshot.flush()
+
+
+async def _wait_for_signal(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("caught %s: leaving gracefully", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+def main(args: argparse.Namespace) -> int:
+    """The ``swim agent`` command."""
+    logging.basicConfig(
+        level=args.log_level.upper().replace("WARN", "WARNING").replace("ERR", "ERROR"),
+        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
+    )
+    try:
+        options = options_from_args(args)
+        trio.run(run_agent, options)
+    except (AgentError, JoinError, SnapshotError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
