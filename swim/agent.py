@@ -30,7 +30,7 @@ from swim.rpc import (
     parse_rpc_addr,
     serve_rpc,
 )
-from swim.serf.layer import MemberReaped, SerfMember, SerfUserEvent
+from swim.serf.layer import LEAVE_PROPAGATE_DELAY, MemberReaped, SerfMember, SerfUserEvent
 from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState
 from swim.wire.crypto import KeyringError, decode_key
 
@@ -141,9 +141,10 @@ class RunningAgent:
 class NodeBackend:
     """What the RPC endpoint drives: this agent's node and Serf layer."""
 
-    def __init__(self, node: Node, shutdown: trio.Event) -> None:
+    def __init__(self, node: Node, shutdown: trio.Event, nursery: trio.Nursery) -> None:
         self._node = node
         self._shutdown = shutdown
+        self._nursery = nursery
         self._subscribers: list[Callable[[RpcEvent], None]] = []
 
     def members(self) -> list[RpcMember]:
@@ -154,6 +155,11 @@ class NodeBackend:
 
     async def leave(self) -> None:
         await self._node.leave()
+        self._nursery.start_soon(self._shut_down_after_reply)
+
+    async def _shut_down_after_reply(self) -> None:
+        # the RPC reply goes out once leave() returns; Serf's agent also lingers a moment
+        await trio.sleep(LEAVE_PROPAGATE_DELAY)
         self._shutdown.set()
 
     async def force_leave(self, node: str, prune: bool) -> None:
@@ -267,7 +273,7 @@ async def run_agent(
         ) as node,
         trio.open_nursery() as nursery,
     ):
-        backend = NodeBackend(node, shutdown)
+        backend = NodeBackend(node, shutdown, nursery)
         snapshot = None
         if options.snapshot:
             snapshot = Snapshot(options.snapshot, rejoin_after_leave=options.rejoin_after_leave)

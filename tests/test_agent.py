@@ -1,0 +1,172 @@
+"""`swim agent` in-process: its RPC endpoint, snapshots, flags, and the real serf CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from swim.agent import (
+    AgentError,
+    AgentOptions,
+    RunningAgent,
+    add_agent_arguments,
+    options_from_args,
+    run_agent,
+)
+from swim.rpc import RpcClient, RpcMemberEvent, RpcUserEvent
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def options(name: str, **changes: object) -> AgentOptions:
+    base = AgentOptions(
+        node=name,
+        bind=(LOOPBACK, 0),
+        profile="local",
+        rpc_addr=f"{LOOPBACK}:{free_port()}",
+    )
+    for key, value in changes.items():
+        setattr(base, key, value)
+    return base
+
+
+@asynccontextmanager
+async def agent(opts: AgentOptions) -> AsyncIterator[RunningAgent]:
+    async with trio.open_nursery() as nursery:
+        running: RunningAgent = await nursery.start(
+            lambda task_status: run_agent(opts, task_status=task_status, handle_signals=False)
+        )
+        yield running
+        nursery.cancel_scope.cancel()
+
+
+def rpc(running: RunningAgent) -> str:
+    host, port = running.rpc_address
+    return f"{host}:{port}"
+
+
+def seed(running: RunningAgent) -> str:
+    host, port = running.node.address
+    return f"{host}:{port}"
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 20.0) -> None:
+    with trio.fail_after(limit):
+        while not condition():
+            await trio.sleep(0.05)
+
+
+async def test_rpc_members_join_tags_events_and_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with agent(options("a1", tags={"role": "web"})) as a, agent(options("a2")) as b:
+        async with RpcClient.connect(rpc(b)) as client:
+            assert await client.join([seed(a)], replay=False) == 1
+            await wait_until(lambda: len(a.node.serf.members()) == 2)
+            members = {m.name: m for m in await client.members()}
+            assert members["a1"].tags == {"role": "web"} and members["a1"].status == "alive"
+            async with client.stream("member-update,user:deploy") as events:
+                await client.update_tags({"zone": "z1"}, [])
+                await client.user_event("deploy", b"v2", coalesce=False)
+                seen = []
+                with trio.fail_after(10):
+                    async for event in events:
+                        seen.append(event)
+                        if isinstance(event, RpcUserEvent):
+                            break
+            assert RpcUserEvent("deploy", b"v2", False, seen[-1].ltime) in seen  # type: ignore[union-attr]
+            await wait_until(
+                lambda: any(
+                    m.name == "a2" and m.tags == {"zone": "z1"} for m in a.node.serf.members()
+                )
+            )
+            stats = await client.stats()
+            assert stats["agent"]["name"] == "a2"
+        async with RpcClient.connect(rpc(a)) as client:
+            await client.leave()
+        await wait_until(
+            lambda: any(m.name == "a1" and m.status.value == "left" for m in b.node.serf.members())
+        )
+
+
+async def test_snapshot_rejoins_remembered_members_without_join(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    snapshot = str(tmp_path / "a.snapshot")
+    async with agent(options("b1")) as b:
+        async with agent(options("a1", snapshot=snapshot, join=[seed(b)])) as a:
+            await wait_until(lambda: len(a.node.serf.members()) == 2)
+            await trio.sleep(1.0)  # let the snapshot flush
+        # a1 stopped without leaving; started again with no -join it rejoins b1 from the snapshot
+        async with agent(options("a1", snapshot=snapshot)) as again:
+            await wait_until(
+                lambda: any(
+                    m.name == "b1" and m.status.value == "alive" for m in again.node.serf.members()
+                )
+            )
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_follow_serf_agent() -> None:
+    opts = options_from_args(
+        parse(
+            ["-node=x", "-bind=127.0.0.1:8000", "-join", "a:1", "-join", "b:2", "-tag", "role=db"]
+        )
+    )
+    assert (opts.node, opts.bind, opts.join, opts.tags) == (
+        "x",
+        ("127.0.0.1", 8000),
+        ["a:1", "b:2"],
+        {"role": "db"},
+    )
+    with pytest.raises(AgentError, match="-tag 'oops': expected key=value"):
+        options_from_args(parse(["-tag", "oops"]))
+
+
+async def test_the_real_serf_cli_drives_a_shoal_agent() -> None:
+    """Real time: the serf binary is another process."""
+    async with agent(options("shoal-a", tags={"lang": "python"})) as running:
+        members = await trio.run_process(
+            ["serf", "members", f"-rpc-addr={rpc(running)}", "-format=json"],
+            capture_stdout=True,
+        )
+        (member,) = json.loads(members.stdout)["members"]
+        assert member["name"] == "shoal-a" and member["tags"] == {"lang": "python"}
+        assert member["status"] == "alive"
+        result = await trio.run_process(
+            ["serf", "event", f"-rpc-addr={rpc(running)}", "deploy", "v1"], capture_stdout=True
+        )
+        assert b"Event 'deploy' dispatched" in result.stdout
+        assert running.node.serf.event_clock.time >= 2
+
+
+async def test_member_events_reach_rpc_streams(autojump_clock: trio.testing.MockClock) -> None:
+    async with (
+        agent(options("a1")) as a,
+        RpcClient.connect(rpc(a)) as client,
+        client.stream("member-join") as events,
+        agent(options("a2", join=[seed(a)])),
+    ):
+        with trio.fail_after(10):
+            async for event in events:
+                assert isinstance(event, RpcMemberEvent)
+                if event.members[0].name == "a2":
+                    break
