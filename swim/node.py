@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -46,6 +46,7 @@ from swim.serf.layer import (
 from swim.wire import serf as serf_wire
 
 log = logging.getLogger("swim.node")
+T = TypeVar("T")
 
 RECEIVE_BUFFER = 65_536
 
@@ -91,6 +92,7 @@ class RuntimeStats:
     inbound_streams_refused: int = 0
     stream_errors: int = 0
     send_errors: int = 0
+    internal_errors: int = 0
 
 
 Delivered = Event | SerfEvent | EventsLost
@@ -585,8 +587,20 @@ class Node:
             except OSError as exc:  # e.g. ICMP port unreachable reported on Linux
                 log.debug("receive error: %s", exc)
                 continue
-            engine.receive_datagram(data, (source[0], source[1]), trio.current_time())
+            self._guarded(
+                engine.receive_datagram, data, (source[0], source[1]), trio.current_time()
+            )
             await self._flush()
+
+    def _guarded(self, handler: Callable[..., T], *args: Any) -> T | None:
+        """Run an engine input from the network.  The engine drops bad input by itself; this
+        is the last line, so that a bug the input trips never takes the node down."""
+        try:
+            return handler(*args)
+        except Exception:
+            self.runtime_stats.internal_errors += 1
+            log.exception("internal error handling input from the network; input dropped")
+            return None
 
     async def _serve_streams(self) -> None:
         assert self._listener is not None
@@ -599,16 +613,23 @@ class Node:
                 return
             async with self._stream_slots:
                 self.runtime_stats.inbound_streams += 1
-                peer = stream.socket.getpeername()
-                source = (peer[0], peer[1])
-                with trio.move_on_after(self.config.tcp_timeout):
-                    message = await self._read_message(stream)
-                    if message is None:
-                        return
-                    reply = self.engine.handle_stream(message, source, trio.current_time())
-                    if reply is not None:
-                        await stream.send_all(reply)
-                    await self._flush()
+                try:
+                    await self._answer_stream(stream)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.runtime_stats.stream_errors += 1  # the peer went away mid-stream
+                    log.debug("inbound stream failed: %s", exc)
+
+    async def _answer_stream(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()
+        source = (peer[0], peer[1])
+        with trio.move_on_after(self.config.tcp_timeout):
+            message = await self._read_message(stream)
+            if message is None:
+                return
+            reply = self._guarded(self.engine.handle_stream, message, source, trio.current_time())
+            await self._flush()
+            if reply is not None:
+                await stream.send_all(reply)
 
     async def _read_message(self, stream: trio.SocketStream) -> wire.StreamMessage | None:
         reader = wire.StreamReader(self.engine.wire_options)

@@ -251,6 +251,10 @@ async def test_exit_when_isolated_raises_out_of_the_node(
                 await trio.sleep(120)
 
 
+def ping_packet(seq_no: int, options: wire.WireOptions) -> bytes:
+    return wire.encode_packet([wire.encode(wire.Ping(seq_no=seq_no))], options)
+
+
 async def test_junk_datagrams_and_streams_are_dropped_and_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -324,3 +328,25 @@ async def test_graceful_leave_is_not_a_failure(autojump_clock: trio.testing.Mock
                 if getattr(getattr(event, "member", None), "name", None) == "n1":
                     assert isinstance(event, MemberLeft)
                     break
+
+
+async def test_peers_that_vanish_mid_stream_do_not_take_the_node_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Node(FAST, name="sturdy", bind=(LOOPBACK, 0)) as node:
+        host, port = node.address
+        push_pull = wire.encode_stream(wire.PushPull(join=True), wire.WireOptions())
+        for cut in (3, len(push_pull)):  # mid-request, and right after a whole request
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            raw.connect((host, port))
+            raw.sendall(push_pull[:cut])
+            raw.close()  # linger 0: a reset, not a clean close
+            await trio.sleep(0.5)
+        # still serving
+        with trio.socket.socket(type=socket.SOCK_DGRAM) as sender:
+            await sender.sendto(ping_packet(9, wire.WireOptions()), (host, port))
+            with trio.fail_after(5):
+                data, _ = await sender.recvfrom(65_536)
+        assert wire.decode_packet(data, wire.WireOptions()) == [wire.Ack(seq_no=9)]
+        assert node.runtime_stats.internal_errors == 0
