@@ -350,3 +350,19 @@ async def test_peers_that_vanish_mid_stream_do_not_take_the_node_down(
                 data, _ = await sender.recvfrom(65_536)
         assert wire.decode_packet(data, wire.WireOptions()) == [wire.Ack(seq_no=9)]
         assert node.runtime_stats.internal_errors == 0
+
+
+async def test_inbound_streams_beyond_the_cap_are_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Node(FAST, name="busy", bind=(LOOPBACK, 0), max_inbound_streams=1) as node:
+        host, port = node.address
+        idle = await trio.open_tcp_stream(host, port)  # holds the only slot, sending nothing
+        async with idle:
+            await trio.sleep(0.01)
+            extra = await trio.open_tcp_stream(host, port)
+            async with extra:
+                with trio.fail_after(0.5):  # closed at once, long before the 1 s deadline
+                    assert await extra.receive_some(10) == b""
+        assert node.runtime_stats.inbound_streams_refused == 1
+        assert node.runtime_stats.inbound_streams == 1
