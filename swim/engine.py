@@ -138,7 +138,6 @@ class _Probe:
     expected_nacks: int = 0
     nacks: int = 0
     done: bool = False
-    tcp_pending: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -610,7 +609,7 @@ class Engine:
         self._seq_no += 1
         probe = _Probe(self._seq_no, node.name, start=now, end=now + interval)
         self._probe = probe
-        ping = self._encode_ping(probe.seq_no, node.name)
+        ping = wire.encode(self._ping(probe.seq_no, node.name))
         if node.state is MemberState.ALIVE or not config.lifeguard:
             self._send_with_piggyback(node.address, ping, node)
         else:  # buddy system: tell a suspect what we think, so that it can refute at once
@@ -625,16 +624,15 @@ class Engine:
         self._nack_handlers[probe.seq_no] = probe
         self._schedule(now + config.probe_timeout, lambda: self._probe_timed_out(probe, node))
 
-    def _encode_ping(self, seq_no: int, target: str) -> bytes:
+    def _ping(self, seq_no: int, target: str) -> wire.Ping:
+        """A ping for ``target`` that tells it where to answer."""
         me = self._me
-        return wire.encode(
-            wire.Ping(
-                seq_no=seq_no,
-                node=target,
-                source_addr=me.addr,
-                source_port=me.port,
-                source_node=me.name,
-            )
+        return wire.Ping(
+            seq_no=seq_no,
+            node=target,
+            source_addr=me.addr,
+            source_port=me.port,
+            source_node=me.name,
         )
 
     def _probe_timed_out(self, probe: _Probe, node: _Node) -> None:
@@ -663,14 +661,7 @@ class Engine:
             self._send_with_piggyback(helper.address, wire.encode(request), helper)
         if not self.config.disable_tcp_pings and node.vsn[1] >= 3:
             self.stats.tcp_fallback_pings += 1
-            probe.tcp_pending = True
-            ping = wire.Ping(
-                seq_no=probe.seq_no,
-                node=node.name,
-                source_addr=me.addr,
-                source_port=me.port,
-                source_node=me.name,
-            )
+            ping = self._ping(probe.seq_no, node.name)
             self._open_stream(node.address, ping, purpose="ping", deadline=probe.end, probe=probe)
 
     def _probe_succeeded(self, probe: _Probe) -> None:
@@ -771,7 +762,7 @@ class Engine:
         self._ack_handlers[seq_no] = (relay_ack, timer)
         target = (_ip_text(request.target), request.port)
         self._send_with_piggyback(
-            target, self._encode_ping(seq_no, request.node), self._nodes.get(request.node)
+            target, wire.encode(self._ping(seq_no, request.node)), self._nodes.get(request.node)
         )
 
     # ------------------------------------------------------------------ state rules
@@ -1184,7 +1175,6 @@ class Engine:
         if pending.purpose == "ping":
             probe = pending.probe
             assert probe is not None
-            probe.tcp_pending = False
             if error is None and isinstance(reply, wire.Ack) and reply.seq_no == probe.seq_no:
                 if not probe.done:
                     log.warning(

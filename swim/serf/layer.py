@@ -20,6 +20,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from swim import wire
 from swim.engine import Engine
@@ -149,6 +150,32 @@ class _Clock:
         self.time = max(self.time, value + 1)
 
 
+T = TypeVar("T")
+
+
+class _Recent(Generic[T]):
+    """What was seen at each recent Lamport time, in Serf's 512-slot ring: so that each user
+    event and query is delivered (and re-gossiped) once, however many copies arrive."""
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[int, list[T]] | None] = [None] * RING_SIZE
+
+    def first_sighting(self, ltime: int, item: T, clock: int) -> bool:
+        """Record ``item`` at ``ltime``; False when it was seen already or is too old to tell
+        (more than the ring's length behind ``clock``)."""
+        if clock > RING_SIZE and ltime < clock - RING_SIZE:
+            return False
+        index = ltime % RING_SIZE
+        slot = self.slots[index]
+        if slot is None or slot[0] != ltime:
+            slot = (ltime, [])
+            self.slots[index] = slot
+        if item in slot[1]:
+            return False
+        slot[1].append(item)
+        return True
+
+
 @dataclass(slots=True)
 class _OpenQuery:
     id: int
@@ -189,8 +216,8 @@ class Serf:
         self._query_min_time = 0
         self._members: dict[str, SerfMember] = {}
         self._intents: dict[str, tuple[str, int, float]] = {}  # name -> (kind, ltime, when)
-        self._events_seen: list[tuple[int, list[tuple[str, bytes]]] | None] = [None] * RING_SIZE
-        self._queries_seen: list[tuple[int, list[int]] | None] = [None] * RING_SIZE
+        self._events_seen = _Recent[tuple[str, bytes]]()
+        self._queries_seen = _Recent[int]()
         self._open_queries: dict[int, _OpenQuery] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_serial = 0
@@ -235,7 +262,7 @@ class Serf:
             None
             if slot is None
             else msg.RecentEvents(slot[0], tuple(msg.RecentEvent(n, p) for n, p in slot[1]))
-            for slot in self._events_seen
+            for slot in self._events_seen.slots
         )
         state = msg.SerfPushPull(
             ltime=self.clock.time,
@@ -531,17 +558,10 @@ class Serf:
         self.event_clock.witness(event.ltime)
         if event.ltime < self._event_min_time:
             return False
-        now_time = self.event_clock.time
-        if now_time > RING_SIZE and event.ltime < now_time - RING_SIZE:
+        if not self._events_seen.first_sighting(
+            event.ltime, (event.name, event.payload), self.event_clock.time
+        ):
             return False
-        index = event.ltime % RING_SIZE
-        slot = self._events_seen[index]
-        if slot is None or slot[0] != event.ltime:
-            slot = (event.ltime, [])
-            self._events_seen[index] = slot
-        if (event.name, event.payload) in slot[1]:
-            return False
-        slot[1].append((event.name, event.payload))
         self._out.append(SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce))
         return True
 
@@ -549,17 +569,8 @@ class Serf:
         self.query_clock.witness(query.ltime)
         if query.ltime < self._query_min_time:
             return False
-        now_time = self.query_clock.time
-        if now_time > RING_SIZE and query.ltime < now_time - RING_SIZE:
+        if not self._queries_seen.first_sighting(query.ltime, query.id, self.query_clock.time):
             return False
-        index = query.ltime % RING_SIZE
-        slot = self._queries_seen[index]
-        if slot is None or slot[0] != query.ltime:
-            slot = (query.ltime, [])
-            self._queries_seen[index] = slot
-        if query.id in slot[1]:
-            return False
-        slot[1].append(query.id)
         regossip = not query.flags & msg.QUERY_FLAG_NO_BROADCAST
         if not self._selected(query.filters):
             return regossip
