@@ -309,6 +309,10 @@ class Serf:
     def joined(self, now: float) -> None:
         """Announce ourselves after a successful join (Serf's ``broadcastJoin``)."""
         self._now = max(self._now, now)
+        if self._leaving:  # joining again after a leave, as the engine allows
+            self._leaving = False
+            me = self._members[self.engine.name]
+            me.status, me.leave_time = Status.ALIVE, 0.0
         intent = msg.JoinIntent(self.clock.time, self.engine.name)
         self.clock.witness(intent.ltime)
         self._on_join_intent(intent)
@@ -370,11 +374,10 @@ class Serf:
         self._broadcast(msg.encode_serf(intent))
 
     def default_query_timeout(self) -> float:
-        """``GossipInterval * 16 * ceil(log10(n + 1))``, as Serf computes it."""
-        n = len(self.engine.members())
-        return (
-            self.engine.config.gossip_interval * QUERY_TIMEOUT_MULT * math.ceil(math.log10(n + 1))
-        )
+        """``GossipInterval * 16 * ceil(log10(n + 1))`` over the live members, as Serf
+        computes it."""
+        scale = math.ceil(math.log10(self.engine.alive_count() + 1))
+        return self.engine.config.gossip_interval * QUERY_TIMEOUT_MULT * scale
 
     def query(
         self,
@@ -686,12 +689,14 @@ class Serf:
             request = msg.decode_serf(payload)
             if not isinstance(request, msg.KeyRequest):
                 raise wire.DecodeError("not a key request")
-            action = {
-                "install-key": keyring.add_key,
-                "use-key": keyring.use_key,
-                "remove-key": keyring.remove_key,
-            }[kind]
-            action(request.key)
+            if kind == "install-key":
+                keyring.add_key(request.key)
+            elif kind == "use-key":
+                keyring.use_key(request.key)
+            elif request.key not in keyring.keys:  # removing an absent key is a no-op, as in Go
+                return msg.KeyResponse(True)
+            else:
+                keyring.remove_key(request.key)
         except (wire.DecodeError, KeyringError) as exc:
             return msg.KeyResponse(False, str(exc))
         self._out.append(KeyringChanged(keyring.keys))
