@@ -216,7 +216,13 @@ def _pkcs7_unpad(plain: bytes) -> bytes:
     ``plain`` is at least one block long: shorter version 0 payloads are refused before this.
     """
     pad = plain[-1]
-    if not 1 <= pad <= _BLOCK_SIZE:
+    if (
+        not 1 <= pad <= _BLOCK_SIZE
+        or len(plain) % _BLOCK_SIZE
+        or plain[-pad:] != bytes([pad]) * pad
+    ):
+        # A sender pads whole blocks with the pad length; anything else is damage (the version
+        # byte is not authenticated, so a flipped one lands here with a version 1 plaintext).
         raise DecodeError("bad PKCS7 padding in version 0 payload")
     return plain[:-pad]
 

@@ -175,13 +175,48 @@ def test_wrong_label_aad() -> None:
 
 
 @given(data=st.data(), plaintext=st.binary(max_size=64))
-def test_any_tampered_byte_is_rejected(data: st.DataObject, plaintext: bytes) -> None:
+def test_any_tampered_byte_after_the_version_is_rejected(
+    data: st.DataObject, plaintext: bytes
+) -> None:
     ring = Keyring([KEY16])
     payload = bytearray(ring.encrypt(plaintext, b"aad"))
-    position = data.draw(st.integers(0, len(payload) - 1), label="position")
+    position = data.draw(st.integers(1, len(payload) - 1), label="position")
     payload[position] ^= data.draw(st.integers(1, 255), label="xor")
     with pytest.raises(DecodeError):
         ring.decrypt(payload, b"aad")
+
+
+@given(plaintext=st.binary(max_size=64), version=st.integers(0, 255).filter(lambda v: v != 1))
+def test_a_changed_version_byte_never_passes_for_the_original(
+    plaintext: bytes, version: int
+) -> None:
+    """memberlist does not authenticate the version byte.  Flipped to 0, a version 1 payload
+    still opens; the padding check then refuses it, except when the plaintext happens to end
+    like whole-block padding, and even then the result is never the original plaintext."""
+    ring = Keyring([KEY16])
+    payload = bytearray(ring.encrypt(plaintext, b"aad"))
+    payload[0] = version
+    try:
+        opened = ring.decrypt(payload, b"aad")
+    except DecodeError:
+        return
+    assert version == 0 and opened != plaintext
+    assert len(plaintext) % 16 == 0 and plaintext.endswith(bytes([plaintext[-1]]) * plaintext[-1])
+
+
+def test_version_0_padding_must_be_whole() -> None:
+    ring = Keyring([KEY16])
+    good = b"sixteen bytes!!!" + bytes([16]) * 16
+    forged = b"fifteen bytes!!" + b"\x02"  # ends in 2, but is not two bytes of 2
+    for plain, ok in ((good, True), (forged, False)):
+        nonce = bytes(12)
+        sealed = AESGCM(KEY16).encrypt(nonce, plain, None)
+        payload = b"\x00" + nonce + sealed
+        if ok:
+            assert ring.decrypt(payload) == b"sixteen bytes!!!"
+        else:
+            with pytest.raises(DecodeError, match="padding"):
+                ring.decrypt(payload)
 
 
 @given(data=st.data(), plaintext=st.binary(max_size=64))
