@@ -1,0 +1,429 @@
+"""The calling side: discover services over one or several clusters, watch them, call them.
+
+:class:`Discovery` keeps one :class:`~discovery.catalog.Catalog` per node it is given (one node
+per cluster: core and non-core business, each with its own label and key), fed by that node's
+membership events and a periodic re-sync.  It resolves services (at start-up, failing fast, or
+lazily on the first call), streams changes, fetches metadata on demand, calls with failover,
+and keeps the catalog in a cache file to bootstrap from when no peer answers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import trio
+
+from discovery import cachefile
+from discovery.balancer import RoundRobin, Strategy, tier
+from discovery.catalog import (
+    Catalog,
+    Change,
+    ChangeKind,
+    Filter,
+    Instance,
+    NoInstances,
+    UnknownService,
+    lookup,
+)
+from discovery.failover import FailoverPolicy
+from discovery.introspection import (
+    MAX_RESPONSE_BYTES,
+    FrameReader,
+    Metadata,
+    MetadataCache,
+    MetadataError,
+    ProtocolError,
+    Refusal,
+    Response,
+    decode_response,
+    frame,
+)
+from swim.events import (
+    MemberAlive,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspect,
+    MemberUpdated,
+)
+from swim.members import MemberState
+from swim.node import EventsLost, EventStream, Node
+
+log = logging.getLogger("discovery.client")
+T = TypeVar("T")
+
+RETRY_ON: tuple[type[BaseException], ...] = (OSError, trio.BrokenResourceError)
+"""Connection failures: the instance is marked unavailable and another one is tried."""
+
+_MEMBER_EVENTS = (MemberJoined, MemberUpdated, MemberSuspect, MemberAlive, MemberFailed, MemberLeft)
+
+
+class MissingServices(LookupError):
+    """Services required at start-up have no instance; ``errors`` says why for each."""
+
+    def __init__(self, errors: Mapping[str, LookupError]) -> None:
+        self.errors = dict(errors)
+        super().__init__(
+            "required services are missing: " + "; ".join(str(e) for e in self.errors.values())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesLost:
+    """A watcher fell behind and ``count`` changes were dropped before this one; resolve
+    again to catch up."""
+
+    count: int
+
+
+@dataclass(eq=False)
+class Watch:
+    """Changes to one service, buffered up to ``capacity``; iterate it with ``async for``."""
+
+    service: str
+    capacity: int
+    _queue: collections.deque[Change | ChangesLost] = field(default_factory=collections.deque)
+    _lost: int = 0
+    _ready: trio.Event = field(default_factory=trio.Event)
+
+    def _put(self, change: Change) -> None:
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self._lost += 1
+        self._queue.append(change)
+        self._ready.set()
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> Change | ChangesLost:
+        await trio.lowlevel.checkpoint()
+        while not self._queue:
+            self._ready = trio.Event()
+            await self._ready.wait()
+        if self._lost:
+            lost, self._lost = self._lost, 0
+            return ChangesLost(lost)
+        return self._queue.popleft()
+
+
+class Discovery:
+    """Service discovery over ``nodes``: one :class:`~swim.node.Node`, or several by cluster
+    name.  Use it as ``async with Discovery(node) as discovery:``.
+
+    ``cache_file`` persists the catalog (written at most every ``save_interval`` seconds and on
+    exit) and bootstraps it at start; its entries are stale until gossip confirms them.
+    """
+
+    def __init__(
+        self,
+        nodes: Node | Mapping[str, Node],
+        *,
+        strategy: Strategy | None = None,
+        failover: FailoverPolicy | None = None,
+        cache_file: str | os.PathLike[str] | None = None,
+        save_interval: float = 5.0,
+        resync_interval: float = 10.0,
+        metadata_timeout: float = 2.0,
+        watch_buffer: int = 256,
+    ) -> None:
+        self.nodes = {"": nodes} if isinstance(nodes, Node) else dict(nodes)
+        if not self.nodes:
+            raise ValueError("Discovery needs at least one node")
+        self.catalogs = {cluster: Catalog(cluster) for cluster in self.nodes}
+        self.strategy = strategy or RoundRobin()
+        self.failover = failover or FailoverPolicy()
+        self.metadata_cache = MetadataCache()
+        self._cache_file = cache_file
+        self._save_interval = save_interval
+        self._resync_interval = resync_interval
+        self._metadata_timeout = metadata_timeout
+        self._watch_buffer = watch_buffer
+        self._watches: dict[str, weakref.WeakSet[Watch]] = {}
+        self._changed = trio.Event()
+        self._dirty = False
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Discovery:
+        if self._cache_file is not None:
+            for cluster, shot in cachefile.load(self._cache_file).items():
+                if cluster in self.catalogs:
+                    self._publish(self.catalogs[cluster].load(shot.instances, shot.services))
+        streams = {cluster: node.events() for cluster, node in self.nodes.items()}
+        for cluster in self.nodes:
+            self._resync(cluster)
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        for cluster, stream in streams.items():
+            self._nursery.start_soon(self._follow, cluster, stream)
+        if self._cache_file is not None:
+            self._nursery.start_soon(self._save_periodically)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # our tasks are an implementation detail: the block's own error comes out as itself
+            if len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
+        finally:
+            self._save()
+        return result
+
+    # ------------------------------------------------------------------ discovery
+
+    def instances(
+        self,
+        service: str,
+        *,
+        group: str | None = None,
+        version: str | None = None,
+        cluster: str | None = None,
+    ) -> list[Instance]:
+        """The available instances now, best first (raises :class:`UnknownService` or
+        :class:`NoInstances`)."""
+        found = lookup(self.catalogs.values(), service, Filter(group, version, cluster))
+        now = trio.current_time()
+        return sorted(found, key=lambda i: tier(i, self.failover.is_marked(i, now)))
+
+    async def resolve(
+        self,
+        service: str,
+        *,
+        group: str | None = None,
+        version: str | None = None,
+        cluster: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        wait: float = 0.0,
+    ) -> list[Instance]:
+        """The available instances matching the filters, best first; ``metadata`` keeps those
+        whose metadata holds every given key and value (fetched on demand).  With ``wait``,
+        waits that long for one to appear before raising."""
+        deadline = trio.current_time() + wait
+        while True:
+            try:
+                found = self.instances(service, group=group, version=version, cluster=cluster)
+                if metadata:
+                    found = await self._matching_metadata(service, found, metadata)
+                return found
+            except LookupError:
+                if trio.current_time() >= deadline:
+                    raise
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+
+    async def require(self, services: Iterable[str], *, timeout: float = 5.0) -> None:
+        """Fail fast at start-up: raise :class:`MissingServices` unless every one of
+        ``services`` has an instance within ``timeout``."""
+        deadline = trio.current_time() + timeout
+        errors: dict[str, LookupError] = {}
+        for service in services:
+            try:
+                await self.resolve(service, wait=max(0.0, deadline - trio.current_time()))
+            except (UnknownService, NoInstances) as exc:
+                errors[service] = exc
+        if errors:
+            raise MissingServices(errors)
+
+    def watch(self, service: str) -> Watch:
+        """Changes to ``service`` from now on, starting with its instances now as ``ADDED``."""
+        watch = Watch(service, self._watch_buffer)
+        for catalog in self.catalogs.values():
+            for instance in catalog.instances(service):
+                if instance.health.available:
+                    watch._put(Change(ChangeKind.ADDED, instance))
+        self._watches.setdefault(service, weakref.WeakSet()).add(watch)
+        return watch
+
+    async def metadata(self, instance: Instance) -> Metadata:
+        """The instance's full metadata, from the cache at its revision or fetched from its
+        node; raises :class:`MetadataError` saying why it could not be fetched."""
+        cached = self.metadata_cache.get(instance)
+        if cached is not None:
+            return cached
+        address = instance.metadata_address
+        if address is None:
+            raise MetadataError(f"{instance} has metadata but its node runs no metadata service")
+        try:
+            with trio.fail_after(self._metadata_timeout):
+                reply = await _fetch(address, instance.service, instance.revision)
+        except trio.TooSlowError:
+            why = f"no answer within {self._metadata_timeout} s"
+        except (OSError, trio.BrokenResourceError) as exc:
+            why = _describe(exc)
+        except ProtocolError as exc:
+            why = f"bad answer: {exc.reason}"
+        else:
+            if isinstance(reply, Refusal):
+                why = reply.error
+            else:
+                self.metadata_cache.put(instance, reply)
+                return reply.metadata
+        host, port = address
+        raise MetadataError(f"cannot fetch the metadata of {instance} from {host}:{port}: {why}")
+
+    async def _matching_metadata(
+        self, service: str, found: list[Instance], wanted: Mapping[str, Any]
+    ) -> list[Instance]:
+        fetched: dict[int, Metadata] = {}
+
+        async def fetch(index: int, instance: Instance) -> None:
+            try:
+                fetched[index] = await self.metadata(instance)
+            except MetadataError as exc:
+                log.info("%s is left out of a metadata filter: %s", instance, exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, instance in enumerate(found):
+                nursery.start_soon(fetch, index, instance)
+        matching = [
+            instance
+            for index, instance in enumerate(found)
+            if index in fetched and all(fetched[index].get(k) == v for k, v in wanted.items())
+        ]
+        if not matching:
+            raise NoInstances(service, f"{len(found)} available, none has metadata {wanted}")
+        return matching
+
+    # ------------------------------------------------------------------ calling
+
+    async def call(
+        self,
+        service: str,
+        request: Callable[[Instance], Awaitable[T]],
+        *,
+        group: str | None = None,
+        version: str | None = None,
+        cluster: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = RETRY_ON,
+    ) -> T:
+        """``await request(instance)`` on an instance of ``service``; on a connection failure
+        (``retry_on``) mark it locally unavailable and try another, within the failover
+        policy's retry budget and ``timeout``.  Raises :class:`UnknownService` or
+        :class:`NoInstances` when there is nothing to try, and
+        :class:`~discovery.failover.CallFailed` listing every attempt when all failed."""
+
+        async def candidates() -> list[Instance]:
+            return await self.resolve(
+                service, group=group, version=version, cluster=cluster, metadata=metadata
+            )
+
+        now = trio.current_time()
+        deadline = None if timeout is None else now + timeout
+        plan = self.failover.plan(service, now, deadline)
+        pool = await candidates()
+        while True:
+            instance = plan.next(pool, self.strategy, trio.current_time())
+            if instance is None:
+                raise plan.error()
+            self.strategy.started(instance)
+            try:
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    return await request(instance)
+                plan.failed(instance, "deadline passed", trio.current_time(), mark=False)
+            except retry_on as exc:
+                log.info("call to %s failed: %s", instance, _describe(exc))
+                plan.failed(instance, _describe(exc), trio.current_time())
+            finally:
+                self.strategy.finished(instance)
+            try:
+                pool = await candidates()  # gossip may have news since the last attempt
+            except LookupError:
+                pool = []
+
+    # ------------------------------------------------------------------ feeding the catalogs
+
+    async def _follow(self, cluster: str, events: EventStream) -> None:
+        """Apply the node's membership events as they come; re-sync every
+        ``resync_interval`` (members reaped without an event) and after lost events."""
+        while True:
+            with trio.move_on_after(self._resync_interval):
+                async for event in events:
+                    if isinstance(event, EventsLost):
+                        break
+                    if isinstance(event, _MEMBER_EVENTS):
+                        self._publish(self.catalogs[cluster].apply(event.member))
+            self._resync(cluster)
+
+    def _resync(self, cluster: str) -> None:
+        node = self.nodes[cluster]
+        members = node.members()
+        heard = any(m.name != node.name and m.state is MemberState.ALIVE for m in members)
+        self._publish(self.catalogs[cluster].sync(members, complete=heard))
+
+    def _publish(self, changes: list[Change]) -> None:
+        if not changes:
+            return
+        for change in changes:
+            for watch in list(self._watches.get(change.instance.service, ())):
+                watch._put(change)
+        self._dirty = True
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ the cache file
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await trio.sleep(self._save_interval)
+            self._save()
+
+    def _save(self) -> None:
+        if self._cache_file is None or not self._dirty:
+            return
+        shots = {c: cachefile.snapshot(catalog) for c, catalog in self.catalogs.items()}
+        try:
+            cachefile.save(self._cache_file, shots)
+        except OSError as exc:
+            log.warning("cannot write the discovery cache %s: %s", self._cache_file, exc)
+            return
+        self._dirty = False
+
+
+async def _fetch(address: tuple[str, int], service: str, revision: int) -> Response | Refusal:
+    """One metadata request to ``address`` and its decoded answer."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(frame({"service": service, "revision": revision}))
+        reader = FrameReader(MAX_RESPONSE_BYTES)
+        body = None
+        while body is None:
+            chunk = await stream.receive_some(65_536)
+            if not chunk:
+                reader.end_of_stream()
+            body = reader.receive_data(chunk)
+        return decode_response(body)
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, with trio's "all attempts failed" unwrapped to the first cause."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,363 @@
+"""The serving side on a running node: register services, serve their metadata, drain.
+
+:class:`ServiceHost` writes registrations into the node's Serf tags (other tags stay), runs the
+node's metadata service (see :mod:`discovery.introspection`), tracks requests and background
+tasks in flight, drains in the design note's five steps, and raises the alarm when the node is
+cut off from every peer.  Every decision is in :mod:`discovery.records` and
+:mod:`discovery.lifecycle`; this module moves bytes and waits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from discovery.introspection import (
+    MAX_REQUEST_BYTES,
+    FrameReader,
+    Metadata,
+    ProtocolError,
+    decode_request,
+    encode_metadata,
+    frame,
+    revision_of,
+)
+from discovery.lifecycle import DrainReport, Kind, Lifecycle, Work
+from discovery.records import DEFAULT_WEIGHT, ServiceRecord, check_name, check_size, write_tags
+from swim.events import Isolated, Reconnected
+from swim.node import EventStream, JoinError, Node
+from swim.serf.layer import Serf
+
+log = logging.getLogger("discovery.host")
+
+
+@dataclass(slots=True)
+class MetadataServerStats:
+    """The metadata service's counters: what it answered and what it dropped."""
+
+    answered: int = 0
+    unknown_service: int = 0
+    bad_requests: int = 0
+    """Malformed, oversized or truncated requests, dropped."""
+    timeouts: int = 0
+    """Connections that sent no whole request in time, dropped."""
+    refused: int = 0
+    """Connections beyond ``max_connections``, closed at once."""
+    broken: int = 0
+    """Connections the peer broke before the answer went out."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    record: ServiceRecord
+    metadata: Metadata
+
+
+class ServiceHost:
+    """Services registered on ``node`` (which must run the Serf layer: ``tags={}``).
+
+    ``async with ServiceHost(node) as host:`` starts the metadata service (on the node's
+    address, or ``metadata_bind``) and advertises its port.  ``on_isolation`` is called with
+    True when the node is cut off from every peer and with False when it reconnects; the node
+    keeps serving meanwhile (give the :class:`~swim.node.Node` ``exit_when_isolated=`` to exit
+    instead after a grace time).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        metadata_bind: tuple[str, int] | None = None,
+        on_isolation: Callable[[bool], None] | None = None,
+        max_connections: int = 32,
+        request_timeout: float = 2.0,
+        cancel_grace: float = 1.0,
+    ) -> None:
+        self.node = node
+        self._metadata_bind = metadata_bind
+        self._on_isolation = on_isolation
+        self._slots = trio.Semaphore(max_connections)
+        self._request_timeout = request_timeout
+        self._cancel_grace = cancel_grace
+        self.stats = MetadataServerStats()
+        self._lifecycle = Lifecycle(node.name)
+        self._registrations: dict[str, _Registration] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._work_ended = trio.Event()
+        self._tags_lock = trio.Lock()
+        self._serf: Serf | None = None
+        self._metadata_port: int | None = None
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> ServiceHost:
+        self._serf = self.node.serf  # raises, saying how to fix it, when Serf is off
+        host, port = self._metadata_bind or (self.node.address[0], 0)
+        (listener,) = await trio.open_tcp_listeners(port, host=host)  # one host: one listener
+        self._metadata_port = listener.socket.getsockname()[1]
+        events = self.node.events()
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        self._nursery.start_soon(self._serve_metadata, listener)
+        self._nursery.start_soon(self._watch_isolation, events)
+        try:
+            async with self._tags_lock:
+                await self._publish(self._registrations)
+        except BaseException:
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        try:
+            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # our tasks are an implementation detail: the block's own error comes out as itself
+            if len(group.exceptions) == 1 and group.exceptions[0] is exc:
+                return False
+            raise
+        return result
+
+    # ------------------------------------------------------------------ start-up
+
+    async def join(
+        self, seeds: Iterable[str], *, start_alone: bool = False, attempts: int = 1
+    ) -> int:
+        """Join the cluster through ``seeds``.  A node that cannot join raises
+        :class:`~swim.node.JoinError` (the design note: a new node that cannot register exits),
+        unless ``start_alone``: then it serves alone and keeps trying the seeds."""
+        try:
+            return await self.node.join(seeds, attempts=attempts)
+        except JoinError as exc:
+            if not start_alone:
+                raise
+            log.warning("%s starts alone (%s); it keeps trying the seeds", self.node.name, exc)
+            return 0
+
+    # ------------------------------------------------------------------ registration
+
+    @property
+    def metadata_port(self) -> int:
+        if self._metadata_port is None:
+            raise RuntimeError("the host is not running; use it inside `async with`")
+        return self._metadata_port
+
+    def registered(self) -> dict[str, ServiceRecord]:
+        return {name: r.record for name, r in self._registrations.items()}
+
+    async def register(
+        self,
+        name: str,
+        port: int,
+        *,
+        group: str = "",
+        version: str = "",
+        weight: int = DEFAULT_WEIGHT,
+        host: str | None = None,
+        metadata: Metadata | None = None,
+    ) -> ServiceRecord:
+        """Advertise a service instance on this node (replacing one of the same name).
+
+        Raises :class:`~discovery.records.RegistrationError` for a bad field and
+        :class:`~discovery.records.RegistrationTooLarge` when the tags would not fit.
+        """
+        packed = encode_metadata(metadata or {})
+        record = ServiceRecord(port, group, version, weight, revision_of(packed), host)
+        registration = _Registration(record, dict(metadata or {}))
+        async with self._tags_lock:
+            await self._publish({**self._registrations, check_name(name): registration})
+        return record
+
+    async def update_metadata(self, name: str, metadata: Metadata) -> int:
+        """Replace a service's metadata; returns the new revision, which gossip carries so
+        that clients refetch."""
+        revision = revision_of(encode_metadata(metadata))
+        async with self._tags_lock:
+            record = dataclasses.replace(self._registered(name).record, revision=revision)
+            registration = _Registration(record, dict(metadata))
+            await self._publish({**self._registrations, name: registration})
+        return revision
+
+    async def deregister(self, name: str) -> None:
+        """Stop advertising a service."""
+        async with self._tags_lock:
+            self._registered(name)
+            await self._publish({n: r for n, r in self._registrations.items() if n != name})
+
+    def _registered(self, name: str) -> _Registration:
+        registration = self._registrations.get(name)
+        if registration is None:
+            known = ", ".join(self._registrations) or "none"
+            raise KeyError(f"service {name!r} is not registered here (registered: {known})")
+        return registration
+
+    async def _publish(self, registrations: Mapping[str, _Registration]) -> None:
+        """Write the tags for ``registrations`` (hold ``_tags_lock``).  The size is checked
+        with the draining tag included, so that a drain never fails to announce itself."""
+        assert self._serf is not None
+        records = {name: r.record for name, r in registrations.items()}
+        port = self._metadata_port
+        check_size(
+            write_tags(self._serf.tags, records, metadata_port=port, draining=True),
+            self.node.config.meta_max_size,
+        )
+        draining = not self._lifecycle.accepting()
+        tags = write_tags(self._serf.tags, records, metadata_port=port, draining=draining)
+        await self.node.set_tags(tags)
+        self._registrations = dict(registrations)
+
+    # ------------------------------------------------------------------ work in flight
+
+    def accepting(self) -> bool:
+        """Whether new requests may start (False from the moment a drain begins)."""
+        return self._lifecycle.accepting()
+
+    @contextmanager
+    def request(self, name: str) -> Iterator[Work]:
+        """Track one request: ``with host.request("GET /orders"): ...``.  Raises
+        :class:`~discovery.lifecycle.NotAccepting` once draining; a request still running at
+        the drain deadline is cancelled (the block ends; code after it still runs)."""
+        with self._track(name, Kind.REQUEST) as work:
+            yield work
+
+    @contextmanager
+    def task(self, name: str) -> Iterator[Work]:
+        """Track a background task (a scheduled job) the same way: drain waits for it."""
+        with self._track(name, Kind.TASK) as work:
+            yield work
+
+    @contextmanager
+    def _track(self, name: str, kind: Kind) -> Iterator[Work]:
+        work = self._lifecycle.begin(name, kind, trio.current_time())
+        try:
+            with trio.CancelScope() as scope:
+                self._scopes[work.id] = scope
+                yield work
+        finally:
+            self._scopes.pop(work.id, None)
+            self._lifecycle.end(work)
+            self._work_ended.set()
+
+    async def _until_idle(self) -> None:
+        while not self._lifecycle.idle:
+            self._work_ended = trio.Event()
+            await self._work_ended.wait()
+
+    # ------------------------------------------------------------------ drain
+
+    async def drain(self, timeout: float) -> DrainReport:
+        """Shut down gracefully: announce draining through gossip, refuse new work, wait up to
+        ``timeout`` for the requests and tasks in flight, cancel what remains, then leave the
+        cluster.  Returns what was cut off."""
+        deadline = self._lifecycle.drain(trio.current_time(), timeout)
+        log.info("%s drains: %d in flight", self.node.name, len(self._lifecycle.in_flight))
+        with trio.move_on_at(deadline):
+            try:
+                async with self._tags_lock:
+                    await self._publish(self._registrations)
+            except Exception as exc:  # announcing is best effort: drain and leave regardless
+                log.warning("%s could not announce draining: %s", self.node.name, exc)
+            await self._until_idle()
+        cut_off = self._lifecycle.leave()
+        for work in cut_off:
+            self._scopes[work.id].cancel()
+        if cut_off:
+            cut = ", ".join(map(str, cut_off))
+            log.warning("%s cuts off at the drain deadline: %s", self.node.name, cut)
+            with trio.move_on_after(self._cancel_grace):
+                await self._until_idle()
+        left = True
+        try:
+            await self.node.leave(self.node.config.leave_timeout)
+        except Exception as exc:  # the node may already have left or stopped
+            log.warning("%s could not leave the cluster: %s", self.node.name, exc)
+            left = False
+        report = self._lifecycle.stopped(trio.current_time(), left=left)
+        log.info("%s %s", self.node.name, report)
+        return report
+
+    # ------------------------------------------------------------------ isolation
+
+    @property
+    def isolated(self) -> bool:
+        return self.node.isolated
+
+    async def _watch_isolation(self, events: EventStream) -> None:
+        async for event in events:
+            if isinstance(event, Isolated):
+                log.warning(
+                    "%s is cut off from every peer; it keeps serving %s",
+                    self.node.name,
+                    ", ".join(self._registrations) or "(no services)",
+                )
+                self._tell_isolation(True)
+            elif isinstance(event, Reconnected):
+                log.warning("%s reaches its peers again", self.node.name)
+                self._tell_isolation(False)
+
+    def _tell_isolation(self, isolated: bool) -> None:
+        if self._on_isolation is None:
+            return
+        try:
+            self._on_isolation(isolated)
+        except Exception:
+            log.exception("the on_isolation callback raised; ignored")
+
+    # ------------------------------------------------------------------ metadata service
+
+    async def _serve_metadata(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            await trio.serve_listeners(self._answer, [listener])
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        """One request, one answer; bad input is dropped and counted, never raised."""
+        async with stream:
+            if self._slots.value == 0:
+                self.stats.refused += 1
+                return
+            async with self._slots:
+                with trio.move_on_after(self._request_timeout) as scope:
+                    try:
+                        await self._answer_one(stream)
+                    except ProtocolError as exc:
+                        self.stats.bad_requests += 1
+                        log.debug("dropped a metadata request: %s", exc.reason)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.stats.broken += 1
+                if scope.cancelled_caught:
+                    self.stats.timeouts += 1
+
+    async def _answer_one(self, stream: trio.SocketStream) -> None:
+        reader = FrameReader(MAX_REQUEST_BYTES)
+        body = None
+        while body is None:
+            chunk = await stream.receive_some(MAX_REQUEST_BYTES + 8)
+            if not chunk:
+                reader.end_of_stream()
+            body = reader.receive_data(chunk)
+        request = decode_request(body)
+        registration = self._registrations.get(request.service)
+        if registration is None:
+            self.stats.unknown_service += 1
+            reply: dict[str, Any] = {
+                "error": f"service {request.service!r} is not registered on this node"
+            }
+        else:
+            self.stats.answered += 1
+            reply = {"revision": registration.record.revision, "metadata": registration.metadata}
+        await stream.send_all(frame(reply))

@@ -1,0 +1,181 @@
+"""Service introspection: full metadata fetched peer-to-peer, cached by revision.
+
+Gossip carries only each instance's metadata *revision*: a 32-bit digest of the packed metadata
+(0 for none), so it changes whenever the metadata does and, unlike a counter, never comes back
+to an old number with other contents after a restart.  The full metadata comes on demand
+from the instance's own node, whose metadata service listens on the port in its ``svc-meta``
+tag.  One request per TCP connection, each message one frame: a 4-byte big-endian length, then
+a msgpack map::
+
+    request   {"service": str, "revision": int}     (the revision the asker knows)
+    response  {"revision": int, "metadata": map}    (the current one)
+           or {"error": str}
+
+This module holds the codec (sans-IO, every size bounded, one exception type for bad input) and
+the cache; the sockets are in :mod:`discovery.host` and :mod:`discovery.client`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from discovery.catalog import Instance
+
+MAX_REQUEST_BYTES = 1024
+MAX_METADATA_BYTES = 64 * 1024
+"""The largest metadata a service may register; a response is at most this plus a few bytes."""
+MAX_RESPONSE_BYTES = MAX_METADATA_BYTES + 256
+_LENGTH = struct.Struct(">I")
+
+Metadata = Mapping[str, Any]
+
+
+class ProtocolError(ValueError):
+    """A metadata message is malformed or too large; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MetadataError(Exception):
+    """Metadata could not be fetched from an instance's node; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    service: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    revision: int
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    error: str
+
+
+def frame(body: Mapping[str, Any]) -> bytes:
+    """One message on the wire: length, then msgpack."""
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return _LENGTH.pack(len(packed)) + packed
+
+
+def encode_metadata(metadata: Metadata) -> bytes:
+    """``metadata`` packed, refused when msgpack cannot carry it or it is too large."""
+    if not all(isinstance(key, str) for key in metadata):
+        raise ValueError("metadata keys must be strings")
+    try:
+        packed: bytes = msgpack.packb(dict(metadata), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"metadata cannot be encoded with msgpack: {exc}") from None
+    if len(packed) > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"metadata is {len(packed)} bytes packed, over the limit of {MAX_METADATA_BYTES}; "
+            "keep large documents elsewhere and put their address in the metadata"
+        )
+    return packed
+
+
+def revision_of(packed: bytes) -> int:
+    """The revision of metadata packed by :func:`encode_metadata`: 0 for none, else a digest."""
+    if packed == encode_metadata({}):
+        return 0
+    return int.from_bytes(hashlib.blake2b(packed, digest_size=4).digest(), "big") or 1
+
+
+class FrameReader:
+    """Collects bytes until one whole frame is in; bounded by ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+
+    def receive_data(self, data: bytes) -> bytes | None:
+        """The frame's body once complete, else None; :class:`ProtocolError` when too large."""
+        self._buffer += data
+        if len(self._buffer) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length > self._limit:
+            raise ProtocolError(f"frame of {length} bytes, over the limit of {self._limit}")
+        end = _LENGTH.size + length
+        if len(self._buffer) < end:
+            return None
+        if len(self._buffer) > end:
+            raise ProtocolError("bytes after the frame")
+        return bytes(self._buffer[_LENGTH.size :])
+
+    def end_of_stream(self) -> None:
+        """The peer closed before a whole frame arrived."""
+        raise ProtocolError(f"stream ended after {len(self._buffer)} bytes, mid-frame")
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise ProtocolError(f"not msgpack: {type(exc).__name__}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"expected a map, got {type(value).__name__}")
+    return value
+
+
+def decode_request(body: bytes) -> Request:
+    value = _unpack(body)
+    service, revision = value.get("service"), value.get("revision")
+    if not isinstance(service, str) or not isinstance(revision, int) or revision < 0:
+        raise ProtocolError("a request needs a service name and a revision of 0 or more")
+    return Request(service, revision)
+
+
+def decode_response(body: bytes) -> Response | Refusal:
+    value = _unpack(body)
+    if isinstance(value.get("error"), str):
+        return Refusal(value["error"])
+    revision, metadata = value.get("revision"), value.get("metadata")
+    if not isinstance(revision, int) or revision < 0 or not isinstance(metadata, dict):
+        raise ProtocolError("a response needs a revision of 0 or more and a metadata map")
+    if not all(isinstance(key, str) for key in metadata):
+        raise ProtocolError("metadata keys must be strings")
+    return Response(revision, metadata)
+
+
+class MetadataCache:
+    """Fetched metadata by (cluster, node, service) at one revision each, least recently used
+    first out; an entry at another revision than the instance's is a miss."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._entries: collections.OrderedDict[tuple[str, str, str], Response] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, instance: Instance) -> Metadata | None:
+        """The metadata of ``instance`` at its revision, if cached."""
+        if instance.revision == 0:
+            return {}
+        entry = self._entries.get(instance.key)
+        if entry is None or entry.revision != instance.revision:
+            return None
+        self._entries.move_to_end(instance.key)
+        return entry.metadata
+
+    def put(self, instance: Instance, response: Response) -> None:
+        """Keep ``response`` as the instance's metadata (the node's current, which gossip may
+        not have brought here yet)."""
+        self._entries[instance.key] = response
+        self._entries.move_to_end(instance.key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)

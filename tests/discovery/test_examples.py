@@ -1,0 +1,68 @@
+"""The examples run: in-process in virtual time, and the service as a real process on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from examples import echo_client, echo_service
+from swim.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = Config.local(compression=False)
+
+
+async def test_the_client_keeps_calling_while_an_instance_drains(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stop_first, stop_second = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(echo_service.serve, "echo-1", 0, [], stop_first.wait, FAST)
+        seed = f"127.0.0.1:{port}"
+        await nursery.start(echo_service.serve, "echo-2", 0, [seed], stop_second.wait, FAST)
+
+        async def stop_one_midway() -> None:
+            await trio.sleep(3)
+            stop_second.set()
+
+        nursery.start_soon(stop_one_midway)
+        failed = await echo_client.run([seed], count=10, interval=0.5, config=FAST)
+        assert failed == 0
+        stop_first.set()
+
+
+def test_the_service_drains_and_exits_cleanly_on_sigterm() -> None:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    service = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "echo_service.py"), "echo-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert service.stdout is not None
+        ready = service.stdout.readline()
+        assert " ready: echo on 127.0.0.1:" in ready, ready
+        port = int(ready.split("127.0.0.1:")[1].split(",")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as request:
+            request.sendall(b"in flight")
+            time.sleep(0.05)  # the request is being worked on (0.2 s)
+            service.send_signal(signal.SIGTERM)
+            assert request.recv(100) == b"echo-1: in flight"  # finished, not cut off
+        output, _ = service.communicate(timeout=15)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    assert service.returncode == 0, output
+    assert "echo-1 draining" in output
+    assert "drained in" in output and "cut off" not in output
