@@ -179,7 +179,7 @@ class Engine:
     ) -> None:
         if not name:
             raise ValueError("a node needs a non-empty name")
-        self._check_meta(meta, config)
+        self.check_meta(meta, config)
         self.name = name
         self.config = config
         self.wire_options = wire.WireOptions(
@@ -351,7 +351,7 @@ class Engine:
     def update_meta(self, meta: bytes, now: float) -> None:
         """Advertise new metadata; the incarnation goes up so that it wins everywhere."""
         self._advance(now)
-        self._check_meta(meta, self.config)
+        self.check_meta(meta, self.config)
         if self._left or self._leaving:
             raise NotRunning("cannot update metadata after leaving; join again first")
         me = self._me
@@ -1225,7 +1225,8 @@ class Engine:
         return node
 
     @staticmethod
-    def _check_meta(meta: bytes, config: Config) -> None:
+    def check_meta(meta: bytes, config: Config) -> None:
+        """Raise :class:`MetadataTooLarge` when ``meta`` exceeds ``config.meta_max_size``."""
         if len(meta) > config.meta_max_size:
             raise MetadataTooLarge(
                 f"metadata is {len(meta)} bytes, over the limit of {config.meta_max_size}; "

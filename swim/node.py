@@ -217,6 +217,7 @@ class Node:
         self._joins: dict[int, tuple[trio.Event, list[JoinCompleted]]] = {}
         self._reliable: dict[int, tuple[trio.Event, list[str | None]]] = {}
         self._left = trio.Event()
+        self._leave_timed_out = False
         self._seeds: list[str] = []
         self._rejoin_scope: trio.CancelScope | None = None
 
@@ -404,8 +405,9 @@ class Node:
             failures[seed if seed == where else f"{seed} ({where})"] = why
         return len(result.joined), failures
 
-    async def leave(self, timeout: float = 5.0) -> None:
-        """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out."""
+    async def leave(self, timeout: float = 5.0) -> bool:
+        """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out.
+        Returns False when it may not have reached everyone (the timeout passed first)."""
         if self._serf is not None:
             self._serf.leave(trio.current_time(), timeout)
         else:
@@ -413,6 +415,7 @@ class Node:
         await self._flush()
         with trio.move_on_after(timeout + 1.0):
             await self._left.wait()
+        return self._left.is_set() and not self._leave_timed_out
 
     async def update_metadata(self, meta: bytes) -> None:
         """Advertise new metadata (raises ``MetadataTooLarge`` past ``meta_max_size``)."""
@@ -527,6 +530,7 @@ class Node:
             done.set()
             return
         if isinstance(event, LeaveCompleted):
+            self._leave_timed_out = event.timed_out
             self._left.set()
             return
         if isinstance(event, UserMessage) and self._on_message is not None:

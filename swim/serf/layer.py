@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from swim import wire
-from swim.engine import Engine
+from swim.engine import Engine, MetadataTooLarge
 from swim.events import (
     Event,
     MemberFailed,
@@ -357,10 +357,16 @@ class Serf:
         self._broadcast(raw)
 
     def set_tags(self, tags: Mapping[str, str], now: float) -> None:
-        """Advertise new tags (they travel in the node's metadata)."""
-        meta = msg.encode_tags(tags, self.engine.config.meta_max_size)
-        self.tags = dict(tags)
+        """Advertise new tags (they travel in the node's metadata); raises
+        :class:`~swim.engine.MetadataTooLarge` when they do not fit."""
+        try:
+            meta = msg.encode_tags(tags, self.engine.config.meta_max_size)
+        except wire.EncodeError as exc:
+            raise MetadataTooLarge(
+                f"{exc}; send fewer tags or raise Config.meta_max_size"
+            ) from None
         self.engine.update_meta(meta, now)
+        self.tags = dict(tags)
 
     def force_leave(self, name: str, prune: bool, now: float) -> None:
         """Tell the cluster a failed member has left for good (``serf force-leave``)."""
