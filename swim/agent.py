@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -20,17 +20,29 @@ from swim import wire
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.members import MemberState, ip_bytes
-from swim.node import Delivered, JoinError, Node, parse_seed
+from swim.node import Delivered, JoinError, Node, QueryResult, parse_seed
 from swim.rpc import (
     DEFAULT_RPC_ADDR,
     RpcEvent,
+    RpcKeyError,
+    RpcKeyResult,
     RpcMember,
     RpcMemberEvent,
+    RpcQuery,
+    RpcQueryRecord,
     RpcUserEvent,
     parse_rpc_addr,
     serve_rpc,
 )
-from swim.serf.layer import LEAVE_PROPAGATE_DELAY, MemberReaped, SerfMember, SerfUserEvent
+from swim.serf import keys
+from swim.serf.layer import (
+    INTERNAL_PREFIX,
+    LEAVE_PROPAGATE_DELAY,
+    MemberReaped,
+    QueryAck,
+    SerfMember,
+    SerfUserEvent,
+)
 from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState
 from swim.wire.crypto import KeyringError, decode_key
 
@@ -198,12 +210,66 @@ class NodeBackend:
         self._subscribers.append(deliver)
         return lambda: self._subscribers.remove(deliver)
 
+    async def install_key(self, key: str) -> RpcKeyResult:
+        log.info("initiating key installation")
+        return await _key_operation(keys.install_key(self._node, key))
+
+    async def use_key(self, key: str) -> RpcKeyResult:
+        log.info("initiating primary key change")
+        return await _key_operation(keys.use_key(self._node, key))
+
+    async def remove_key(self, key: str) -> RpcKeyResult:
+        log.info("initiating key removal")
+        return await _key_operation(keys.remove_key(self._node, key))
+
+    async def list_keys(self) -> RpcKeyResult:
+        log.info("initiating key listing")
+        return await _key_operation(keys.list_keys(self._node))
+
+    async def query(self, query: RpcQuery) -> AsyncIterator[RpcQueryRecord]:
+        # Serf's agent keeps its internal queries to itself, but for a bare ping.
+        if query.name.startswith(INTERNAL_PREFIX) and (
+            query.name != INTERNAL_PREFIX + "ping" or query.payload
+        ):
+            raise ValueError(f"Queries cannot contain the '{INTERNAL_PREFIX}' prefix")
+        result = await self._node.start_query(
+            query.name,
+            query.payload,
+            nodes=query.filter_nodes,
+            tags=query.filter_tags,
+            request_ack=query.request_ack,
+            relay_factor=query.relay_factor,
+            timeout=query.timeout or None,
+        )
+        return _query_records(result)
+
     def publish(self, event: Delivered) -> None:
         """Pass a node event on to RPC streams, as Serf's event names."""
         rpc = _rpc_event(event, self._node)
         if rpc is not None:
             for deliver in list(self._subscribers):
                 deliver(rpc)
+
+
+async def _key_operation(operation: Awaitable[keys.KeyResult]) -> RpcKeyResult:
+    try:
+        return _rpc_key_result(await operation)
+    except keys.KeyOperationError as exc:
+        raise RpcKeyError(str(exc), _rpc_key_result(exc.result)) from None
+
+
+def _rpc_key_result(result: keys.KeyResult) -> RpcKeyResult:
+    return RpcKeyResult(
+        result.num_nodes, result.num_resp, result.num_err, result.messages, result.keys
+    )
+
+
+async def _query_records(result: QueryResult) -> AsyncIterator[RpcQueryRecord]:
+    async for arrival in result.arrivals():
+        if isinstance(arrival, QueryAck):
+            yield RpcQueryRecord("ack", arrival.node)
+        else:
+            yield RpcQueryRecord("response", arrival.node, arrival.payload)
 
 
 def _rpc_member(member: SerfMember) -> RpcMember:

@@ -1,8 +1,9 @@
 """The ``swim`` command.
 
 The agent-client commands (``members``, ``join``, ``leave``, ``force-leave``, ``tags``,
-``event``) speak Serf's RPC protocol, so they drive a shoal agent or a Serf one alike.  They take
-serf's flags, single-dash (``-rpc-addr=...``) or double-dash, and print what serf prints.
+``event``, ``keys``, ``query``) speak Serf's RPC protocol, so they drive a shoal agent or a Serf
+one alike.  They take serf's flags, single-dash (``-rpc-addr=...``) or double-dash, and print
+what serf prints.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -27,6 +29,7 @@ from swim.rpc import (
     RpcClient,
     RpcConnectionError,
     RpcError,
+    RpcKeyError,
     RpcMember,
     host_port,
     parse_rpc_addr,
@@ -119,6 +122,48 @@ def _parser() -> argparse.ArgumentParser:
     event.add_argument("name", help="the event's name")
     event.add_argument("payload", nargs="?", default="", help="the event's payload")
     _flag(event, "coalesce", "let repeats within a short time coalesce (default true)", True)
+
+    keys = _client_parser(
+        commands, "keys", "change or list the encryption keys of every member", _keys, ""
+    )
+    _option(keys, "install", default="", metavar="KEY", help="add a key, for decryption only")
+    _option(keys, "use", default="", metavar="KEY", help="make an installed key the primary")
+    _option(keys, "remove", default="", metavar="KEY", help="remove a key (not the primary)")
+    _flag(keys, "list", "list every key and how many members hold it")
+
+    query = _client_parser(
+        commands, "query", "ask the cluster and print acks and answers", _query, "sending query"
+    )
+    query.add_argument("name", help="the query's name")
+    query.add_argument("payload", nargs="?", default="", help="the query's payload")
+    _option(query, "node", action="append", default=[], help="only this member; repeatable")
+    _option(
+        query,
+        "tag",
+        action="append",
+        default=[],
+        type=_tag,
+        metavar="KEY=REGEX",
+        help="only members with tag KEY matching REGEX; repeatable",
+    )
+    _flag(query, "no-ack", "do not ask members to acknowledge")
+    _option(
+        query,
+        "timeout",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="how long to collect answers, as 5s or 1m30s (default: Serf's, by cluster size)",
+    )
+    _option(
+        query,
+        "relay-factor",
+        type=int,
+        default=0,
+        metavar="N",
+        help="members that also relay each answer back, 0 to 255",
+    )
+    _option(query, "format", choices=("text", "json"), default="text", help="text or json")
     return parser
 
 
@@ -127,7 +172,7 @@ def _option(parser: argparse.ArgumentParser, name: str, **options: Any) -> None:
     parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **options)
 
 
-_BOOLEAN_FLAGS = frozenset({"coalesce", "detailed", "prune", "replay"})
+_BOOLEAN_FLAGS = frozenset({"coalesce", "detailed", "list", "no-ack", "prune", "replay"})
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})  # Go's strconv.ParseBool
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
@@ -162,6 +207,20 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """A Go duration (``500ms``, ``1m30s``, ``0``) in seconds."""
+    if text == "0":
+        return 0.0
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(p.group() for p in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 5s, 500ms or 1m30s")
+    return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+
+
 def _rpc_addr(text: str) -> str:
     try:
         parse_rpc_addr(text)
@@ -193,7 +252,7 @@ def _client_parser(
         metavar="KEY",
         help="the agent's RPC auth key (default $SERF_RPC_AUTH)",
     )
-    parser.set_defaults(run=_run_client, client_command=command, failing=failing)
+    parser.set_defaults(run=_run_client, client_command=command, failing=f"Error {failing}")
     return parser
 
 
@@ -214,6 +273,15 @@ def _run_client(args: argparse.Namespace) -> int:
     if args.command == "tags" and not (args.set or args.delete):
         print("swim tags: give at least one -set KEY=VALUE or -delete KEY", file=sys.stderr)
         return 1
+    if args.command == "keys":
+        actions = [name for name in ("install", "use", "remove", "list") if getattr(args, name)]
+        if len(actions) != 1:
+            return _fail(
+                "swim keys: give exactly one of -install KEY, -use KEY, -remove KEY, -list"
+            )
+        args.failing = _KEY_FAILURES[actions[0]]
+    if args.command == "query" and not 0 <= args.relay_factor <= 255:
+        return _fail("swim query: -relay-factor must be between 0 and 255")
     status: int = trio.run(_client_main, args)
     return status
 
@@ -231,7 +299,7 @@ async def _client_main(args: argparse.Namespace) -> int:
         try:
             await args.client_command(client, args)
         except (RpcError, RpcConnectionError) as exc:
-            return _fail(f"Error {args.failing}: {_hinted(exc)}")
+            return _fail(f"{args.failing}: {_hinted(exc)}")
     return 0
 
 
@@ -277,6 +345,77 @@ async def _event(client: RpcClient, args: argparse.Namespace) -> None:
     await client.user_event(args.name, os.fsencode(args.payload), args.coalesce)
     coalescing = "true" if args.coalesce else "false"
     print(f"Event '{args.name}' dispatched! Coalescing enabled: {coalescing}")
+
+
+_KEY_FAILURES = {
+    "install": "Error installing key",
+    "use": "Error changing primary key",
+    "remove": "Error removing key",
+    "list": "Failed to gather member keys",
+}
+
+
+async def _keys(client: RpcClient, args: argparse.Namespace) -> None:
+    try:
+        if args.list:
+            print("==> Asking all members for installed keys...")
+            result = await client.list_keys()
+            print("==> Keys gathered, listing cluster keys...\n")
+            lines = [f"{key} | [{n}/{result.num_nodes}]" for key, n in sorted(result.keys.items())]
+            print(_columns(lines))
+        elif args.install:
+            print("==> Installing key on all members...")
+            await client.install_key(args.install)
+            print("==> Successfully installed key!")
+        elif args.use:
+            print("==> Changing primary key on all members...")
+            await client.use_key(args.use)
+            print("==> Successfully changed primary key!")
+        else:
+            print("==> Removing key on all members...")
+            await client.remove_key(args.remove)
+            print("==> Successfully removed key!")
+    except RpcKeyError as exc:
+        failures = [
+            f"failed: | {node} | {why}" for node, why in sorted(exc.result.messages.items())
+        ]
+        if failures:
+            print(_columns(failures), file=sys.stderr)
+        print(file=sys.stderr)
+        raise
+
+
+async def _query(client: RpcClient, args: argparse.Namespace) -> None:
+    acks: list[str] = []
+    answers: dict[str, str] = {}
+    async with client.query(
+        args.name,
+        os.fsencode(args.payload),
+        nodes=args.node,
+        tags=dict(args.tag),
+        request_ack=not args.no_ack,
+        relay_factor=args.relay_factor,
+        timeout=args.timeout,
+    ) as records:
+        if args.format == "text":
+            print(f"Query '{args.name}' dispatched", flush=True)
+        async for record in records:
+            text = record.payload.decode(errors="replace")
+            if record.type == "ack":
+                acks.append(record.node)
+                if args.format == "text":
+                    print(f"Ack from '{record.node}'", flush=True)
+            else:
+                answers[record.node] = text
+                if args.format == "text":
+                    shown = text.removesuffix("\n")
+                    print(f"Response from '{record.node}': {shown}", flush=True)
+    if args.format == "json":
+        print(_go_json({"Acks": acks or None, "Responses": dict(sorted(answers.items()))}))
+        return
+    if not args.no_ack:
+        print(f"Total Acks: {len(acks)}")
+    print(f"Total Responses: {len(answers)}")
 
 
 def members_text(members: Sequence[RpcMember], detailed: bool = False) -> str:
@@ -328,7 +467,12 @@ def members_json(members: Sequence[RpcMember]) -> str:
         }
         for member in members
     ]
-    text = json.dumps({"members": listed or None}, indent=2, ensure_ascii=False)
+    return _go_json({"members": listed or None})
+
+
+def _go_json(value: object) -> str:
+    """JSON indented as Go's ``json.MarshalIndent(value, "", "  ")`` writes it."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
     # Go's encoding/json escapes these for embedding in HTML; serf's output has them so.
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 

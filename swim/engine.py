@@ -205,6 +205,7 @@ class Engine:
         self._names_by_address: dict[Address, str] = {}
         self._peer_states: dict[str, MemberState] = {}  # peers' last states, reaped dead too
         self._peers_not_left = 0  # peers we should hear from: alive, suspect or dead
+        self._state_counts = dict.fromkeys(MemberState, 0)
         self._last_contact = now
         self._isolated_since: float | None = None
         self._seeds: list[Address] = []
@@ -248,6 +249,7 @@ class Engine:
         self._me = me
         self._nodes[name] = me
         self._probe_ring.append(name)
+        self._broadcast_alive()  # as memberlist's setAlive: members we learn of hear it first-hand
         self._start_loops()
 
     # ------------------------------------------------------------------ outputs
@@ -308,6 +310,12 @@ class Engine:
     def alive_count(self) -> int:
         """Members alive in our view, this node included."""
         return len(self._alive) + (self._me.state is MemberState.ALIVE)
+
+    def live_count(self) -> int:
+        """Members neither dead nor left, this node included (memberlist's ``NumMembers``)."""
+        counts = self._state_counts
+        mine = self._me.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        return counts[MemberState.ALIVE] + counts[MemberState.SUSPECT] + mine
 
     # ------------------------------------------------------------------ commands
 
@@ -792,13 +800,16 @@ class Engine:
             self._departed_addresses.pop(name, None)
 
     def _track_peer(self, name: str, state: MemberState | None) -> None:
-        """Keep count of the peers that did not leave: while there are any, silence from all
-        of them means we are cut off."""
+        """Keep count of the peers in each state: while some did not leave, silence from all
+        of them means we are cut off; alive and suspect ones are the live members."""
         previous = self._peer_states.pop(name, None)
-        if previous is not None and previous is not MemberState.LEFT:
-            self._peers_not_left -= 1
+        if previous is not None:
+            self._state_counts[previous] -= 1
+            if previous is not MemberState.LEFT:
+                self._peers_not_left -= 1
         if state is not None:
             self._peer_states[name] = state
+            self._state_counts[state] += 1
             if state is not MemberState.LEFT:
                 self._peers_not_left += 1
 

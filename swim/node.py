@@ -16,7 +16,7 @@ import random
 import socket
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -82,6 +82,33 @@ class QueryResult:
     acks: list[str] = field(default_factory=list)
     answers: dict[str, bytes] = field(default_factory=dict)
     done: trio.Event = field(default_factory=trio.Event)
+    _arrivals: list[QueryAck | QueryAnswer] = field(default_factory=list)
+    _arrived: trio.Event = field(default_factory=trio.Event)
+
+    async def arrivals(self) -> AsyncIterator[QueryAck | QueryAnswer]:
+        """Every ack and answer in the order they came, waiting for more until the query is
+        done: for streaming them on (``serf query``) or stopping early."""
+        seen = 0
+        while True:
+            arrived = self._arrived
+            while seen < len(self._arrivals):
+                seen += 1
+                yield self._arrivals[seen - 1]
+            if self.done.is_set():
+                return
+            await arrived.wait()
+
+    def _add(self, event: QueryAck | QueryAnswer | QueryDone) -> None:
+        if isinstance(event, QueryAck):
+            self.acks.append(event.node)
+        elif isinstance(event, QueryAnswer):
+            self.answers[event.node] = event.payload
+        else:
+            self.done.set()
+        if not isinstance(event, QueryDone):
+            self._arrivals.append(event)
+        self._arrived.set()
+        self._arrived = trio.Event()
 
 
 @dataclass(slots=True)
@@ -466,6 +493,32 @@ class Node:
     ) -> QueryResult:
         """Ask the members (those the filters pick) and collect acks and answers until the
         query's timeout (Serf's default when None)."""
+        result = await self.start_query(
+            name,
+            payload,
+            nodes=nodes,
+            tags=tags,
+            request_ack=request_ack,
+            relay_factor=relay_factor,
+            timeout=timeout,
+        )
+        await result.done.wait()
+        return result
+
+    async def start_query(
+        self,
+        name: str,
+        payload: bytes = b"",
+        *,
+        nodes: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        request_ack: bool = False,
+        relay_factor: int = 0,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """Send a query as :meth:`query` does, but return once it is out: the result fills
+        as acks and answers arrive (see :meth:`QueryResult.arrivals`).  Raises
+        :class:`~swim.serf.layer.SerfError` when the query cannot be sent."""
         query_id = self.serf.query(
             name,
             payload,
@@ -479,7 +532,6 @@ class Node:
         result = QueryResult()
         self._queries[query_id] = result
         await self._flush()
-        await result.done.wait()
         return result
 
     async def respond(self, query: SerfQuery, payload: bytes) -> None:
@@ -548,13 +600,9 @@ class Node:
             result = self._queries.get(event.query_id)
             if result is None:
                 return
-            if isinstance(event, QueryAck):
-                result.acks.append(event.node)
-            elif isinstance(event, QueryAnswer):
-                result.answers[event.node] = event.payload
-            else:
+            if isinstance(event, QueryDone):
                 del self._queries[event.query_id]
-                result.done.set()
+            result._add(event)
             return
         if isinstance(event, KeyringChanged) and self._keyring_file is not None:
             assert self._keyring is not None

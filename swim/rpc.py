@@ -37,7 +37,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -62,6 +62,8 @@ STREAM_EXISTS: Final = "Stream with given sequence exists"
 AUTH_REQUIRED: Final = "Authentication required"
 INVALID_AUTH_TOKEN: Final = "Invalid authentication token"
 REGEX_ERROR_PREFIX: Final = "Failed to compile regex: "
+QUERY_RECORD_TYPES: Final = ("ack", "response", "done")
+"""The ``Type`` of the records a ``query`` streams (Serf's ``queryRecord``)."""
 
 SERF_COMMANDS: Final[Mapping[str, tuple[bool, bool]]] = {
     "handshake": (True, False),
@@ -162,6 +164,56 @@ class RpcUserEvent:
 RpcEvent = RpcMemberEvent | RpcUserEvent
 
 
+@dataclass(frozen=True, slots=True)
+class RpcKeyResult:
+    """What the members answered a cluster-wide key operation (Serf's ``keyResponse``)."""
+
+    num_nodes: int = 0
+    """Live members when the query went out."""
+    num_resp: int = 0
+    num_err: int = 0
+    messages: dict[str, str] = field(default_factory=dict)
+    """Per node, its error or warning message."""
+    keys: dict[str, int] = field(default_factory=dict)
+    """For ``list-keys``: each base64 key and how many members hold it."""
+
+
+class RpcKeyError(RpcError):
+    """A key operation failed on some members ("1/3 nodes reported failure"); ``result``
+    says which and why, as Serf's reply does alongside its error."""
+
+    def __init__(self, message: str, result: RpcKeyResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class RpcQuery:
+    """A query to send through the agent (Serf's ``queryRequest``)."""
+
+    name: str
+    payload: bytes = b""
+    filter_nodes: tuple[str, ...] = ()
+    """Only these members answer (none: every member)."""
+    filter_tags: dict[str, str] = field(default_factory=dict)
+    """Only members whose tag matches each regex answer."""
+    request_ack: bool = False
+    relay_factor: int = 0
+    """How many other members also relay each answer back, for redundancy (0 to 255)."""
+    timeout: float = 0.0
+    """Seconds to collect answers; 0 lets the agent pick Serf's default."""
+
+
+@dataclass(frozen=True, slots=True)
+class RpcQueryRecord:
+    """An ack or an answer to a query, as the agent streams them (Serf's ``queryRecord``)."""
+
+    type: str
+    """"ack" or "response" ("done" ends the stream and is not passed on)."""
+    node: str
+    payload: bytes = b""
+
+
 class AgentBackend(Protocol):
     """What the RPC server drives: the agent implements this.  Every method that can fail
     raises an exception whose ``str()`` is the error to report to the client."""
@@ -200,6 +252,28 @@ class AgentBackend(Protocol):
         """Call ``deliver`` from trio's thread with every member and user event from now on,
         until the returned function is called.  ``deliver`` never blocks: a stream too far
         behind drops events, as Serf's does."""
+        ...
+
+    async def install_key(self, key: str) -> RpcKeyResult:
+        """Install the base64 ``key`` on every member; raise :class:`RpcKeyError` unless
+        every live member succeeded (so for the other key operations)."""
+        ...
+
+    async def use_key(self, key: str) -> RpcKeyResult:
+        """Make the base64 ``key`` every member's primary key."""
+        ...
+
+    async def remove_key(self, key: str) -> RpcKeyResult:
+        """Remove the base64 ``key`` from every member's keyring."""
+        ...
+
+    async def list_keys(self) -> RpcKeyResult:
+        """Count the keys every member holds."""
+        ...
+
+    async def query(self, query: RpcQuery) -> AsyncIterator[RpcQueryRecord]:
+        """Send ``query`` (raising when it cannot be sent) and return its acks and answers as
+        they arrive, ending when its timeout passes."""
         ...
 
 
@@ -427,6 +501,66 @@ def _event(value: object) -> RpcEvent | None:
     return None  # a query: shoal has none, and Serf sends them only to "query" filters
 
 
+def _key_struct(result: RpcKeyResult, listing: bool) -> dict[str, object]:
+    return {
+        "Messages": result.messages,
+        "Keys": result.keys if listing else None,  # Go leaves it nil but for list-keys
+        "NumNodes": result.num_nodes,
+        "NumErr": result.num_err,
+        "NumResp": result.num_resp,
+    }
+
+
+def _key_result(value: object) -> RpcKeyResult:
+    body = _struct(value, "the key reply")
+    keys = body.get("Keys")
+    if keys is not None and not isinstance(keys, dict):
+        raise _ProtocolError(f"Keys is a {type(keys).__name__}, not a map")
+    counts = {
+        _as_text(k, "Keys"): _integer({"Keys": n}, "Keys", 0, 1 << 31)
+        for k, n in (keys or {}).items()
+    }
+    return RpcKeyResult(
+        num_nodes=_integer(body, "NumNodes", 0, 1 << 31),
+        num_resp=_integer(body, "NumResp", 0, 1 << 31),
+        num_err=_integer(body, "NumErr", 0, 1 << 31),
+        messages=_text_map(body, "Messages"),
+        keys=counts,
+    )
+
+
+def _query_struct(query: RpcQuery) -> dict[str, object]:
+    return {
+        "FilterNodes": list(query.filter_nodes),
+        "FilterTags": query.filter_tags,
+        "RequestAck": query.request_ack,
+        "RelayFactor": query.relay_factor,
+        "Timeout": round(query.timeout * 1e9),  # Go's time.Duration: nanoseconds
+        "Name": query.name,
+        "Payload": query.payload,
+    }
+
+
+def _query(body: dict[str, object]) -> RpcQuery:
+    return RpcQuery(
+        name=_text(body, "Name"),
+        payload=_bytes(body, "Payload"),
+        filter_nodes=tuple(_text_list(body, "FilterNodes")),
+        filter_tags=_text_map(body, "FilterTags"),
+        request_ack=_flag(body, "RequestAck"),
+        relay_factor=_integer(body, "RelayFactor", 0, 0xFF),
+        timeout=_integer(body, "Timeout", 0, (1 << 63) - 1) / 1e9,
+    )
+
+
+def _query_record(value: object) -> RpcQueryRecord:
+    record = _struct(value, "a query record")
+    kind = _text(record, "Type")
+    if kind not in QUERY_RECORD_TYPES:
+        raise _ProtocolError(f"a query record of type {kind!r}, not one of {QUERY_RECORD_TYPES}")
+    return RpcQueryRecord(kind, _text(record, "From"), _bytes(record, "Payload"))
+
+
 # ---------------------------------------------------------------------------------------------
 # What the server decides for itself: event filters and member filters, as Serf defines them.
 
@@ -563,7 +697,7 @@ class _Connection:
         self._version = 0
         self._authenticated = auth_key is None
         self._streams: dict[int, _EventStream] = {}
-        self._handlers = {
+        self._handlers: dict[str, Callable[[int, dict[str, object]], Awaitable[None]]] = {
             "handshake": self._handshake,
             "auth": self._auth,
             "event": self._user_event,
@@ -576,6 +710,11 @@ class _Connection:
             "leave": self._leave,
             "tags": self._tags,
             "stats": self._stats,
+            "install-key": self._install_key,
+            "use-key": self._use_key,
+            "remove-key": self._remove_key,
+            "list-keys": self._list_keys,
+            "query": self._query,
         }
 
     async def serve(self) -> None:
@@ -625,6 +764,9 @@ class _Connection:
         except _ProtocolError as exc:
             log.info("RPC %s from %s: malformed request: %s", command, self._peer, exc)
             await self._reply(seq, f"decode failed: {exc}", empty_reply)
+        except RpcKeyError as exc:  # Serf replies with the tally alongside the error
+            log.info("RPC %s from %s failed: %s", command, self._peer, exc)
+            await self._reply(seq, str(exc), _key_struct(exc.result, command == "list-keys"))
         except Exception as exc:  # the backend's refusal, or its failure, is this answer
             message = str(exc) or type(exc).__name__
             log.info("RPC %s from %s failed: %s", command, self._peer, message)
@@ -686,6 +828,42 @@ class _Connection:
 
     async def _stats(self, seq: int, _: dict[str, object]) -> None:
         await self._reply(seq, "", self._backend.stats())
+
+    async def _install_key(self, seq: int, body: dict[str, object]) -> None:
+        result = await self._backend.install_key(_text(body, "Key"))
+        await self._reply(seq, "", _key_struct(result, listing=False))
+
+    async def _use_key(self, seq: int, body: dict[str, object]) -> None:
+        result = await self._backend.use_key(_text(body, "Key"))
+        await self._reply(seq, "", _key_struct(result, listing=False))
+
+    async def _remove_key(self, seq: int, body: dict[str, object]) -> None:
+        result = await self._backend.remove_key(_text(body, "Key"))
+        await self._reply(seq, "", _key_struct(result, listing=False))
+
+    async def _list_keys(self, seq: int, _: dict[str, object]) -> None:
+        result = await self._backend.list_keys()
+        await self._reply(seq, "", _key_struct(result, listing=True))
+
+    async def _query(self, seq: int, body: dict[str, object]) -> None:
+        records = await self._backend.query(_query(body))
+        await self._reply(seq)
+        self._nursery.start_soon(self._forward_query, seq, records)
+
+    async def _forward_query(self, seq: int, records: AsyncIterator[RpcQueryRecord]) -> None:
+        """Stream a query's acks and answers, then "done", as Serf's agent does."""
+        header = _pack({"Seq": seq, "Error": ""})
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async for record in records:
+                data = header + _pack(
+                    {"Type": record.type, "From": record.node, "Payload": record.payload}
+                )
+                async with self._write_lock:
+                    await self._stream.send_all(data)
+            async with self._write_lock:
+                await self._stream.send_all(
+                    header + _pack({"Type": "done", "From": "", "Payload": None})
+                )
 
     async def _stream_events(self, seq: int, body: dict[str, object]) -> None:
         filters = parse_event_filter(_text(body, "Type"))
@@ -756,9 +934,12 @@ class _Call:
 
 @dataclass(slots=True)
 class _Subscription:
+    query: bool = False
+    """A query's records, which end with a "done" record rather than a stop."""
     acknowledged: bool = False
     error: str = ""
     stopped: bool = False
+    finished: bool = False
     dropped: int = 0
     records: deque[object] = field(default_factory=deque)
 
@@ -862,6 +1043,72 @@ class RpcClient:
         """The agent's figures by section, as ``serf info`` shows them."""
         return self._read(_stats, await self._request("stats", returns_body=True))
 
+    async def install_key(self, key: str) -> RpcKeyResult:
+        """Install the base64 ``key`` on every member (``serf keys -install``).  Raises
+        :class:`RpcKeyError`, with what each member said, unless all of them succeeded."""
+        return await self._key_request("install-key", {"Key": key})
+
+    async def use_key(self, key: str) -> RpcKeyResult:
+        """Make the installed base64 ``key`` every member's primary key (``-use``)."""
+        return await self._key_request("use-key", {"Key": key})
+
+    async def remove_key(self, key: str) -> RpcKeyResult:
+        """Remove the base64 ``key`` from every member's keyring (``-remove``)."""
+        return await self._key_request("remove-key", {"Key": key})
+
+    async def list_keys(self) -> RpcKeyResult:
+        """Count the keys every member holds (``-list``)."""
+        return await self._key_request("list-keys", None)
+
+    async def _key_request(self, command: str, body: object) -> RpcKeyResult:
+        error, reply = await self._exchange(command, body, True)
+        if error == AUTH_REQUIRED:
+            raise RpcError(error)
+        result = self._read(_key_result, reply)
+        if error:
+            raise RpcKeyError(error, result)
+        return result
+
+    @asynccontextmanager
+    async def query(
+        self,
+        name: str,
+        payload: bytes = b"",
+        *,
+        nodes: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        request_ack: bool = False,
+        relay_factor: int = 0,
+        timeout: float = 0.0,
+    ) -> AsyncIterator[AsyncIterator[RpcQueryRecord]]:
+        """Send a query through the agent and read its acks and answers as they come:
+        ``async with client.query("uptime") as records: async for record in records: ...``.
+        The records end when the query times out (``timeout`` seconds; 0: Serf's default).
+        ``nodes`` and ``tags`` (tag to regex) pick who answers."""
+        query = RpcQuery(
+            name, payload, tuple(nodes), dict(tags or {}), request_ack, relay_factor, timeout
+        )
+        seq = self._next_seq()
+        subscription = self._subscriptions[seq] = _Subscription(query=True)
+        try:
+            await self._send("query", seq, _query_struct(query))
+            await self._wait(lambda: subscription.acknowledged)
+            if subscription.error:
+                raise RpcError(subscription.error)
+            yield self._query_records(subscription)
+        finally:
+            subscription.stopped = True  # what arrives until "done" is dropped
+            subscription.records.clear()
+            if subscription.error or subscription.finished:
+                self._subscriptions.pop(seq, None)
+
+    async def _query_records(self, subscription: _Subscription) -> AsyncIterator[RpcQueryRecord]:
+        while True:
+            await self._wait(lambda: bool(subscription.records) or subscription.finished)
+            if not subscription.records:
+                return
+            yield self._read(_query_record, subscription.records.popleft())
+
     @asynccontextmanager
     async def stream(self, event_filter: str = "*") -> AsyncIterator[AsyncIterator[RpcEvent]]:
         """Events the agent sees, filtered like ``"member-join,member-failed,user:deploy"``:
@@ -907,13 +1154,18 @@ class RpcClient:
     async def _request(
         self, command: str, body: object = None, returns_body: bool = False
     ) -> object:
+        error, reply = await self._exchange(command, body, returns_body)
+        if error:
+            raise RpcError(error)
+        return reply
+
+    async def _exchange(self, command: str, body: object, returns_body: bool) -> tuple[str, object]:
+        """Send a request; the reply's error (empty for none) and body."""
         seq = self._next_seq()
         call = self._calls[seq] = _Call(returns_body)
         await self._send(command, seq, body)
         await self._wait(lambda: call.done)
-        if call.error:
-            raise RpcError(call.error)
-        return call.body
+        return call.error, call.body
 
     def _fail(self, reason: str) -> RpcConnectionError:
         if self._broken is None:
@@ -981,7 +1233,14 @@ class RpcClient:
             subscription.acknowledged = True
             subscription.error = error
         else:
-            self._body_for = partial(_keep_record, subscription)
+            self._body_for = partial(self._take_record, seq, subscription)
+
+    def _take_record(self, seq: int, subscription: _Subscription, record: object) -> None:
+        if subscription.query and isinstance(record, dict) and record.get("Type") == "done":
+            subscription.finished = True  # nothing follows "done": forget the query
+            del self._subscriptions[seq]
+            return
+        _keep_record(subscription, record)
 
 
 def _finish(call: _Call, body: object) -> None:

@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from functools import partial
 from typing import Any
@@ -35,8 +35,12 @@ from swim.rpc import (
     RpcConnectionError,
     RpcError,
     RpcEvent,
+    RpcKeyError,
+    RpcKeyResult,
     RpcMember,
     RpcMemberEvent,
+    RpcQuery,
+    RpcQueryRecord,
     RpcUserEvent,
     filter_members,
     host_port,
@@ -46,6 +50,12 @@ from swim.rpc import (
 )
 
 KEY = "s3cret"
+KEY_1 = "T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s="
+QUERY_RECORDS = (
+    RpcQueryRecord("ack", "web-1"),
+    RpcQueryRecord("response", "web-1", b"up 3 days\n"),
+    RpcQueryRecord("ack", "db-1"),
+)
 WAIT = 10  # seconds any single exchange may take before the test fails
 
 
@@ -115,6 +125,33 @@ class FakeBackend:
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self.subscribers.append(deliver)
         return partial(self.subscribers.remove, deliver)
+
+    async def install_key(self, key: str) -> RpcKeyResult:
+        return self._key("install-key", key)
+
+    async def use_key(self, key: str) -> RpcKeyResult:
+        return self._key("use-key", key)
+
+    async def remove_key(self, key: str) -> RpcKeyResult:
+        return self._key("remove-key", key)
+
+    async def list_keys(self) -> RpcKeyResult:
+        return self._key("list-keys", "")
+
+    def _key(self, command: str, key: str) -> RpcKeyResult:
+        self.calls.append((command, key))
+        self._maybe_fail(command)
+        return RpcKeyResult(2, 2, 0, {}, {KEY_1: 2} if command == "list-keys" else {})
+
+    async def query(self, query: RpcQuery) -> AsyncIterator[RpcQueryRecord]:
+        self.calls.append(("query", query))
+        self._maybe_fail("query")
+        return self._answers()
+
+    async def _answers(self) -> AsyncIterator[RpcQueryRecord]:
+        for record in QUERY_RECORDS:
+            await trio.sleep(0.01)
+            yield record
 
     def emit(self, event: RpcEvent) -> None:
         for deliver in list(self.subscribers):
@@ -386,8 +423,8 @@ async def test_unknown_command_is_answered_then_closed(agent: str) -> None:
 
 async def test_serf_commands_shoal_does_not_serve_keep_the_connection(agent: str) -> None:
     raw = await Raw.open(agent)
-    # list-keys returns a body Serf's client waits for; monitor returns none.
-    await raw.send({"Command": "list-keys", "Seq": 1})
+    # get-coordinate returns a body Serf's client waits for; monitor returns none.
+    await raw.send({"Command": "get-coordinate", "Seq": 1}, {"Node": "web-1"})
     assert await raw.receive() == {"Seq": 1, "Error": UNSUPPORTED_COMMAND}
     assert await raw.receive() == {}
     await raw.send({"Command": "monitor", "Seq": 2}, {"LogLevel": "debug"})
@@ -738,9 +775,6 @@ async def test_serf_sees_backend_errors(agent: str, backend: FakeBackend) -> Non
         "Error sending event: user event exceeds limit of 512 bytes\n",
     )
     # Commands shoal does not serve fail cleanly instead of hanging serf.
-    status, out = await serf("keys", rpc, "-list")
-    assert status == 1
-    assert UNSUPPORTED_COMMAND in out
     assert await serf("monitor", rpc) == (1, f"Error starting monitor: {UNSUPPORTED_COMMAND}\n")
 
 
@@ -848,3 +882,77 @@ async def test_our_client_drives_a_real_serf_agent(
         assert sorted(listed, key=str) == sorted(json.loads(out)["members"], key=str)
         async with RpcClient.connect(addr) as client:
             await client.leave()
+
+
+# ---------------------------------------------------------------------------------------------
+# Key operations and queries on the wire.
+
+
+async def test_key_commands_and_query_records_on_the_wire(agent: str, backend: FakeBackend) -> None:
+    raw = await Raw.open(agent)
+    await raw.send({"Command": "list-keys", "Seq": 1})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    assert await raw.receive() == {
+        "Messages": {},
+        "Keys": {KEY_1: 2},
+        "NumNodes": 2,
+        "NumErr": 0,
+        "NumResp": 2,
+    }
+    backend.failures["remove-key"] = RpcKeyError(
+        "1/2 nodes reported failure", RpcKeyResult(2, 2, 1, {"db-1": "not allowed"})
+    )
+    await raw.send({"Command": "remove-key", "Seq": 2}, {"Key": KEY_1})
+    assert await raw.receive() == {"Seq": 2, "Error": "1/2 nodes reported failure"}
+    assert (await raw.receive())["Messages"] == {"db-1": "not allowed"}
+    query = {
+        "FilterNodes": ["web-1"],
+        "FilterTags": {"role": "w.*"},
+        "RequestAck": True,
+        "RelayFactor": 2,
+        "Timeout": 1_500_000_000,
+        "Name": "uptime",
+        "Payload": b"?",
+    }
+    await raw.send({"Command": "query", "Seq": 3}, query)
+    assert await raw.receive() == {"Seq": 3, "Error": ""}
+    for record in QUERY_RECORDS:
+        assert await raw.receive() == {"Seq": 3, "Error": ""}
+        assert await raw.receive() == {
+            "Type": record.type,
+            "From": record.node,
+            "Payload": record.payload,
+        }
+    assert await raw.receive() == {"Seq": 3, "Error": ""}
+    assert await raw.receive() == {"Type": "done", "From": "", "Payload": None}
+    assert backend.calls[-1] == (
+        "query",
+        RpcQuery("uptime", b"?", ("web-1",), {"role": "w.*"}, True, 2, 1.5),
+    )
+
+
+async def test_our_client_and_serf_read_keys_and_queries(
+    agent: str, backend: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with RpcClient.connect(agent) as client:
+        assert (await client.list_keys()).keys == {KEY_1: 2}
+        assert (await client.install_key(KEY_1)).num_resp == 2
+        async with client.query("uptime", timeout=1.0) as records:
+            assert tuple([r async for r in records]) == QUERY_RECORDS
+        backend.failures["query"] = ValueError("query exceeds limit of 1024 bytes")
+        with pytest.raises(RpcError, match="exceeds limit"):
+            async with client.query("big"):
+                pass
+        del backend.failures["query"]
+        assert await client.members()  # the connection goes on
+    rpc = f"-rpc-addr={agent}"
+    status, out = await serf("query", rpc, "uptime")
+    assert await swim("query", rpc, "uptime") == 0
+    assert (status, out) == (0, capsys.readouterr().out)
+    assert out.splitlines()[2] == "Response from 'web-1': up 3 days"
+    status, out = await serf("query", rpc, "-format=json", "uptime")
+    assert await swim("query", rpc, "-format=json", "uptime") == 0
+    assert (status, out) == (0, capsys.readouterr().out)
+    status, out = await serf("keys", rpc, "-list")
+    assert await swim("keys", rpc, "-list") == 0
+    assert (status, out) == (0, capsys.readouterr().out)

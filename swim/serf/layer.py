@@ -382,7 +382,7 @@ class Serf:
     def default_query_timeout(self) -> float:
         """``GossipInterval * 16 * ceil(log10(n + 1))`` over the live members, as Serf
         computes it."""
-        scale = math.ceil(math.log10(self.engine.alive_count() + 1))
+        scale = math.ceil(math.log10(self.engine.live_count() + 1))
         return self.engine.config.gossip_interval * QUERY_TIMEOUT_MULT * scale
 
     def query(

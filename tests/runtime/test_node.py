@@ -278,7 +278,7 @@ async def test_junk_datagrams_and_streams_are_dropped_and_counted(
             )
             with trio.fail_after(5):
                 data, _ = await sender.recvfrom(65_536)
-            assert wire.decode_packet(data, right) == [wire.Ack(seq_no=3)]
+            assert wire.decode_packet(data, right)[0] == wire.Ack(seq_no=3)
         for junk in (b"\x06\xff\xff", b"\x0a\xff\xff\xff\xff", b"\x00" * 10):
             stream = await trio.open_tcp_stream(host, port)
             async with stream:
@@ -348,7 +348,7 @@ async def test_peers_that_vanish_mid_stream_do_not_take_the_node_down(
             await sender.sendto(ping_packet(9, wire.WireOptions()), (host, port))
             with trio.fail_after(5):
                 data, _ = await sender.recvfrom(65_536)
-        assert wire.decode_packet(data, wire.WireOptions()) == [wire.Ack(seq_no=9)]
+        assert wire.decode_packet(data, wire.WireOptions())[0] == wire.Ack(seq_no=9)
         assert node.runtime_stats.internal_errors == 0
 
 
