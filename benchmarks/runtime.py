@@ -1,0 +1,527 @@
+"""CPU and traffic of a steady cluster of real agents: ``swim agent`` against ``serf agent``.
+
+Two clusters of ``--nodes`` agents (5 by default), each agent its own process on 127.0.0.1, run
+side by side with the same flags (``-profile``, one ``-encrypt`` key for both).  Once every
+agent's RPC (``serf members -format=json``) shows all its members alive, and after a warm-up, the
+script samples each process's CPU time from ``/proc/<pid>/stat`` (utime + stime) and the traffic
+to the clusters' gossip ports over a window (30 s by default).  Nothing talks to the agents
+during the window.
+
+Traffic is counted by nftables (``nft``, Debian package ``nftables``) in a table this script
+creates and deletes, hooked on input at loopback: per gossip port, UDP to it, TCP to it (streams
+it accepted) and TCP from it (replies on those streams).  Every packet on loopback is received
+by exactly one agent, so a cluster's total divided by its size is what a node receives per
+second, on average.  The counters see IP packets: bytes include the IP and UDP/TCP headers.
+Without ``nft`` (or the right to use it) the script says why and reports CPU only.
+
+Ratios are shoal / serf, measured in the same run.
+
+    python benchmarks/runtime.py [--nodes 5] [--window 30] [--warmup 20] [--profile lan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import swim
+
+REPO = Path(swim.__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+KINDS = ("shoal", "serf")
+PER = 30.0
+"""CPU is reported per this many seconds."""
+STOP_WAIT = 15.0
+"""How long agents get to exit after SIGTERM (a shoal agent leaves gracefully, up to 7 s)."""
+UDP_HEADERS = 28
+"""IPv4 header (no options) + UDP header, in bytes."""
+
+
+@dataclass
+class Agent:
+    kind: str
+    name: str
+    port: int
+    rpc_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"127.0.0.1:{self.rpc_port}"
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message says what happened."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 for both TCP and UDP (an agent binds both),
+    found by binding port 0."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(count * 20):
+            if len(ports) == count:
+                break
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(tcp)
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < count:
+        raise BenchError(f"found only {len(ports)} of {count} free ports on 127.0.0.1")
+    return ports
+
+
+def agent_command(
+    args: argparse.Namespace, kind: str, name: str, *, port: int, rpc_port: int, join: str
+) -> list[str]:
+    """``swim agent`` or ``serf agent`` with the same flags."""
+    program = [sys.executable, "-m", "swim.cli"] if kind == "shoal" else [args.serf]
+    flags = [
+        "agent",
+        f"-node={name}",
+        f"-bind=127.0.0.1:{port}",
+        f"-rpc-addr=127.0.0.1:{rpc_port}",
+        f"-profile={args.profile}",
+        f"-encrypt={args.key}",
+    ]
+    return [*program, *flags, *([f"-join={join}"] if join else [])]
+
+
+def agent_env() -> dict[str, str]:
+    """The environment for a ``swim agent``: this checkout's ``swim`` first on the path, so the
+    agents run the code this script imported (installed or not)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_agent(
+    agents: list[Agent],
+    args: argparse.Namespace,
+    kind: str,
+    index: int,
+    *,
+    ports: tuple[int, int],
+    join: str,
+) -> Agent:
+    """Start one agent and add it to ``agents`` at once, so that it is stopped whatever
+    happens next."""
+    name = f"{kind}-{index:02d}"
+    port, rpc_port = ports
+    log = Path(args.log_dir) / f"{name}.log"
+    command = agent_command(args, kind, name, port=port, rpc_port=rpc_port, join=join)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=agent_env(),
+        )
+    agent = Agent(kind, name, port, rpc_port, process, log)
+    agents.append(agent)
+    return agent
+
+
+def members(agent: Agent, serf: str, timeout: float = 5.0) -> list[dict[str, object]] | None:
+    """The agent's members as ``serf members -format=json`` shows them; None when it does not
+    answer (not up yet, or too slow)."""
+    try:
+        done = subprocess.run(
+            [serf, "members", f"-rpc-addr={agent.rpc_addr}", "-format=json"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    listed = json.loads(done.stdout).get("members") or []
+    return list(listed)
+
+
+def check_running(agents: Iterable[Agent]) -> None:
+    for agent in agents:
+        if agent.process.poll() is not None:
+            raise BenchError(
+                f"{agent.name} exited with status {agent.process.returncode}; "
+                f"its log ends:\n{tail(agent.log)}"
+            )
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+def wait_until(
+    what: str, pending: Callable[[], str | None], agents: list[Agent], seconds: float
+) -> float:
+    """Poll ``pending`` (about once a second) until it returns None, printing what it still
+    waits for every 10 s; the time it took."""
+    start = last_report = time.monotonic()
+    reason: str | None = "never checked"
+    while time.monotonic() - start < seconds:
+        check_running(agents)
+        reason = pending()
+        if reason is None:
+            return time.monotonic() - start
+        if time.monotonic() - last_report >= 10.0:
+            print(f"  still waiting for {what} after {time.monotonic() - start:.0f} s: {reason}")
+            last_report = time.monotonic()
+        time.sleep(1.0)
+    raise BenchError(f"{what}: not within {seconds:g} s ({reason})")
+
+
+def not_converged(cluster: Sequence[Agent], serf: str) -> str | None:
+    """None when every agent of ``cluster`` lists exactly its members, all alive; else what
+    one of them shows instead."""
+    names = {agent.name for agent in cluster}
+    for agent in cluster:
+        listed = members(agent, serf)
+        if listed is None:
+            return f"{agent.name}'s RPC does not answer"
+        statuses = {str(m["name"]): str(m.get("status")) for m in listed}
+        if set(statuses) != names or any(status != "alive" for status in statuses.values()):
+            shown = ", ".join(f"{name} {status}" for name, status in sorted(statuses.items()))
+            return f"{agent.name} shows {shown or 'nobody'}"
+    return None
+
+
+def stop_all(agents: Sequence[Agent]) -> None:
+    """SIGTERM every agent, wait up to STOP_WAIT seconds in all, then SIGKILL and reap the
+    rest."""
+    for agent in agents:
+        if agent.process.poll() is None:
+            agent.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT
+    for agent in agents:
+        try:
+            agent.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            agent.process.kill()
+            agent.process.wait(timeout=10.0)
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of the process, in clock ticks (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class LoopbackCounters:
+    """nftables counters on the loopback input path, three per gossip port: UDP to the port,
+    TCP to it, TCP from it.  The table is this script's own and is deleted on close."""
+
+    RULES = (("udp", "dport"), ("tcp", "dport"), ("tcp", "sport"))
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        self.table = f"shoal_bench_{os.getpid()}"
+        self.ports = list(ports)
+        self.created = False
+
+    def create(self) -> None:
+        rules = "\n".join(
+            f'    iif "lo" {proto} {field} {port} counter comment "{proto} {field} {port}"'
+            for port in self.ports
+            for proto, field in self.RULES
+        )
+        script = (
+            f"table inet {self.table} {{\n  chain input {{\n"
+            f"    type filter hook input priority -300; policy accept;\n{rules}\n  }}\n}}\n"
+        )
+        self._nft(["-f", "-"], script)
+        self.created = True
+
+    def read(self) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """(protocol, field, port) -> (packets, bytes)."""
+        listing = json.loads(self._nft(["-j", "list", "table", "inet", self.table]))
+        counts: dict[tuple[str, str, int], tuple[int, int]] = {}
+        for item in listing["nftables"]:
+            rule = item.get("rule")
+            if not rule or "comment" not in rule:
+                continue
+            proto, field, port = rule["comment"].split()
+            counter = next(e["counter"] for e in rule["expr"] if "counter" in e)
+            counts[proto, field, int(port)] = (int(counter["packets"]), int(counter["bytes"]))
+        return counts
+
+    def close(self) -> None:
+        if self.created:
+            self._nft(["delete", "table", "inet", self.table])
+            self.created = False
+
+    @staticmethod
+    def _nft(arguments: list[str], stdin: str | None = None) -> str:
+        done = subprocess.run(
+            ["nft", *arguments],
+            check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=10.0,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"nft {' '.join(arguments)}: {done.stderr.strip()}")
+        return done.stdout
+
+
+@dataclass
+class Traffic:
+    """What one cluster received over the window, per node per second."""
+
+    udp_bytes: float
+    udp_packets: float
+    tcp_bytes: float
+    tcp_packets: float
+    udp_per_node: list[float]
+    """UDP bytes per second each node received, for the spread."""
+
+    @property
+    def total_bytes(self) -> float:
+        return self.udp_bytes + self.tcp_bytes
+
+    @property
+    def udp_payload(self) -> float:
+        return self.udp_bytes - UDP_HEADERS * self.udp_packets
+
+
+def traffic(
+    cluster: Sequence[Agent],
+    before: dict[tuple[str, str, int], tuple[int, int]],
+    after: dict[tuple[str, str, int], tuple[int, int]],
+    seconds: float,
+) -> Traffic:
+    def delta(key: tuple[str, str, int]) -> tuple[int, int]:
+        return after[key][0] - before[key][0], after[key][1] - before[key][1]
+
+    n = len(cluster)
+    scale = 1.0 / (n * seconds)
+    udp = [delta(("udp", "dport", a.port)) for a in cluster]
+    tcp = [delta(("tcp", f, a.port)) for a in cluster for f in ("dport", "sport")]
+    return Traffic(
+        udp_bytes=sum(b for _, b in udp) * scale,
+        udp_packets=sum(p for p, _ in udp) * scale,
+        tcp_bytes=sum(b for _, b in tcp) * scale,
+        tcp_packets=sum(p for p, _ in tcp) * scale,
+        udp_per_node=[b / seconds for _, b in udp],
+    )
+
+
+def serf_version(serf: str) -> str:
+    try:
+        done = subprocess.run(
+            [serf, "version"], check=False, capture_output=True, text=True, timeout=10.0
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return done.stdout.splitlines()[0].strip() if done.stdout else "unknown"
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
+
+
+def run(args: argparse.Namespace, agents: list[Agent], counters: list[LoopbackCounters]) -> None:
+    n = args.nodes
+    ports = free_ports(4 * n)
+    plan = {
+        kind: [(ports[2 * (k * n + i)], ports[2 * (k * n + i) + 1]) for i in range(n)]
+        for k, kind in enumerate(KINDS)
+    }
+    bytes_off = None
+    if shutil.which("nft") is None:
+        bytes_off = "`nft` is not installed (apt-get install -y nftables)"
+    else:
+        gossip_ports = [port for kind in KINDS for port, _ in plan[kind]]
+        counter = LoopbackCounters(gossip_ports)
+        try:
+            counter.create()
+            counters.append(counter)
+        except BenchError as exc:
+            bytes_off = f"cannot create an nftables table: {exc}"
+
+    clusters: dict[str, list[Agent]] = {kind: [] for kind in KINDS}
+    for kind in KINDS:
+        clusters[kind].append(start_agent(agents, args, kind, 0, ports=plan[kind][0], join=""))
+    seeds = [clusters[kind][0] for kind in KINDS]
+    wait_until(
+        "the first agents' RPC",
+        lambda: next((f"{s.name}'s RPC" for s in seeds if members(s, args.serf) is None), None),
+        agents,
+        30.0,
+    )
+    for kind in KINDS:
+        join = f"127.0.0.1:{clusters[kind][0].port}"
+        for i in range(1, n):
+            agent = start_agent(agents, args, kind, i, ports=plan[kind][i], join=join)
+            clusters[kind].append(agent)
+    start = time.monotonic()
+    took: dict[str, float] = {}
+
+    def pending() -> str | None:
+        reasons = []
+        for kind in KINDS:
+            if kind not in took:
+                reason = not_converged(clusters[kind], args.serf)
+                if reason is None:
+                    took[kind] = time.monotonic() - start
+                else:
+                    reasons.append(reason)
+        return "; ".join(reasons) or None
+
+    wait_until("convergence", pending, agents, args.converge_timeout)
+    print(
+        "converged after the last start (polled once a second): "
+        + ", ".join(f"{kind} {took[kind]:.1f} s" for kind in KINDS)
+        + f"; warming up {args.warmup:g} s"
+    )
+    time.sleep(args.warmup)
+    check_running(agents)
+
+    before_counts = counters[0].read() if counters else {}
+    ticks_before = {a.name: cpu_ticks(a.process.pid) for a in agents}
+    start = time.monotonic()
+    time.sleep(args.window)
+    ticks_after = {a.name: cpu_ticks(a.process.pid) for a in agents}
+    after_counts = counters[0].read() if counters else {}
+    seconds = time.monotonic() - start
+    rss = {a.name: rss_mib(a.process.pid) for a in agents}
+    check_running(agents)
+    still = {kind: not_converged(clusters[kind], args.serf) for kind in KINDS}
+
+    cpu = {
+        kind: [
+            (ticks_after[a.name] - ticks_before[a.name]) / CLK_TCK * PER / seconds
+            for a in clusters[kind]
+        ]
+        for kind in KINDS
+    }
+    mean_cpu = {kind: statistics.fmean(cpu[kind]) for kind in KINDS}
+    print(
+        f"\n{n} agents per cluster, -profile={args.profile}, encrypted (one key for both), "
+        f"window {seconds:.1f} s, both clusters running at once"
+    )
+    print(f"shoal: Python {sys.version.split()[0]}; serf: {serf_version(args.serf)}\n")
+    print(f"{'per node':<40}{'shoal':>12}{'serf':>12}{'shoal/serf':>12}")
+    s, g = mean_cpu["shoal"], mean_cpu["serf"]
+    print(f"{'CPU seconds per 30 s':<40}{s:>12.3f}{g:>12.3f}{ratio(s, g):>12}")
+    spread = {kind: f"{min(cpu[kind]):.2f}..{max(cpu[kind]):.2f}" for kind in KINDS}
+    print(f"{'  min..max over nodes':<40}{spread['shoal']:>12}{spread['serf']:>12}")
+    print(f"{'  share of one core':<40}{s / PER:>12.2%}{g / PER:>12.2%}")
+    mem = {kind: statistics.fmean(rss[a.name] for a in clusters[kind]) for kind in KINDS}
+    s, g = mem["shoal"], mem["serf"]
+    print(f"{'resident memory, MiB':<40}{s:>12.1f}{g:>12.1f}{ratio(s, g):>12}")
+
+    if bytes_off is not None:
+        print(f"\nbytes: not measured: {bytes_off}")
+    else:
+        got = {
+            kind: traffic(clusters[kind], before_counts, after_counts, seconds) for kind in KINDS
+        }
+        if all(got[kind].total_bytes == 0 for kind in KINDS):
+            print("\nbytes: not measured: the nftables counters stayed at zero")
+        else:
+            print("\nreceived per node per second (nftables, loopback input; IP packet bytes)")
+            rows: list[tuple[str, Callable[[Traffic], float], str]] = [
+                ("UDP bytes/s (IP packets)", lambda t: t.udp_bytes, ",.0f"),
+                ("  UDP payload bytes/s", lambda t: t.udp_payload, ",.0f"),
+                ("  UDP packets/s", lambda t: t.udp_packets, ",.1f"),
+                ("TCP bytes/s (IP packets)", lambda t: t.tcp_bytes, ",.0f"),
+                ("  TCP packets/s", lambda t: t.tcp_packets, ",.1f"),
+                ("total bytes/s (UDP + TCP)", lambda t: t.total_bytes, ",.0f"),
+            ]
+            for label, pick, spec in rows:
+                s, g = pick(got["shoal"]), pick(got["serf"])
+                print(f"{label:<40}{s:>12{spec}}{g:>12{spec}}{ratio(s, g):>12}")
+            spread = {
+                kind: f"{min(got[kind].udp_per_node):,.0f}..{max(got[kind].udp_per_node):,.0f}"
+                for kind in KINDS
+            }
+            label = "  UDP bytes/s min..max over nodes"
+            print(f"{label:<40}{spread['shoal']:>12}{spread['serf']:>12}")
+    for kind in KINDS:
+        if still[kind] is not None:
+            print(f"\nwarning: after the window, in the {kind} cluster, {still[kind]}")
+
+
+def interrupted(signum: int, _: object) -> None:
+    """SIGTERM: stop as Ctrl-C does, through the ``finally`` that stops the agents."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, default=5, help="agents per cluster")
+    parser.add_argument("--window", type=float, default=30.0, help="measurement window, s")
+    parser.add_argument("--warmup", type=float, default=20.0, help="wait after convergence, s")
+    parser.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
+    parser.add_argument("--serf", default=shutil.which("serf") or "/usr/bin/serf")
+    parser.add_argument("--converge-timeout", type=float, default=120.0)
+    parser.add_argument("--logs", default=None, help="keep the agents' logs in this directory")
+    args = parser.parse_args()
+    if args.nodes < 2:
+        parser.error("--nodes must be at least 2")
+    if not os.access(args.serf, os.X_OK):
+        parser.error(f"no serf binary at {args.serf}; pass --serf PATH")
+    args.key = base64.b64encode(os.urandom(32)).decode()
+    signal.signal(signal.SIGTERM, interrupted)
+    agents: list[Agent] = []
+    counters: list[LoopbackCounters] = []
+    with tempfile.TemporaryDirectory(prefix="shoal-runtime-") as scratch:
+        args.log_dir = args.logs or scratch
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            run(args, agents, counters)
+        except BenchError as exc:
+            sys.exit(f"runtime: {exc}")
+        finally:
+            try:
+                stop_all(agents)
+            finally:
+                for counter in counters:
+                    counter.close()
+
+
+if __name__ == "__main__":
+    main()
