@@ -524,6 +524,8 @@ class Serf:
     def _reap(self) -> None:
         self._schedule(self._now + REAP_INTERVAL, self._reap)
         for name in list(self._members):
+            if name == self.engine.name:
+                continue  # we never forget ourselves: we may join again
             member = self._members[name]
             limit = {Status.FAILED: self._reconnect_timeout, Status.LEFT: self._tombstone_timeout}
             timeout = limit.get(member.status)
