@@ -1,0 +1,168 @@
+"""Simulated node-seconds per wall second for the steady scenario, and peak memory.
+
+Each cluster size runs in its own process (so that its peak RSS is its own), on the LAN
+profile, started converged.  Three figures per size:
+
+- quiet: the first 25 virtual seconds, in which every node probes and gossips but no
+  push-pull is due yet (each engine's first one comes 30 to 60 s after it starts);
+- push-pull: the wall time of one anti-entropy exchange (both sides encode, compress, send,
+  decompress and merge the full member list: O(n)), measured over joins, which do the same;
+- steady: the long-run rate these imply, each node starting one exchange per
+  ``push_pull_interval * (ceil(log2(n / 32)) + 1)`` seconds as the engine schedules it.
+
+With ``--full`` sizes, the whole first minute is also run as the scenario does (on a fresh
+cluster, after the first is freed), so it includes the burst in which every node does its
+first push-pull.  ``--engine-share`` times the engine's public methods over four more quiet
+seconds to show how much of the time is the engine's.  Peak memory is taken before the
+first-minute cluster is built.  Ratios are to the first size, measured in the same run.
+
+    python benchmarks/simulator.py [--sizes 100,1000,5000] [--full 100,1000] [--engine-share]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# This script is named like the package it measures: run as a file, its own directory comes
+# first on sys.path and ``import simulator`` would find the script.  Keep that directory off.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+
+from simulator.cluster import Cluster  # noqa: E402
+from swim.engine import PUSH_PULL_SCALE_THRESHOLD, Engine  # noqa: E402
+from swim.members import Address  # noqa: E402
+
+QUIET = 25.0
+"""Virtual seconds before any engine's first push-pull (they come 30 to 60 s in)."""
+EXCHANGES = 10
+"""Push-pull exchanges timed per size."""
+ENGINE_METHODS = (
+    "tick",
+    "receive_datagram",
+    "handle_stream",
+    "stream_finished",
+    "take_datagrams",
+    "take_stream_requests",
+    "take_events",
+    "next_deadline",
+)
+
+
+def push_pull_period(n: int, interval: float) -> float:
+    """How often each engine starts a push-pull in a cluster of ``n`` (see the engine)."""
+    if n <= PUSH_PULL_SCALE_THRESHOLD:
+        return interval
+    return (math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1) * interval
+
+
+def time_engine_calls() -> Callable[[], float]:
+    """Wrap the engine's public methods with timers; returns a reader of the total."""
+    spent = [0.0]
+    clock = time.perf_counter
+
+    def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = clock()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[0] += clock() - start
+
+        return wrapper
+
+    for name in ENGINE_METHODS:
+        setattr(Engine, name, timed(getattr(Engine, name)))
+    return lambda: spent[0]
+
+
+def join_through(peer: Address) -> Callable[[Engine, float], object]:
+    """A command that makes an engine join (one push-pull exchange) through ``peer``."""
+    return lambda engine, now: engine.join([peer], now)
+
+
+def measure(n: int, full: bool, engine_share: bool) -> dict[str, float]:
+    """All figures for one size (run in a child process), on one cluster at a time."""
+    started = time.perf_counter()
+    cluster = Cluster(n, seed=1)
+    figures: dict[str, float] = {"n": n, "warm_start": time.perf_counter() - started}
+
+    started = time.perf_counter()
+    cluster.run_until(QUIET)
+    figures["quiet_rate"] = n * QUIET / (time.perf_counter() - started)
+
+    names = cluster.names()
+    started = time.perf_counter()
+    for i in range(EXCHANGES):
+        cluster.command(names[i], join_through(cluster.nodes[names[-1 - i]].address))
+    cluster.run_for(1.0)  # the exchanges finish in milliseconds; the rest is 1 s of quiet
+    spent = time.perf_counter() - started - n * 1.0 / figures["quiet_rate"]
+    figures["exchange_ms"] = 1000.0 * spent / EXCHANGES
+    period = push_pull_period(n, cluster.config.push_pull_interval)
+    per_node_second = 1.0 / figures["quiet_rate"] + spent / EXCHANGES / period
+    figures["steady_rate"] = 1.0 / per_node_second
+
+    if engine_share:  # still quiet: the first push-pulls are due from 30 s on
+        spent_in_engine = time_engine_calls()
+        started = time.perf_counter()
+        cluster.run_until(QUIET + 4.0)
+        figures["engine_share"] = spent_in_engine() / (time.perf_counter() - started)
+    figures["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    del cluster
+    gc.collect()  # engines hold cycles (timers close over them)
+    if full:
+        first_minute = Cluster(n, seed=1)
+        started = time.perf_counter()
+        first_minute.run_until(60.0)
+        figures["first_minute_rate"] = n * 60.0 / (time.perf_counter() - started)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--full", default="100,1000", help="sizes to run a full minute")
+    parser.add_argument("--engine-share", action="store_true")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    full = {int(size) for size in args.full.split(",") if size}
+    if args.one is not None:
+        print(json.dumps(measure(args.one, args.one in full, args.engine_share)))
+        return
+    rows = []
+    for size in (int(size) for size in args.sizes.split(",")):
+        command = [sys.executable, __file__, "--one", str(size), "--full", args.full]
+        if args.engine_share:
+            command.append("--engine-share")
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout))
+        print(f"n={size} done", file=sys.stderr)
+    base = rows[0]
+    print(
+        "| n | warm start, s | quiet, node-s/s | push-pull, ms | steady, node-s/s "
+        "| vs first | first minute, node-s/s | engine share | peak, GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        minute = row.get("first_minute_rate")
+        share = row.get("engine_share")
+        print(
+            f"| {row['n']:,} | {row['warm_start']:.1f} | {row['quiet_rate']:,.0f} "
+            f"| {row['exchange_ms']:.1f} | {row['steady_rate']:,.0f} "
+            f"| {row['steady_rate'] / base['steady_rate']:.2f}x "
+            f"| {'-' if minute is None else f'{minute:,.0f}'} "
+            f"| {'-' if share is None else f'{share:.0%}'} | {row['peak_gib']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

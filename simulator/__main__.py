@@ -1,0 +1,166 @@
+"""The command line: ``python -m simulator run | list | explore``.
+
+python -m simulator run --scenario crash --nodes 50 --seed 1 --duration 60 [--json]
+python -m simulator list
+python -m simulator explore --seeds 100 --nodes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simulator.explore import explore_seed, replay_command
+from simulator.faults import Fault, ScheduleError, from_dict
+from simulator.network import NetworkError
+from simulator.progress import Progress
+from simulator.report import summary
+from simulator.scenarios import SCENARIOS, run
+
+LARGE = 1000
+"""From this many nodes, a converged start takes long enough to say so."""
+
+
+def _param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. --param at=10)")
+    return name, value
+
+
+def _schedule(source: str) -> list[Fault]:
+    """Faults from a JSON file (or ``-`` for standard input): a list of fault dicts."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ScheduleError(f"{source}: a schedule is a JSON list of faults")
+    return [from_dict(item) for item in data]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator",
+        description="Deterministic simulation of a shoal cluster under faults.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show engine warnings")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    play = commands.add_parser("run", help="run one scenario and report what it measured")
+    play.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS))
+    play.add_argument("--nodes", type=int, default=20)
+    play.add_argument("--seed", type=int, default=1)
+    play.add_argument("--duration", type=float, default=60.0, help="virtual seconds")
+    play.add_argument("--loss", type=float, default=None, help="packet loss on every link")
+    play.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
+    play.add_argument(
+        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        help="a scenario parameter (see `list`)",
+    )  # fmt: skip
+    play.add_argument("--schedule", help="extra faults: a JSON file as explore prints, or -")
+    play.add_argument("--encrypt", action="store_true", help="AES-GCM on every packet")
+    play.add_argument("--no-compress", action="store_true", help="turn LZW compression off")
+    play.add_argument(
+        "--start", default="converged", choices=("converged", "join"),
+        help="begin converged, or with every node joining through n0",
+    )  # fmt: skip
+    play.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    commands.add_parser("list", help="list the scenarios and their parameters")
+
+    explore = commands.add_parser("explore", help="random fault schedules vs. the invariants")
+    explore.add_argument("--seeds", type=int, default=20, help="how many seeds to try")
+    explore.add_argument("--first-seed", type=int, default=1)
+    explore.add_argument("--nodes", type=int, default=8)
+    explore.add_argument("--window", type=float, default=60.0, help="faults happen before")
+    explore.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
+    explore.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    extra = _schedule(args.schedule) if args.schedule else []
+    if args.start == "converged" and args.nodes >= LARGE:
+        print(
+            f"starting {args.nodes:,} nodes that each know every other "
+            f"({args.nodes**2:,} member entries): this takes a while",
+            file=sys.stderr,
+        )
+    progress = Progress(args.duration, args.nodes)
+    started = time.monotonic()
+    _, results = run(
+        args.scenario,
+        nodes=args.nodes,
+        seed=args.seed,
+        duration=args.duration,
+        profile=args.profile,
+        loss=args.loss,
+        params=dict(args.param),
+        schedule=extra,
+        encrypt=args.encrypt,
+        compress=not args.no_compress,
+        start=args.start,
+        progress=progress,
+    )
+    progress.done()
+    if args.json:
+        print(json.dumps(results.to_dict(), indent=2))
+    else:
+        print(summary(results, time.monotonic() - started))
+    return 0
+
+
+def _list() -> int:
+    for scenario in SCENARIOS.values():
+        print(f"{scenario.name}: {scenario.summary}")
+        if scenario.defaults:
+            print("    " + ", ".join(f"{k}={v}" for k, v in scenario.defaults.items()))
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    if args.nodes < 4:
+        raise ScheduleError(f"--nodes {args.nodes}: explore needs at least 4 nodes")
+    failed = 0
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        outcome = explore_seed(seed, nodes=args.nodes, window=args.window, profile=args.profile)
+        if not outcome.violations:
+            print(f"seed {seed}: ok ({len(outcome.schedule)} faults)", file=sys.stderr)
+            continue
+        failed += 1
+        print(f"seed {seed}: {len(outcome.violations)} invariant(s) broken")
+        for violation in outcome.violations:
+            print(f"  {violation}")
+        schedule: list[dict[str, Any]] = [fault.to_dict() for fault in outcome.schedule]
+        print("schedule: " + json.dumps(schedule))
+        command = replay_command(seed, nodes=args.nodes, window=args.window, profile=args.profile)
+        print(f"replay: {command}")
+        if not args.keep_going:
+            break
+    if not failed:
+        print(f"{args.seeds} seeds from {args.first_seed}: every invariant held")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; errors in the input are reported in one line."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "list":
+            return _list()
+        return _explore(args)
+    except (ScheduleError, NetworkError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Named experiments: a scenario turns a cluster size, a duration and a few parameters into a
+fault schedule, and :func:`run` plays it on a fresh cluster and returns the results.
+
+Victims are picked from the end of the name list (``n{N-1}``, ``n{N-2}``, ...), so that the
+same parameters always hit the same nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from simulator.cluster import Cluster
+from simulator.faults import (
+    Churn,
+    Crash,
+    Fault,
+    Leave,
+    OneWay,
+    Pause,
+    ScheduleError,
+    Slow,
+    Split,
+)
+from simulator.metrics import Results
+from simulator.network import PROFILE_LINKS, Link
+
+Params = dict[str, float | str]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A named schedule builder and its parameters' defaults."""
+
+    name: str
+    summary: str
+    defaults: Mapping[str, float | str]
+    build: Callable[[Sequence[str], float, Params], list[Fault]]
+
+
+def _number(params: Params, name: str) -> float:
+    value = params[name]
+    if isinstance(value, str):
+        raise ScheduleError(f"parameter {name}={value!r} must be a number")
+    return float(value)
+
+
+def _victims(names: Sequence[str], count: float) -> list[str]:
+    wanted = int(count)
+    if not 0 <= wanted < len(names):
+        raise ScheduleError(
+            f"count={wanted} must leave at least one node running; use at most {len(names) - 1}"
+        )
+    return list(names[len(names) - wanted :])
+
+
+def _steady(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    return []
+
+
+def _crash(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    at, gap = _number(params, "at"), _number(params, "gap")
+    return [
+        Crash(at + i * gap, name)
+        for i, name in enumerate(_victims(names, _number(params, "count")))
+    ]
+
+
+def _restart(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    at, down = _number(params, "at"), _number(params, "down")
+    moved = bool(_number(params, "new_address"))
+    return [
+        Crash(at, name, restart_after=down, new_address=moved)
+        for name in _victims(names, _number(params, "count"))
+    ]
+
+
+def _leave(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    at = _number(params, "at")
+    return [Leave(at, name) for name in _victims(names, _number(params, "count"))]
+
+
+def _churn(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    rate = _number(params, "rate")
+    restart_after = _number(params, "restart_after")
+    end = duration - _number(params, "settle")
+    return [
+        Churn(
+            at=_number(params, "at"),
+            end=end,
+            crash_rate=rate / 2,
+            leave_rate=rate / 4,
+            join_rate=rate / 4,
+            restart_after=restart_after if restart_after > 0 else None,
+        )
+    ]
+
+
+def _partition(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    at, heal = _number(params, "at"), _number(params, "heal")
+    shape = params["shape"]
+    if shape == "halves":
+        return [Split.halves(at, names, heal)]
+    if shape == "isolate":
+        return [Split.isolate(at, names[-1], names, heal)]
+    if shape == "ring":
+        return [Split.ring(at, names, 4, heal)]
+    if shape == "bridge":
+        return [Split.bridge(at, names, heal)]
+    if shape == "one-way":
+        middle = len(names) // 2
+        return [OneWay(at, tuple(names[:middle]), tuple(names[middle:]), heal)]
+    raise ScheduleError(
+        f"shape={shape!r} is unknown; choose halves, isolate, ring, bridge or one-way"
+    )
+
+
+def _slow(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    lasting = _number(params, "for")
+    return [Slow(_number(params, "at"), names[-1], _number(params, "delay"), lasting or None)]
+
+
+def _pause(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    return [Pause(_number(params, "at"), names[-1], _number(params, "for"))]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario("steady", "no faults: the protocol's standing cost", {}, _steady),
+        Scenario(
+            "crash",
+            "`count` members crash, from `at`, `gap` seconds apart: detection times",
+            {"count": 1, "at": 10.0, "gap": 0.0},
+            _crash,
+        ),
+        Scenario(
+            "restart",
+            "`count` members crash at `at` and come back `down` seconds later "
+            "(at a new address when `new_address` is 1)",
+            {"count": 1, "at": 10.0, "down": 5.0, "new_address": 0},
+            _restart,
+        ),
+        Scenario(
+            "leave",
+            "`count` members leave gracefully at `at`",
+            {"count": 1, "at": 10.0},
+            _leave,
+        ),
+        Scenario(
+            "churn",
+            "from `at` until `settle` seconds before the end, `rate` membership changes per "
+            "second (half crashes, a quarter leaves, a quarter joins); the departed return "
+            "after `restart_after` seconds (0: never)",
+            {"rate": 0.2, "at": 5.0, "settle": 60.0, "restart_after": 20.0},
+            _churn,
+        ),
+        Scenario(
+            "partition",
+            "at `at` the network splits (`shape`: halves, isolate, ring, bridge, one-way) "
+            "and is repaired `heal` seconds later: time to one view again",
+            {"at": 10.0, "heal": 30.0, "shape": "halves"},
+            _partition,
+        ),
+        Scenario(
+            "flaky",
+            "every link loses `--loss` of its packets (10% unless given): false alarms",
+            {},
+            _steady,
+        ),
+        Scenario(
+            "slow-node",
+            "from `at`, the last member handles every message `delay` seconds late, for "
+            "`for` seconds (0: to the end): Lifeguard's case",
+            {"at": 10.0, "delay": 1.5, "for": 0.0},
+            _slow,
+        ),
+        Scenario(
+            "pause",
+            "at `at` the last member freezes for `for` seconds (stop-the-world) and resumes",
+            {"at": 10.0, "for": 10.0},
+            _pause,
+        ),
+    )
+}
+"""Every scenario by name."""
+
+FLAKY_LOSS = 0.1
+"""The loss of the flaky scenario when ``--loss`` is not given."""
+
+
+def resolve_params(scenario: Scenario, given: Mapping[str, float | str]) -> Params:
+    """The scenario's defaults overridden by ``given``; unknown names are an error."""
+    unknown = sorted(set(given) - set(scenario.defaults))
+    if unknown:
+        known = ", ".join(scenario.defaults) or "none"
+        raise ScheduleError(
+            f"scenario {scenario.name!r} has no parameter {', '.join(unknown)}; it takes: {known}"
+        )
+    params: Params = dict(scenario.defaults)
+    for name, value in given.items():
+        default = scenario.defaults[name]
+        if isinstance(default, str):
+            params[name] = str(value)
+        else:
+            try:
+                params[name] = float(value)
+            except ValueError:
+                raise ScheduleError(f"parameter {name}={value!r} must be a number") from None
+    return params
+
+
+def build_cluster(
+    *,
+    nodes: int,
+    seed: int,
+    profile: str = "lan",
+    loss: float = 0.0,
+    encrypt: bool = False,
+    compress: bool = True,
+    start: str = "converged",
+    progress: Callable[[float], None] | None = None,
+) -> Cluster:
+    """A cluster on the profile's default link, with ``loss`` on every path."""
+    if profile not in PROFILE_LINKS:
+        raise ScheduleError(f"profile={profile!r} is unknown; choose lan, wan or local")
+    link: Link = PROFILE_LINKS[profile].replace(loss=loss)
+    return Cluster(
+        nodes,
+        seed=seed,
+        profile=profile,
+        link=link,
+        encrypt=encrypt,
+        compress=compress,
+        start=start,
+        progress=progress,
+    )
+
+
+def run(
+    scenario: str,
+    *,
+    nodes: int,
+    seed: int,
+    duration: float,
+    profile: str = "lan",
+    loss: float | None = None,
+    params: Mapping[str, float | str] | None = None,
+    schedule: Sequence[Fault] | None = None,
+    encrypt: bool = False,
+    compress: bool = True,
+    start: str = "converged",
+    progress: Callable[[float], None] | None = None,
+) -> tuple[Cluster, Results]:
+    """Play ``scenario`` (plus any extra ``schedule``) on a fresh cluster for ``duration``
+    virtual seconds; returns the cluster (to look further) and its results."""
+    found = SCENARIOS.get(scenario)
+    if found is None:
+        raise ScheduleError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if nodes < 2:
+        raise ScheduleError(f"nodes={nodes}: a cluster needs at least 2 members")
+    resolved = resolve_params(found, params or {})
+    if loss is None:
+        loss = FLAKY_LOSS if scenario == "flaky" else 0.0
+    cluster = build_cluster(
+        nodes=nodes,
+        seed=seed,
+        profile=profile,
+        loss=loss,
+        encrypt=encrypt,
+        compress=compress,
+        start=start,
+        progress=progress,
+    )
+    faults = [*found.build(cluster.names(), duration, resolved), *(schedule or [])]
+    cluster.schedule(*faults)
+    cluster.run_until(duration)
+    extra: dict[str, Any] = {
+        "scenario": scenario,
+        "params": resolved,
+        "profile": profile,
+        "loss": loss,
+        "encrypt": encrypt,
+        "compress": compress,
+        "schedule": [fault.to_dict() for fault in faults],
+        "detection_bound": cluster.detection_bound(),
+    }
+    return cluster, cluster.results(extra)
