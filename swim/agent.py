@@ -49,6 +49,11 @@ from swim.wire.crypto import KeyringError, decode_key
 log = logging.getLogger("swim.agent")
 
 
+USER_COALESCE_PERIOD = 3.0
+USER_QUIESCENT_PERIOD = 1.0
+"""A Serf agent coalesces user events that allow it: the newest of a burst, 3 s at most."""
+
+
 class AgentError(Exception):
     """The agent cannot start as configured; the message names the flag and the fix."""
 
@@ -336,6 +341,8 @@ async def run_agent(
             keyring=keyring,
             keyring_file=options.keyring_file,
             tags=options.tags,
+            user_coalesce_period=USER_COALESCE_PERIOD,
+            user_quiescent_period=USER_QUIESCENT_PERIOD,
         ) as node,
         trio.open_nursery() as nursery,
     ):

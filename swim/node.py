@@ -194,6 +194,8 @@ class Node:
     :attr:`address` then tells); ``advertise`` is the address other members should use, when it
     differs.  With ``tags`` (even empty) the node runs the Serf layer: tags travel as Serf
     tags, and user events, queries and Serf's join and leave intents work with Serf agents.
+    ``user_coalesce_period`` and ``user_quiescent_period`` coalesce Serf user events as a Serf
+    agent does (off by default, as in the Serf library).
     ``exit_when_isolated`` (seconds) makes an isolated node raise
     :class:`IsolatedError` out of its ``async with`` block once that long has passed without
     reconnecting; by default an isolated node keeps serving and keeps trying to rejoin.
@@ -216,6 +218,8 @@ class Node:
         rng: random.Random | None = None,
         tags: Mapping[str, str] | None = None,
         keyring_file: str | None = None,
+        user_coalesce_period: float = 0.0,
+        user_quiescent_period: float = 0.0,
     ) -> None:
         self.config = config or Config.lan()
         self._name = name or socket.gethostname()
@@ -231,6 +235,7 @@ class Node:
         self._rng = rng or random.Random(os.urandom(16))
         self._tags = None if tags is None else dict(tags)
         self._keyring_file = keyring_file
+        self._coalescing = (user_coalesce_period, user_quiescent_period)
         self._serf: Serf | None = None
         self._queries: dict[int, QueryResult] = {}
         self.runtime_stats = RuntimeStats()
@@ -311,6 +316,8 @@ class Node:
                 self._rng,
                 now,
                 reconnect_timeout=self.config.reconnect_timeout,
+                coalesce_period=self._coalescing[0],
+                quiescent_period=self._coalescing[1],
             )
         assert self._nursery is not None
         self._nursery.start_soon(self._receive_datagrams)

@@ -203,8 +203,14 @@ class Serf:
         reconnect_timeout: float = 24 * 3600.0,
         tombstone_timeout: float = 24 * 3600.0,
         event_size_limit: int = msg.DEFAULT_USER_EVENT_SIZE_LIMIT,
+        coalesce_period: float = 0.0,
+        quiescent_period: float = 0.0,
     ) -> None:
         self.engine = engine
+        self._coalesce_period = coalesce_period
+        self._quiescent_period = quiescent_period
+        self._coalesced: dict[str, SerfUserEvent] = {}
+        self._coalesce_until = self._quiet_until = 0.0
         self._rng = rng
         self._now = now
         self.tags = dict(tags)
@@ -573,8 +579,29 @@ class Serf:
             event.ltime, (event.name, event.payload), self.event_clock.time
         ):
             return False
-        self._out.append(SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce))
+        delivered = SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce)
+        if event.coalesce and self._coalesce_period > 0:
+            self._coalesce(delivered)
+        else:
+            self._out.append(delivered)
         return True
+
+    def _coalesce(self, event: SerfUserEvent) -> None:
+        """Serf's user-event coalescing: of the coalescable events with one name that arrive
+        together, only the newest is delivered, once ``coalesce_period`` has passed since the
+        first or ``quiescent_period`` since the last."""
+        if not self._coalesced:
+            self._coalesce_until = self._now + self._coalesce_period
+        known = self._coalesced.get(event.name)
+        if known is None or event.ltime > known.ltime:
+            self._coalesced[event.name] = event
+        self._quiet_until = self._now + self._quiescent_period
+        self._schedule(min(self._coalesce_until, self._quiet_until), self._flush_coalesced)
+
+    def _flush_coalesced(self) -> None:
+        if self._coalesced and self._now >= min(self._coalesce_until, self._quiet_until):
+            self._out.extend(self._coalesced.values())
+            self._coalesced.clear()
 
     def _on_query(self, query: msg.Query) -> bool:
         self.query_clock.witness(query.ltime)
