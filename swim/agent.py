@@ -168,7 +168,7 @@ class NodeBackend:
         return [_rpc_member(m) for m in self._node.serf.members()]
 
     async def join(self, addresses: list[str], replay: bool) -> int:
-        return await self._node.join(addresses)
+        return await self._node.join(addresses, replay=replay)
 
     async def leave(self) -> None:
         await self._node.leave()

@@ -394,18 +394,32 @@ class Node:
 
     # ------------------------------------------------------------------ commands
 
-    async def join(self, seeds: Iterable[str], *, attempts: int = 1, backoff: float = 1.0) -> int:
+    async def join(
+        self,
+        seeds: Iterable[str],
+        *,
+        attempts: int = 1,
+        backoff: float = 1.0,
+        replay: bool = False,
+    ) -> int:
         """Join the cluster through ``seeds`` (``host:port`` or ``name/host:port``; host names
         are resolved, A and AAAA, at every attempt).  Returns how many seeds answered; raises
         :class:`JoinError` naming each seed and why it failed when none did, after
-        ``attempts`` tries spaced by a doubling ``backoff``."""
+        ``attempts`` tries spaced by a doubling ``backoff``.  Past Serf user events are not
+        delivered again unless ``replay`` (Serf's ``-replay``)."""
         seeds = list(seeds)
         self._seeds = seeds
         failures: dict[str, str] = {}
         for attempt in range(max(1, attempts)):
             if attempt:
                 await trio.sleep(backoff * 2 ** (attempt - 1))
-            joined, failures = await self._join_once(seeds)
+            if self._serf is not None:
+                self._serf.ignore_old_events = not replay
+            try:
+                joined, failures = await self._join_once(seeds)
+            finally:
+                if self._serf is not None:
+                    self._serf.ignore_old_events = False
             if joined:
                 if self._serf is not None:
                     self._serf.joined(trio.current_time())

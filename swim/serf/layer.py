@@ -210,6 +210,9 @@ class Serf:
         self._coalesce_period = coalesce_period
         self._quiescent_period = quiescent_period
         self._coalesced: dict[str, SerfUserEvent] = {}
+        self.ignore_old_events = False
+        """Set while joining without replay (``serf join`` without ``-replay``), so that the
+        cluster's past user events are not delivered again to a joining node."""
         self._coalesce_until = self._quiet_until = 0.0
         self._rng = rng
         self._now = now
@@ -302,6 +305,9 @@ class Serf:
         for name, ltime in state.status_ltimes.items():
             if name not in left:
                 self._on_join_intent(msg.JoinIntent(ltime, name))
+        if join and self.ignore_old_events:
+            # a joiner that does not replay: events older than the cluster's are not news
+            self._event_min_time = max(self._event_min_time, state.event_ltime)
         for slot in state.events:
             if slot is not None:
                 for event in slot.events:

@@ -1,4 +1,4 @@
-"""Serf's user-event coalescing, as a Serf agent applies it before its event handlers."""
+"""Serf user events as Serf delivers them: coalesced in bursts, not replayed on join."""
 
 from __future__ import annotations
 
@@ -61,3 +61,13 @@ def test_without_a_coalesce_period_every_event_is_delivered() -> None:
     arrive(serf, 0.0, 5, "deploy")
     arrive(serf, 0.1, 6, "deploy")
     assert delivered(serf, 0.1) == [("deploy", 5), ("deploy", 6)]
+
+
+def test_a_joiner_without_replay_ignores_the_clusters_past_events() -> None:
+    old = msg.RecentEvents(3, (msg.RecentEvent("deploy", b"v1"),))
+    state = msg.encode_serf(msg.SerfPushPull(ltime=2, event_ltime=9, events=(old,), query_ltime=1))
+    for replay, expected in ((False, []), (True, [("deploy", 3)])):
+        serf = layer(coalesce=0.0)
+        serf.ignore_old_events = not replay
+        serf.merge_remote_state(state, join=True)
+        assert delivered(serf, 0.0) == expected
