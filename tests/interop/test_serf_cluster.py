@@ -397,7 +397,12 @@ async def test_user_events_and_queries_flow_both_ways(agents: Agents) -> None:
             await s0.user_event("py-event", f"hello {attempt}".encode(), coalesce=False)
 
         def at_agents(attempt: int) -> bool:
-            return all(f"hello {attempt}" in lines(path) for path in received.values())
+            # the shoal nodes must have it too: with the local profile's two sends per
+            # broadcast a small cluster sometimes misses one, so the event is sent again
+            sent = ("py-event", f"hello {attempt}".encode())
+            return all(f"hello {attempt}" in lines(path) for path in received.values()) and all(
+                sent in listener.events for listener in listeners
+            )
 
         await delivered(shoal_event, at_agents, "the shoal user event")
         await trio.sleep(1.0)  # every re-gossiped copy has arrived by now
