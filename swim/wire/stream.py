@@ -28,7 +28,7 @@ from swim.wire.messages import (
     UserMsgHeader,
     encode,
 )
-from swim.wire.packet import WireOptions, add_label, compress_message
+from swim.wire.packet import WireOptions, add_label, check_label, compress_message
 
 MAX_PUSH_NODES = 1 << 20
 """Most node states one push-pull may announce (upstream memberlist's ``maxPushStateNodes``)."""
@@ -221,17 +221,14 @@ class StreamReader:
     def _advance(self) -> StreamMessage | None:
         buffer = self._buffer
         if not self._label_checked:
-            if self._options.label or buffer[:1] == bytes((MessageType.HAS_LABEL,)):
-                if len(buffer) < 2 or len(buffer) < 2 + buffer[1]:
-                    return None
-                if buffer[0] != MessageType.HAS_LABEL:
-                    raise DecodeError("label missing")
-                if buffer[1] == 0:
-                    raise DecodeError("label: empty label header")
-                label = bytes(buffer[2 : 2 + buffer[1]])
-                if label != self._options.label:
-                    raise DecodeError(f"label mismatch: got {label!r:.40}")
-                del buffer[: 2 + len(label)]
+            if not buffer:
+                return None
+            labelled = buffer[0] == MessageType.HAS_LABEL
+            if self._options.label or labelled:
+                if labelled and (len(buffer) < 2 or len(buffer) < 2 + buffer[1]):
+                    return None  # the label has not arrived whole yet
+                rest = check_label(self._options, bytes(buffer))  # the packets' rules
+                del buffer[: len(buffer) - len(rest)]
             self._label_checked = True
         if not buffer:
             return None
