@@ -15,6 +15,7 @@ fair share of every packet.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -138,6 +139,7 @@ class _Probe:
     expected_nacks: int = 0
     nacks: int = 0
     done: bool = False
+    timeout: _Timer | None = None  # when to ask for indirect probes; cancelled by an ack
 
 
 @dataclass(slots=True, eq=False)
@@ -157,8 +159,11 @@ class _PendingStream:
     probe: _Probe | None = None
 
 
-def _ip_text(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+@functools.lru_cache(maxsize=1 << 16)
+def _address(raw: bytes, port: int) -> Address:
+    """The socket address for a wire address (4 or 16 bytes), one shared tuple per address
+    for every engine in the process: a simulated cluster holds n² member entries."""
+    return (socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
 
 class Engine:
@@ -218,6 +223,11 @@ class Engine:
 
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_serial = 0
+        self._probe_timer: _Timer | None = None
+        self._gossip_timer: _Timer | None = None
+        self._gossip_phase = now
+        self._push_pull_timer: _Timer | None = None
+        self._reconnect_timer: _Timer | None = None
         self._seq_no = 0
         self._ack_handlers: dict[int, tuple[Callable[[bytes], None], _Timer]] = {}
         self._nack_handlers: dict[int, _Probe] = {}
@@ -228,6 +238,10 @@ class Engine:
 
         self._leaving = False
         self._left = False
+        self._assuming_converged = False
+        self._view_changes = 0  # counts every change a push-pull would carry
+        self._push_pull_cache: tuple[tuple[int, bool, bytes], bytes] | None = None
+        self._versions_cache: tuple[int, set[bytes], set[bytes]] | None = None
         self._leave_timer: _Timer | None = None
 
         self._datagrams: list[tuple[Address, bytes]] = []
@@ -356,6 +370,29 @@ class Engine:
                 now + wait, lambda: self._finish_leave(timed_out=True)
             )
 
+    def assume_converged(self, members: Sequence[wire.PushNodeState], now: float) -> None:
+        """Take ``members`` as a view the whole cluster already shares: they are merged as a
+        join merges a peer's state, but no news is gossiped and no events are reported, since
+        everyone knows already.  What was queued for gossip before is dropped too.  For
+        starting simulations and benchmarks converged, without an O(n²) gossip storm.
+
+        Raises ValueError when the members' protocol versions are incompatible.
+        """
+        self._advance(now)
+        reported = len(self._events)
+        self._assuming_converged = True
+        try:
+            merged = self._merge(wire.PushPull(list(members), b"", False), self._me.address)
+        finally:
+            self._assuming_converged = False
+        del self._events[reported:]
+        self._broadcasts = BroadcastQueue()
+        if not merged:
+            raise ValueError(
+                "these members' protocol versions are incompatible with each other or with "
+                "this node's; give every member versions within what all of them support"
+            )
+
     def update_meta(self, meta: bytes, now: float) -> None:
         """Advertise new metadata; the incarnation goes up so that it wins everywhere."""
         self._advance(now)
@@ -380,9 +417,8 @@ class Engine:
         """Send ``payload`` to a member over a stream; returns the stream id."""
         self._advance(now)
         node = self._require(name)
-        return self._open_stream(
-            node.address, wire.User(payload), purpose="user", expects_reply=False
-        )
+        body = wire.stream_body(wire.User(payload), self.wire_options)
+        return self._open_stream(node.address, body, purpose="user", expects_reply=False)
 
     def broadcast(
         self,
@@ -398,6 +434,7 @@ class Engine:
         count (or replaced)."""
         self._advance(now)
         self._user_broadcasts.queue(b"\x08" + payload, key, on_done)
+        self._arm_gossip()
 
     def send_to(self, address: Address, payload: bytes, now: float) -> None:
         """Send ``payload`` as a user message in one datagram to any address (Serf answers
@@ -442,7 +479,7 @@ class Engine:
         self._advance(now)
         self._contact()
         if isinstance(message, wire.PushPull):
-            reply = wire.encode_stream(self._local_push_pull(message.join), self.wire_options)
+            reply = wire.seal_stream(self._push_pull_body(message.join), self.wire_options)
             self._merge(message, source)
             return reply
         if isinstance(message, wire.Ping):
@@ -490,16 +527,27 @@ class Engine:
         return timer
 
     def _start_loops(self) -> None:
+        """Start the periodic loops at random phases (again after a rejoin, replacing the
+        old ones)."""
+        loops = (self._probe_timer, self._gossip_timer, self._push_pull_timer)
+        for timer in (*loops, self._reconnect_timer):
+            if timer is not None:
+                timer.active = False
+        self._gossip_timer = self._push_pull_timer = self._reconnect_timer = None
         config, now, rng = self.config, self._now, self._rng
-        self._schedule(now + rng.random() * config.probe_interval, self._probe_tick)
-        self._schedule(now + rng.random() * config.gossip_interval, self._gossip_tick)
+        self._probe_timer = self._schedule(
+            now + rng.random() * config.probe_interval, self._probe_tick
+        )
+        self._gossip_phase = now + rng.random() * config.gossip_interval
+        if self.queued_broadcasts:
+            self._arm_gossip()
         if config.push_pull_interval > 0:
-            self._schedule(
+            self._push_pull_timer = self._schedule(
                 now + rng.random() * config.push_pull_interval + self._push_pull_period(),
                 self._push_pull_tick,
             )
         if config.reconnect_interval > 0:
-            self._schedule(
+            self._reconnect_timer = self._schedule(
                 now + (1 + rng.random()) * config.reconnect_interval, self._reconnect_tick
             )
 
@@ -509,7 +557,7 @@ class Engine:
     def _probe_tick(self) -> None:
         # memberlist's ticker skips ticks while a probe runs, so a failing probe (which waits
         # for its whole, health-scaled interval) delays the next one.
-        self._schedule(self._now + self.config.probe_interval, self._probe_tick)
+        self._probe_timer = self._schedule(self._now + self.config.probe_interval, self._probe_tick)
         if self._active() and (self._probe is None or self._probe.done):
             self._probe_next()
         self._check_isolation()
@@ -537,12 +585,43 @@ class Engine:
             self._events.append(Reconnected(isolated_for=self._now - self._isolated_since))
             self._isolated_since = None
 
+    def _arm_gossip(self) -> None:
+        """Schedule a gossip round at the gossip ticker's next beat, unless one is due.
+
+        memberlist's ticker beats every ``gossip_interval`` and a round with nothing queued
+        sends nothing, so rounds are scheduled only while broadcasts wait: an idle node wakes
+        for its probes alone.
+        """
+        if self._gossip_timer is not None:
+            return
+        now, interval = self._now, self.config.gossip_interval
+        beats = max(0, math.floor((now - self._gossip_phase) / interval) + 1)
+        deadline = self._gossip_phase + beats * interval
+        if deadline <= now and beats:
+            deadline += interval
+        self._gossip_timer = self._schedule(deadline, self._gossip_tick)
+
     def _gossip_tick(self) -> None:
-        self._schedule(self._now + self.config.gossip_interval, self._gossip_tick)
+        self._gossip_timer = None
         self._gossip()
+        if self.queued_broadcasts:
+            self._arm_gossip()
+
+    def _queue_broadcast(
+        self, message: wire.Message, key: str, on_done: Callable[[], None] | None = None
+    ) -> None:
+        """Queue membership news for gossip (not while assuming a converged view).  Every
+        change to a member's wire state comes with news, so it counts the view's changes."""
+        self._view_changes += 1
+        if self._assuming_converged:
+            return
+        self._broadcasts.queue(wire.encode(message), key, on_done)
+        self._arm_gossip()
 
     def _push_pull_tick(self) -> None:
-        self._schedule(self._now + self._push_pull_period(), self._push_pull_tick)
+        self._push_pull_timer = self._schedule(
+            self._now + self._push_pull_period(), self._push_pull_tick
+        )
         if not self._active() or self._leaving:
             return
         partner = self._alive.choice(self._rng)
@@ -602,6 +681,7 @@ class Engine:
         self._probe_index = 0
 
     def _reap(self, node: _Node) -> None:
+        self._view_changes += 1
         del self._nodes[node.name]
         if node.state is MemberState.LEFT:
             self._track_peer(node.name, None)  # a reaped dead member still counts until expiry
@@ -625,12 +705,14 @@ class Engine:
                 incarnation=node.incarnation, node=node.name, from_node=self.name
             )
             self._send_packet(node.address, [ping, wire.encode(suspect)], node)
-        self._ack_handlers[probe.seq_no] = (
-            lambda payload: self._probe_succeeded(probe),
-            self._schedule(probe.end, lambda: self._probe_failed(probe)),
+        # the probe's end is scheduled only once the timeout passes unanswered: most probes
+        # are acked before it, and a timer less is a wake-up less
+        timeout = self._schedule(
+            now + config.probe_timeout, lambda: self._probe_timed_out(probe, node)
         )
+        probe.timeout = timeout
+        self._ack_handlers[probe.seq_no] = (lambda payload: self._probe_succeeded(probe), timeout)
         self._nack_handlers[probe.seq_no] = probe
-        self._schedule(now + config.probe_timeout, lambda: self._probe_timed_out(probe, node))
 
     def _ping(self, seq_no: int, target: str) -> wire.Ping:
         """A ping for ``target`` that tells it where to answer."""
@@ -647,6 +729,10 @@ class Engine:
         """No direct ack in time: ask others to probe, and try TCP, until the probe ends."""
         if probe.done:
             return
+        end = self._schedule(probe.end, lambda: self._probe_failed(probe))
+        handler = self._ack_handlers.get(probe.seq_no)
+        if handler is not None:
+            self._ack_handlers[probe.seq_no] = (handler[0], end)
         helpers = self._alive.sample(
             self._rng, self.config.indirect_checks, lambda name: name != probe.target
         )
@@ -669,13 +755,15 @@ class Engine:
             self._send_with_piggyback(helper.address, wire.encode(request), helper)
         if not self.config.disable_tcp_pings and node.vsn[1] >= 3:
             self.stats.tcp_fallback_pings += 1
-            ping = self._ping(probe.seq_no, node.name)
+            ping = wire.stream_body(self._ping(probe.seq_no, node.name), self.wire_options)
             self._open_stream(node.address, ping, purpose="ping", deadline=probe.end, probe=probe)
 
     def _probe_succeeded(self, probe: _Probe) -> None:
         if probe.done:
             return
         probe.done = True
+        if probe.timeout is not None:
+            probe.timeout.active = False
         self._nack_handlers.pop(probe.seq_no, None)
         self.stats.acks += 1
         self._adjust_health(-1)
@@ -734,7 +822,7 @@ class Engine:
 
     def _reply_address(self, addr: bytes, port: int, source: Address) -> Address:
         if len(addr) in (4, 16) and port:
-            return (_ip_text(addr), port)
+            return _address(addr, port)
         return source
 
     def _on_ping(self, ping: wire.Ping, source: Address) -> None:
@@ -768,7 +856,7 @@ class Engine:
 
         timer = self._schedule(self._now + self.config.probe_timeout, expire)
         self._ack_handlers[seq_no] = (relay_ack, timer)
-        target = (_ip_text(request.target), request.port)
+        target = _address(request.target, request.port)
         self._send_with_piggyback(
             target, wire.encode(self._ping(seq_no, request.node)), self._nodes.get(request.node)
         )
@@ -778,6 +866,7 @@ class Engine:
     def _set_state(self, node: _Node, state: MemberState) -> None:
         """Move ``node`` to ``state`` and keep the sampling sets in step."""
         if node.state is not state:
+            self._view_changes += 1
             node.state = state
             node.state_change = self._now
         if node is self._me:
@@ -829,7 +918,7 @@ class Engine:
                 name=alive.node,
                 addr=alive.addr,
                 port=alive.port,
-                address=(_ip_text(alive.addr), alive.port),
+                address=_address(alive.addr, alive.port),
                 meta=alive.meta,
                 vsn=vsn,
                 incarnation=0,
@@ -837,6 +926,7 @@ class Engine:
                 state_change=self._now,
             )
             self._nodes[alive.node] = node
+            self._view_changes += 1  # a name at incarnation 0 can stay, dead, with no news
             self._names_by_address[node.address] = node.name
             self._insert_into_probe_ring(alive.node)
         elif node.addr != alive.addr or node.port != alive.port:
@@ -845,7 +935,7 @@ class Engine:
                 and self._now - node.state_change >= self.config.dead_node_reclaim_time
             )
             if not reclaimable:
-                other = (_ip_text(alive.addr), alive.port)
+                other = _address(alive.addr, alive.port)
                 if self._conflicts_reported.get(node.name) != other:
                     self._conflicts_reported[node.name] = other
                     log.warning(
@@ -870,14 +960,14 @@ class Engine:
                 return
             self._refute(alive.incarnation)
             return
-        self._broadcasts.queue(wire.encode(alive), key=alive.node)
+        self._queue_broadcast(alive, key=alive.node)
         node.vsn = vsn
         node.incarnation = alive.incarnation
         node.meta = alive.meta
         if takes_over:
             self._names_by_address.pop(node.address, None)
             node.addr, node.port = alive.addr, alive.port
-            node.address = (_ip_text(alive.addr), alive.port)
+            node.address = _address(alive.addr, alive.port)
             self._names_by_address[node.address] = node.name
             self._conflicts_reported.pop(node.name, None)
         self._set_state(node, MemberState.ALIVE)
@@ -904,7 +994,7 @@ class Engine:
         suspicion = self._suspicions.get(suspect.node)
         if suspicion is not None:
             if suspicion.confirm(suspect.from_node):
-                self._broadcasts.queue(wire.encode(suspect), key=suspect.node)
+                self._queue_broadcast(suspect, key=suspect.node)
                 self._reschedule_suspicion(node, suspicion)
             return
         if node.state is not MemberState.ALIVE:
@@ -912,7 +1002,7 @@ class Engine:
         if node is self._me:
             self._refute(suspect.incarnation)
             return
-        self._broadcasts.queue(wire.encode(suspect), key=suspect.node)
+        self._queue_broadcast(suspect, key=suspect.node)
         node.incarnation = suspect.incarnation
         self._set_state(node, MemberState.SUSPECT)
         self.stats.suspicions_raised += 1
@@ -977,16 +1067,15 @@ class Engine:
         self._cancel_suspicion(dead.node)
         if node.state in (MemberState.DEAD, MemberState.LEFT):
             return
-        message = wire.encode(dead)
         if node is self._me:
             if not self._leaving:
                 self._refute(dead.incarnation)
                 return
-            self._broadcasts.queue(
-                message, key=dead.node, on_done=lambda: self._finish_leave(timed_out=False)
+            self._queue_broadcast(
+                dead, key=dead.node, on_done=lambda: self._finish_leave(timed_out=False)
             )
         else:
-            self._broadcasts.queue(message, key=dead.node)
+            self._queue_broadcast(dead, key=dead.node)
         node.incarnation = dead.incarnation
         left = dead.node == dead.from_node
         self._set_state(node, MemberState.LEFT if left else MemberState.DEAD)
@@ -1009,7 +1098,7 @@ class Engine:
             vsn=me.vsn,
             meta=me.meta,
         )
-        self._broadcasts.queue(wire.encode(alive), key=me.name)
+        self._queue_broadcast(alive, key=me.name)
 
     def _rejoin(self) -> None:
         """Come back after a leave: alive again, at a higher incarnation than the leave."""
@@ -1032,7 +1121,19 @@ class Engine:
 
     # ------------------------------------------------------------------ push-pull
 
-    def _local_push_pull(self, join: bool) -> wire.PushPull:
+    def _push_pull_body(self, join: bool) -> bytes:
+        """Our side of a push-pull, encoded (and compressed): kept until the view changes,
+        since a steady cluster sends the same state exchange after exchange."""
+        user_state = self._local_state(join) if self._local_state is not None else b""
+        key = (self._view_changes, join, user_state)
+        cached = self._push_pull_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        body = wire.stream_body(self._local_push_pull(join, user_state), self.wire_options)
+        self._push_pull_cache = (key, body)
+        return body
+
+    def _local_push_pull(self, join: bool, user_state: bytes) -> wire.PushPull:
         states = [
             wire.PushNodeState(
                 name=node.name,
@@ -1045,7 +1146,6 @@ class Engine:
             )
             for node in self._nodes.values()
         ]
-        user_state = self._local_state(join) if self._local_state is not None else b""
         return wire.PushPull(states, user_state, join)
 
     def _merge(self, remote: wire.PushPull, source: Address) -> bool:
@@ -1055,8 +1155,19 @@ class Engine:
         if problem is not None:
             log.warning("refused push-pull from %s: %s", source, problem)
             return False
+        nodes, me = self._nodes, self._me
         for state in remote.states:
             if state.state is NodeState.ALIVE:
+                node = nodes.get(state.name)
+                if (
+                    node is not None
+                    and node is not me
+                    and state.incarnation <= node.incarnation
+                    and state.port == node.port
+                    and state.addr == node.addr
+                    and state.vsn == node.vsn
+                ):
+                    continue  # old news: what _on_alive concludes, without building an Alive
                 self._on_alive(
                     wire.Alive(
                         incarnation=state.incarnation,
@@ -1083,7 +1194,30 @@ class Engine:
 
     def _incompatible(self, remote: list[wire.PushNodeState]) -> str | None:
         """memberlist's ``verifyProtocol``: every member's current protocol and delegate
-        versions must lie within what every alive member supports."""
+        versions must lie within what every alive member supports.
+
+        Checked over the distinct version sets (a cluster has a handful), ours kept until the
+        view changes; the member-by-member walk runs only to name the culprit.
+        """
+        if self._versions_cache is None or self._versions_cache[0] != self._view_changes:
+            nodes = self._nodes.values()
+            alive = {n.vsn for n in nodes if n.state is MemberState.ALIVE}
+            self._versions_cache = (self._view_changes, alive, {n.vsn for n in nodes})
+        _, local_alive, local_all = self._versions_cache
+        alive_vsns = local_alive.union(s.vsn for s in remote if s.state is NodeState.ALIVE)
+        max_pmin = max((v[0] for v in alive_vsns), default=0)
+        min_pmax = min((v[1] for v in alive_vsns), default=255)
+        max_dmin = max((v[3] for v in alive_vsns), default=0)
+        min_dmax = min((v[4] for v in alive_vsns), default=255)
+        if all(
+            max_pmin <= v[2] <= min_pmax and max_dmin <= v[5] <= min_dmax
+            for v in local_all.union(s.vsn for s in remote)
+        ):
+            return None
+        return self._name_incompatible(remote)
+
+    def _name_incompatible(self, remote: list[wire.PushNodeState]) -> str | None:
+        """The first member whose versions are out of bounds, as memberlist reports it."""
         max_pmin = max_dmin = 0
         min_pmax = min_dmax = 255
         alive_vsns = [s.vsn for s in remote if s.state is NodeState.ALIVE]
@@ -1108,7 +1242,7 @@ class Engine:
     def _open_push_pull(
         self, address: Address, *, join: bool, purpose: str, join_op: _Join | None = None
     ) -> None:
-        self._open_stream(address, self._local_push_pull(join), purpose=purpose, join=join_op)
+        self._open_stream(address, self._push_pull_body(join), purpose=purpose, join=join_op)
 
     def _reconnect_tick(self) -> None:
         """Try to merge with one departed member or seed, so that a healed partition (which
@@ -1117,7 +1251,9 @@ class Engine:
         Like Serf's reconnects, an attempt is made with probability ``candidates / alive``,
         so a healthy cluster spends nothing and a split one retries every interval.
         """
-        self._schedule(self._now + self.config.reconnect_interval, self._reconnect_tick)
+        self._reconnect_timer = self._schedule(
+            self._now + self.config.reconnect_interval, self._reconnect_tick
+        )
         if not self._active() or self._leaving:
             return
         seeds = [seed for seed in self._seeds if not self._is_live_address(seed)]
@@ -1155,7 +1291,7 @@ class Engine:
     def _open_stream(
         self,
         address: Address,
-        message: wire.StreamMessage,
+        body: bytes,
         *,
         purpose: str,
         expects_reply: bool = True,
@@ -1169,7 +1305,7 @@ class Engine:
             deadline = self._now + self.config.tcp_timeout
         timer = self._schedule(deadline, lambda: self._stream_timed_out(stream_id))
         self._streams[stream_id] = _PendingStream(purpose, address, timer, join, probe)
-        data = wire.encode_stream(message, self.wire_options)
+        data = wire.seal_stream(body, self.wire_options)
         self._stream_requests.append(
             StreamRequest(stream_id, address, data, deadline, expects_reply)
         )
@@ -1265,6 +1401,9 @@ class Engine:
         return taken + user_taken + members.take(overhead, room, limit)
 
     def _send_with_piggyback(self, address: Address, message: bytes, node: _Node | None) -> None:
+        if not self._broadcasts and not self._user_broadcasts:
+            self._send_packet(address, [message], node)
+            return
         room = self._packet_room() - len(message) - COMPOUND_PART_OVERHEAD
         extra = self._take_broadcasts(room) if room > 0 else []
         self._send_packet(address, [message, *extra], node)

@@ -29,7 +29,14 @@ from swim.wire.messages import (
     make_compounds,
 )
 from swim.wire.packet import WireOptions, decode_packet, encode_packet
-from swim.wire.stream import PushPull, StreamMessage, StreamReader, encode_stream
+from swim.wire.stream import (
+    PushPull,
+    StreamMessage,
+    StreamReader,
+    encode_stream,
+    seal_stream,
+    stream_body,
+)
 
 __all__ = [
     "Ack",
@@ -65,4 +72,6 @@ __all__ = [
     "encode_packet",
     "encode_stream",
     "make_compounds",
+    "seal_stream",
+    "stream_body",
 ]

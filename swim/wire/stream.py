@@ -4,7 +4,8 @@ A memberlist stream carries one message each way and has no length prefix in pla
 type byte, then msgpack objects, then raw bytes whose length an object announced.  Compressed, it
 is ``[9]`` + a compress message holding that; encrypted, ``[10][uint32 length][payload]`` with the
 five header bytes (and the label) as associated data.  :class:`StreamReader` parses any of these
-incrementally as bytes arrive; :func:`encode_stream` writes them.
+incrementally as bytes arrive; :func:`encode_stream` writes them
+(:func:`stream_body` and :func:`seal_stream` are its two halves).
 """
 
 from __future__ import annotations
@@ -72,19 +73,29 @@ def encode_plain(message: StreamMessage) -> bytes:
 def encode_stream(message: StreamMessage, options: WireOptions) -> bytes:
     """Every byte to write on a stream for ``message``: compressed whenever compression is on
     (as memberlist does for streams), encrypted when the options say so, labelled."""
+    return seal_stream(stream_body(message, options), options)
+
+
+def stream_body(message: StreamMessage, options: WireOptions) -> bytes:
+    """The part of :func:`encode_stream` that depends on the message alone (its plaintext,
+    compressed when compression is on), so that a sender may keep and reuse it."""
     payload = encode_plain(message)
-    if options.compress:
-        payload = compress_message(payload)
+    return compress_message(payload) if options.compress else payload
+
+
+def seal_stream(body: bytes, options: WireOptions) -> bytes:
+    """The bytes to write for a :func:`stream_body`: encrypted with a fresh nonce when the
+    options say so, labelled."""
     if options.encrypts:
         assert options.keyring is not None
-        length = 1 + 12 + len(payload) + 16
+        length = 1 + 12 + len(body) + 16
         if length > MAX_STREAM_BYTES:
             raise EncodeError(f"stream of {length} bytes exceeds {MAX_STREAM_BYTES}")
         header = b"\x0a" + length.to_bytes(4, "big")
-        payload = header + options.keyring.encrypt(payload, header + options.label)
-    elif len(payload) > MAX_STREAM_BYTES:
-        raise EncodeError(f"stream of {len(payload)} bytes exceeds {MAX_STREAM_BYTES}")
-    return add_label(options.label, payload)
+        body = header + options.keyring.encrypt(body, header + options.label)
+    elif len(body) > MAX_STREAM_BYTES:
+        raise EncodeError(f"stream of {len(body)} bytes exceeds {MAX_STREAM_BYTES}")
+    return add_label(options.label, body)
 
 
 class _PlainParser:

@@ -231,3 +231,66 @@ def test_without_lifeguard_a_suspect_gets_a_plain_ping() -> None:
             assert not any(isinstance(m, wire.Suspect) and m.from_node == "me" for m in packets[0])
             return
     raise AssertionError("no ping to the suspect")
+
+
+def wakes_while_acking(engine: Engine, start: float, end: float) -> list[float]:
+    """Drive ``engine`` from ``start`` to ``end``, acking every ping at once; the times it
+    asked to be woken at."""
+    wakes: list[float] = []
+    now = start
+    for _ in range(10_000):
+        deadline = engine.next_deadline()
+        if deadline is None or deadline > end:
+            return wakes
+        now = max(now, deadline)
+        wakes.append(now)
+        engine.tick(now)
+        for _, ping in sent_messages(engine, wire.Ping):
+            feed(engine, now, wire.Ack(seq_no=ping.seq_no))
+    raise AssertionError("the engine never went quiet")
+
+
+def test_an_idle_node_wakes_only_to_probe() -> None:
+    # With nothing to gossip, a gossip round sends nothing; a node with nothing queued must
+    # not be woken for one (five wakes a second on LAN), nor for an answered probe's timeout.
+    engine = make_engine(peers=5)
+    wakes_while_acking(engine, 0.0, 10.0)  # the news of joining spreads and runs out
+    assert engine.queued_broadcasts == 0
+    wakes = wakes_while_acking(engine, 10.0, 20.0)
+    assert len(wakes) == 10
+    assert engine.stats.probes >= 19
+
+
+def test_news_goes_out_at_the_next_gossip_beat() -> None:
+    engine = make_engine(peers=5)
+    wakes_while_acking(engine, 0.0, 10.0)
+    assert engine.queued_broadcasts == 0
+    feed(engine, 10.05, alive("newcomer", 40))
+    engine.take_datagrams()
+    gossip_times = []
+    now = 10.05
+    while engine.queued_broadcasts and now < 20.0:
+        now = engine.next_deadline() or now
+        engine.tick(now)
+        for _, messages in sent(engine):
+            pings = [m for m in messages if isinstance(m, wire.Ping)]
+            for ping in pings:
+                feed(engine, now, wire.Ack(seq_no=ping.seq_no))
+            news = any(isinstance(m, wire.Alive) and m.node == "newcomer" for m in messages)
+            if news and not pings:  # a gossip round, not a piggyback on a probe
+                gossip_times.append(now)
+    assert gossip_times, "the news was never gossiped"
+    assert gossip_times[0] - 10.05 <= engine.config.gossip_interval
+    beats = [round(b - a, 6) for a, b in itertools.pairwise(gossip_times)]
+    assert all(gap % engine.config.gossip_interval < 1e-6 for gap in beats)
+
+
+def test_a_rejoin_restarts_the_loops_instead_of_adding_more() -> None:
+    engine = make_engine(peers=5)
+    engine.leave(0.0)
+    wakes_while_acking(engine, 0.0, 10.0)
+    engine.join([address_of(0)], 10.0)
+    wakes_while_acking(engine, 10.0, 20.0)
+    probes = engine.stats.probes
+    wakes_while_acking(engine, 20.0, 30.0)
+    assert engine.stats.probes - probes == 10

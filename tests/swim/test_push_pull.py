@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from swim import wire
 from swim.config import Config
@@ -10,6 +11,7 @@ from swim.events import JoinCompleted, MemberFailed, MemberJoined, MemberLeft, M
 from swim.members import MemberState
 
 from .conftest import ME, VSN, address_of, alive, make_engine
+from .harness import Cluster
 
 
 def state(
@@ -109,3 +111,70 @@ def test_push_pull_goes_to_a_random_alive_member_at_the_scaled_interval() -> Non
                 times.append(now)
                 assert not message.join
     assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [90.0, 90.0]
+
+
+def test_assuming_a_converged_view_learns_members_without_news_or_events() -> None:
+    engine = make_engine()
+    engine.take_events()
+    members = [state(f"p{i}", i, wire.NodeState.ALIVE) for i in range(5)]
+    engine.assume_converged(members, 0.0)
+    assert {m.name: m.state for m in engine.members()} == {
+        "me": MemberState.ALIVE,
+        **{f"p{i}": MemberState.ALIVE for i in range(5)},
+    }
+    assert engine.take_events() == []
+    assert engine.queued_broadcasts == 0  # everyone knows already: nothing to gossip
+    while (deadline := engine.next_deadline()) is not None and deadline < 1.0:
+        engine.tick(deadline)  # the first probe, unanswered: it carries no news
+    sent = [wire.decode_packet(data, engine.wire_options) for _, data in engine.take_datagrams()]
+    assert sent
+    assert {type(m) for messages in sent for m in messages} <= {wire.Ping, wire.IndirectPing}
+
+
+def test_assuming_incompatible_versions_is_an_error() -> None:
+    engine = make_engine()
+    odd = state("old", 0, wire.NodeState.ALIVE, vsn=bytes((1, 1, 1, 2, 5, 5)))
+    try:
+        engine.assume_converged([odd], 0.0)
+    except ValueError as exc:
+        assert "incompatible" in str(exc)
+    else:
+        raise AssertionError("incompatible versions were assumed")
+    assert engine.member("old") is None
+
+
+def advertised(engine_state: list[wire.PushNodeState]) -> dict[str, tuple[int, str, bytes]]:
+    return {s.name: (s.incarnation, s.state.name.lower(), s.meta) for s in engine_state}
+
+
+def test_the_state_a_node_sends_always_matches_its_view() -> None:
+    # A node keeps its encoded state between exchanges; every change must show in the next one.
+    config = Config.lan(compression=True, reconnect_interval=10.0)
+    cluster = Cluster(config=config, seed=3)
+    for i in range(6):
+        cluster.add(f"n{i}")
+    for i in range(1, 6):
+        cluster.by_name(f"n{i}").join([cluster.by_name("n0").local_member.address], 0.0)
+    steps: list[Callable[[], object]] = [
+        lambda: None,
+        lambda: cluster.by_name("n1").update_meta(b"role=db", cluster.now),
+        lambda: cluster.down.add(cluster.by_name("n5").local_member.address),
+        lambda: cluster.partition(["n0", "n1"], ["n2", "n3", "n4"]),
+        cluster.heal,
+        lambda: cluster.by_name("n4").leave(cluster.now),
+        lambda: cluster.by_name("n4").join([cluster.by_name("n0").local_member.address], 0.0),
+    ]
+    asker = ("10.9.9.9", 7946)
+    for step in steps:
+        step()
+        for _ in range(8):
+            cluster.run_for(7.5)
+            for address, engine in cluster.engines.items():
+                if address in cluster.down:
+                    continue
+                reply = engine.handle_stream(wire.PushPull(), asker, cluster.now)
+                assert reply is not None
+                sent = wire.StreamReader(engine.wire_options).receive_data(reply)
+                assert isinstance(sent, wire.PushPull)
+                view = {m.name: (m.incarnation, m.state.value, m.meta) for m in engine.members()}
+                assert advertised(sent.states) == view, engine.name
