@@ -335,6 +335,17 @@ class Cluster:
             network.blocked(observer, member) or network.blocked(member, observer)
         )
 
+    def is_running(self, name: str) -> bool:
+        """Whether ``name``'s process runs: false once it crashed, or once its leave went out
+        (a leaving node runs until then); a paused node still runs."""
+        return self._node(name).running
+
+    def reachable(self, source: str, target: str) -> bool:
+        """Whether a connection from ``source`` to ``target`` would be answered now:
+        ``target`` runs, is not paused, and no cut blocks either direction between them."""
+        client, server = self._node(source), self._node(target)
+        return server.running and not server.paused and not self._cut_between(client, server)
+
     def results(self, extra: dict[str, Any] | None = None) -> Results:
         """What the run measured so far, as plain data."""
         metrics = self.metrics
@@ -774,7 +785,7 @@ class Cluster:
             raise SimulationError(f"node {node.name!r} has never run")
         return node.engine
 
-    def _new_engine(self, node: SimNode) -> Engine:
+    def _new_engine(self, node: SimNode, meta: bytes) -> Engine:
         node.instance += 1
         label = f"{node.name}:{node.instance}"
         keyring = None
@@ -785,10 +796,12 @@ class Cluster:
                 [self._key], nonce_source=lambda: prefix + next(counter).to_bytes(8, "big")
             )
         rng = self.random_for(f"engine:{label}")
-        return Engine(node.name, node.address, self.config, rng, keyring=keyring, now=self.now)
+        return Engine(
+            node.name, node.address, self.config, rng, meta=meta, keyring=keyring, now=self.now
+        )
 
-    def _start(self, node: SimNode, warm: bool, seeds: list[Address]) -> None:
-        node.engine = self._new_engine(node)
+    def _start(self, node: SimNode, warm: bool, seeds: list[Address], meta: bytes = b"") -> None:
+        node.engine = self._new_engine(node, meta)
         node.seeds = seeds
         node.rejoin = None
         node.running = True
@@ -856,9 +869,12 @@ class Cluster:
 
     # ------------------------------------------------------------------ faults
 
-    def add_node(self, name: str | None = None, seeds: Sequence[str] | None = None) -> str:
+    def add_node(
+        self, name: str | None = None, seeds: Sequence[str] | None = None, meta: bytes = b""
+    ) -> str:
         """Start a new member now and join it through ``seeds`` (default: up to three random
-        running members).  Returns its name."""
+        running members); ``meta`` is its metadata from the start (a Serf node's encoded
+        tags), so its join already carries it.  Returns its name."""
         node = self._create(name or self._new_name())
         self._note("join", node.name)
         seed_addresses = (
@@ -866,7 +882,7 @@ class Cluster:
             if seeds is not None
             else self._seeds(node.name)
         )
-        self._start(node, warm=False, seeds=seed_addresses)
+        self._start(node, warm=False, seeds=seed_addresses, meta=meta)
         self.metrics.added(node.name, self.now)
         if seed_addresses:
             self._engine(node).join(seed_addresses, self.now)
@@ -893,9 +909,10 @@ class Cluster:
         self.metrics.departed(name, self.now, crashed=not node.leaving)
         self._stop(node)
 
-    def restart(self, name: str, new_address: bool = False) -> None:
+    def restart(self, name: str, new_address: bool = False, meta: bytes = b"") -> None:
         """Start ``name`` again with a fresh engine (incarnation 1; it refutes stale news
-        itself) and join it through running members; a running node is crashed first."""
+        itself) and join it through running members; a running node is crashed first.
+        ``meta`` is its metadata from the start, as for :meth:`add_node`."""
         node = self._node(name)
         self.crash(name)
         if new_address:
@@ -904,7 +921,7 @@ class Cluster:
             self._by_address[node.address] = node
         self._note("restart", name, f"{node.address[0]}:{node.address[1]}")
         seeds = self._seeds(name)
-        self._start(node, warm=False, seeds=seeds)
+        self._start(node, warm=False, seeds=seeds, meta=meta)
         if seeds:
             self._engine(node).join(seeds, self.now)
         self._flush(node)

@@ -218,3 +218,34 @@ def test_an_isolated_node_rejoins_through_its_seeds_as_the_runtime_does() -> Non
     assert len(attempts) >= 2  # one at isolation, then after 5 s, 10 s, ...
     cluster.run_until(70.0)
     assert not cluster.engine("n4").isolated and cluster.agreed()
+
+
+def test_a_node_carries_its_metadata_from_its_start_and_its_restart() -> None:
+    cluster = Cluster(3, seed=1)
+    cluster.add_node("svc", meta=b"first")
+    cluster.run_until(5.0)
+    member = cluster.engine("n0").member("svc")
+    assert member is not None and member.meta == b"first"
+    cluster.restart("svc", meta=b"second")
+    cluster.run_until(10.0)
+    member = cluster.engine("n0").member("svc")
+    assert member is not None and member.meta == b"second"
+
+
+def test_running_and_reachable_follow_pauses_cuts_crashes_and_leaves() -> None:
+    cluster = Cluster(3, seed=1)
+    assert cluster.is_running("n1") and cluster.reachable("n0", "n1")
+    cluster.pause("n1", 1.0)
+    assert cluster.is_running("n1") and not cluster.reachable("n0", "n1")
+    cluster.run_until(2.0)
+    assert cluster.reachable("n0", "n1")
+    cluster.cut(["n1"], ["n0"], duration=1.0)  # one way is enough to break a connection
+    assert not cluster.reachable("n0", "n1") and cluster.reachable("n2", "n1")
+    cluster.run_until(4.0)
+    assert cluster.reachable("n0", "n1")
+    cluster.crash("n1")
+    assert not cluster.is_running("n1") and not cluster.reachable("n0", "n1")
+    cluster.leave("n2")
+    assert cluster.is_running("n2")  # until its leave has gone out
+    cluster.run_until(10.0)
+    assert not cluster.is_running("n2")
