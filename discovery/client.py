@@ -46,6 +46,7 @@ from discovery.introspection import (
     decode_response,
     frame,
 )
+from swim.background import Background
 from swim.events import (
     MemberAlive,
     MemberFailed,
@@ -150,8 +151,7 @@ class Discovery:
         self._watches: dict[str, weakref.WeakSet[Watch]] = {}
         self._changed = trio.Event()
         self._dirty = False
-        self._nursery_manager: Any = None
-        self._nursery: trio.Nursery | None = None
+        self._background = Background()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,12 +163,11 @@ class Discovery:
         streams = {cluster: node.events() for cluster, node in self.nodes.items()}
         for cluster in self.nodes:
             self._resync(cluster)
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
+        nursery = await self._background.open()
         for cluster, stream in streams.items():
-            self._nursery.start_soon(self._follow, cluster, stream)
+            nursery.start_soon(self._follow, cluster, stream)
         if self._cache_file is not None:
-            self._nursery.start_soon(self._save_periodically)
+            nursery.start_soon(self._save_periodically)
         return self
 
     async def __aexit__(
@@ -177,18 +176,10 @@ class Discovery:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
         try:
-            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
-        except BaseExceptionGroup as group:
-            # our tasks are an implementation detail: the block's own error comes out as itself
-            if len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
+            return await self._background.close(exc_type, exc, traceback)
         finally:
             self._save()
-        return result
 
     # ------------------------------------------------------------------ discovery
 

@@ -31,6 +31,7 @@ from discovery.introspection import (
 )
 from discovery.lifecycle import DrainReport, Kind, Lifecycle, Work
 from discovery.records import DEFAULT_WEIGHT, ServiceRecord, check_name, check_size, write_tags
+from swim.background import Background
 from swim.events import Isolated, Reconnected
 from swim.node import EventStream, JoinError, Node
 from swim.serf.layer import Serf
@@ -94,8 +95,7 @@ class ServiceHost:
         self._tags_lock = trio.Lock()
         self._serf: Serf | None = None
         self._metadata_port: int | None = None
-        self._nursery_manager: Any = None
-        self._nursery: trio.Nursery | None = None
+        self._background = Background()
 
     async def __aenter__(self) -> ServiceHost:
         self._serf = self.node.serf  # raises, saying how to fix it, when Serf is off
@@ -103,16 +103,14 @@ class ServiceHost:
         (listener,) = await trio.open_tcp_listeners(port, host=host)  # one host: one listener
         self._metadata_port = listener.socket.getsockname()[1]
         events = self.node.events()
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        self._nursery.start_soon(self._serve_metadata, listener)
-        self._nursery.start_soon(self._watch_isolation, events)
+        nursery = await self._background.open()
+        nursery.start_soon(self._serve_metadata, listener)
+        nursery.start_soon(self._watch_isolation, events)
         try:
             async with self._tags_lock:
                 await self._publish(self._registrations)
         except BaseException:
-            self._nursery.cancel_scope.cancel()
-            await self._nursery_manager.__aexit__(None, None, None)
+            await self._background.abort()
             raise
         return self
 
@@ -122,16 +120,7 @@ class ServiceHost:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
-        try:
-            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
-        except BaseExceptionGroup as group:
-            # our tasks are an implementation detail: the block's own error comes out as itself
-            if len(group.exceptions) == 1 and group.exceptions[0] is exc:
-                return False
-            raise
-        return result
+        return await self._background.close(exc_type, exc, traceback)
 
     # ------------------------------------------------------------------ start-up
 

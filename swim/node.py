@@ -14,7 +14,6 @@ import math
 import os
 import random
 import socket
-import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from swim import wire
+from swim.background import Background
 from swim.config import Config
 from swim.engine import Engine, StreamRequest
 from swim.events import (
@@ -242,8 +242,7 @@ class Node:
         self._engine: Engine | None = None
         self._udp: trio.socket.SocketType | None = None
         self._listener: trio.SocketListener | None = None
-        self._nursery: trio.Nursery | None = None
-        self._nursery_manager: Any = None
+        self._background = Background()
         self._wakeup = trio.Event()
         self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._joins: dict[int, tuple[trio.Event, list[JoinCompleted]]] = {}
@@ -256,13 +255,11 @@ class Node:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Node:
-        self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
+        await self._background.open()
         try:
             await self._start()
         except BaseException:
-            self._nursery.cancel_scope.cancel()
-            await self._nursery_manager.__aexit__(*sys.exc_info())
+            await self._background.abort()
             self._close_sockets()
             raise
         return self
@@ -273,21 +270,10 @@ class Node:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        assert self._nursery is not None
-        self._nursery.cancel_scope.cancel()
         try:
-            result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
-        except BaseExceptionGroup as group:
-            # The node's tasks are an implementation detail: a single error (the block's own,
-            # or IsolatedError from the isolation policy) comes out as itself, not in a group.
-            if len(group.exceptions) != 1:
-                raise
-            if group.exceptions[0] is exc:
-                return False
-            raise group.exceptions[0] from None
+            return await self._background.close(exc_type, exc, traceback)
         finally:
             self._close_sockets()
-        return result
 
     async def _start(self) -> None:
         host, port = self._bind
@@ -319,10 +305,10 @@ class Node:
                 coalesce_period=self._coalescing[0],
                 quiescent_period=self._coalescing[1],
             )
-        assert self._nursery is not None
-        self._nursery.start_soon(self._receive_datagrams)
-        self._nursery.start_soon(self._run_timers)
-        self._nursery.start_soon(self._serve_streams)
+        nursery = self._background.nursery
+        nursery.start_soon(self._receive_datagrams)
+        nursery.start_soon(self._run_timers)
+        nursery.start_soon(self._serve_streams)
         log.info("node %s listening on %s:%d", self._name, host, bound_port)
 
     def _serf_local_state(self, join: bool) -> bytes:
@@ -571,7 +557,7 @@ class Node:
         """Carry out what the engine asked for, and let the timer task re-read its deadline
         (an input may have brought it closer)."""
         engine, serf = self.engine, self._serf
-        assert self._udp is not None and self._nursery is not None
+        assert self._udp is not None
         now = trio.current_time()
         while True:
             events = engine.take_events()
@@ -590,7 +576,7 @@ class Node:
                     self.runtime_stats.send_errors += 1
                     log.debug("cannot send to %s: %s", address, exc)
             for request in engine.take_stream_requests():
-                self._nursery.start_soon(self._outbound_stream, request)
+                self._background.nursery.start_soon(self._outbound_stream, request)
             if not (events or serf_events or datagrams):
                 break
         if wake_timers:
@@ -612,8 +598,7 @@ class Node:
             except Exception:
                 log.exception("the message handler raised; the message is dropped")
         if isinstance(event, Isolated):
-            assert self._nursery is not None
-            self._nursery.start_soon(self._while_isolated)
+            self._background.nursery.start_soon(self._while_isolated)
         self._publish(event)
 
     def _deliver_serf(self, event: SerfEvent) -> None:

@@ -1,0 +1,59 @@
+"""The nursery behind an object's ``async with``: its background tasks live and die with it."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractAsyncContextManager
+
+import trio
+
+
+class Background:
+    """Opens a nursery when its owner is entered and cancels and closes it when the owner
+    exits.
+
+    The owner's tasks are an implementation detail, so one error comes out as itself rather
+    than inside an ``ExceptionGroup`` (the block's own error is re-raised by the block, an
+    error of a task, such as :class:`swim.node.IsolatedError`, replaces it); several errors
+    come out as the group.
+    """
+
+    def __init__(self) -> None:
+        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The open nursery; an error before the owner is entered or after it exits."""
+        if self._nursery is None:
+            raise RuntimeError("not running: use the object in `async with` first")
+        return self._nursery
+
+    async def open(self) -> trio.Nursery:
+        """Open the nursery (from the owner's ``__aenter__``)."""
+        self._manager = trio.open_nursery()
+        self._nursery = await self._manager.__aenter__()
+        return self._nursery
+
+    async def abort(self) -> None:
+        """Cancel and close after the owner's start-up failed (call from its ``except``)."""
+        await self.close(*sys.exc_info())
+
+    async def close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: object,
+    ) -> bool | None:
+        """Cancel the tasks and close the nursery (from the owner's ``__aexit__``)."""
+        assert self._manager is not None and self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        manager, self._manager, self._nursery = self._manager, None, None
+        try:
+            return await manager.__aexit__(exc_type, exc, traceback)  # type: ignore[arg-type]
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            if group.exceptions[0] is exc:
+                return False
+            raise group.exceptions[0] from None

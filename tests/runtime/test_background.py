@@ -1,0 +1,66 @@
+"""The nursery an object owns for its ``async with``: errors come out plain, not grouped."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import pytest
+import trio
+
+from swim.background import Background
+
+
+class Owner:
+    """A minimal owner with background tasks given by the test."""
+
+    def __init__(self, *tasks: object) -> None:
+        self.background = Background()
+        self.tasks = tasks
+
+    async def __aenter__(self) -> Owner:
+        nursery = await self.background.open()
+        for task in self.tasks:
+            nursery.start_soon(task)  # type: ignore[arg-type]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self.background.close(exc_type, exc, traceback)
+
+
+async def forever() -> None:
+    await trio.sleep_forever()
+
+
+async def fails() -> None:
+    raise OSError("the socket went away")
+
+
+async def test_the_blocks_own_error_comes_out_as_itself() -> None:
+    with pytest.raises(KeyError):
+        async with Owner(forever):
+            raise KeyError("mine")
+
+
+async def test_a_task_error_comes_out_as_itself() -> None:
+    with pytest.raises(OSError, match="the socket went away"):
+        async with Owner(fails):
+            await trio.sleep_forever()
+
+
+async def test_several_errors_come_out_as_a_group() -> None:
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with Owner(fails, fails):
+            await trio.sleep_forever()
+    assert len(caught.value.exceptions) == 2
+
+
+async def test_tasks_are_cancelled_on_exit_and_the_nursery_is_gone() -> None:
+    async with Owner(forever) as owner:
+        pass
+    with pytest.raises(RuntimeError, match="async with"):
+        owner.background.nursery.start_soon(forever)
