@@ -447,7 +447,7 @@ class Engine:
 
     def tick(self, now: float) -> None:
         """Run every timer due by ``now``."""
-        self._advance(now)
+        self._now = max(self._now, now)  # _advance, inline on the hottest paths
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, timer = heapq.heappop(timers)
@@ -457,7 +457,7 @@ class Engine:
 
     def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
         """Handle one datagram; bad ones are dropped and counted, never raised."""
-        self._advance(now)
+        self._now = max(self._now, now)
         self.stats.packets_in += 1
         self.stats.bytes_in += len(data)
         try:
@@ -467,7 +467,9 @@ class Engine:
             self.stats.dropped_packets += 1
             log.debug("dropped a packet from %s: %s", source, exc.reason)
             return
-        self._contact()
+        self._last_contact = self._now
+        if self._isolated_since is not None:
+            self._contact()
         for message in messages:
             self._dispatch(message, source)
 
