@@ -13,6 +13,7 @@ import collections
 import logging
 import math
 import os
+import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from discovery.catalog import (
 )
 from discovery.failover import FailoverPolicy
 from discovery.introspection import (
-    MAX_RESPONSE_BYTES,
-    FrameReader,
+    NONCE_BYTES,
+    Direction,
+    FrameSeal,
     Metadata,
     MetadataCache,
     MetadataError,
@@ -44,7 +46,6 @@ from discovery.introspection import (
     Refusal,
     Response,
     decode_response,
-    frame,
 )
 from swim.background import Background
 from swim.events import (
@@ -248,16 +249,25 @@ class Discovery:
 
     async def metadata(self, instance: Instance) -> Metadata:
         """The instance's full metadata, from the cache at its revision or fetched from its
-        node; raises :class:`MetadataError` saying why it could not be fetched."""
+        node (sealed with the keyring of this process's node in the instance's cluster, when it
+        has one); raises :class:`MetadataError` saying why it could not be fetched."""
         cached = self.metadata_cache.get(instance)
         if cached is not None:
             return cached
         address = instance.metadata_address
         if address is None:
             raise MetadataError(f"{instance} has metadata but its node runs no metadata service")
+        node = self.nodes.get(instance.cluster)
+        if node is None:
+            clusters = ", ".join(repr(c) for c in self.nodes)
+            raise MetadataError(
+                f"{instance} is in cluster {instance.cluster!r}, which this Discovery does not "
+                f"follow (it follows {clusters}); ask the Discovery that found it"
+            )
+        seal = FrameSeal(node.keyring, node.config.label.encode())
         try:
             with trio.fail_after(self._metadata_timeout):
-                reply = await _fetch(address, instance.service, instance.revision)
+                reply = await _fetch(address, seal, instance.service, instance.revision)
         except trio.TooSlowError:
             why = f"no answer within {self._metadata_timeout} s"
         except (OSError, trio.BrokenResourceError) as exc:
@@ -393,19 +403,26 @@ class Discovery:
         self._dirty = False
 
 
-async def _fetch(address: tuple[str, int], service: str, revision: int) -> Response | Refusal:
-    """One metadata request to ``address`` and its decoded answer."""
+async def _fetch(
+    address: tuple[str, int], seal: FrameSeal, service: str, revision: int
+) -> Response | Refusal:
+    """One metadata request to ``address`` and its decoded answer; sealed requests carry a
+    fresh random nonce, which the answer must echo."""
+    request: dict[str, Any] = {"service": service, "revision": revision}
+    nonce = b""
+    if seal.sealed:
+        nonce = request["nonce"] = secrets.token_bytes(NONCE_BYTES)
     stream = await trio.open_tcp_stream(*address)
     async with stream:
-        await stream.send_all(frame({"service": service, "revision": revision}))
-        reader = FrameReader(MAX_RESPONSE_BYTES)
+        await stream.send_all(seal.frame(request, Direction.REQUEST))
+        reader = seal.reader(Direction.RESPONSE)
         body = None
         while body is None:
             chunk = await stream.receive_some(65_536)
             if not chunk:
                 reader.end_of_stream()
             body = reader.receive_data(chunk)
-        return decode_response(body)
+        return decode_response(seal.open(body, Direction.RESPONSE), nonce)
 
 
 def _describe(exc: BaseException) -> str:

@@ -21,12 +21,13 @@ import trio
 
 from discovery.introspection import (
     MAX_REQUEST_BYTES,
-    FrameReader,
+    SEAL_OVERHEAD,
+    Direction,
+    FrameSeal,
     Metadata,
     ProtocolError,
     decode_request,
     encode_metadata,
-    frame,
     revision_of,
 )
 from discovery.lifecycle import DrainReport, Kind, Lifecycle, Work
@@ -46,7 +47,8 @@ class MetadataServerStats:
     answered: int = 0
     unknown_service: int = 0
     bad_requests: int = 0
-    """Malformed, oversized or truncated requests, dropped."""
+    """Malformed, oversized or truncated requests, and (in an encrypted cluster) requests
+    not sealed with the cluster's key, dropped."""
     timeouts: int = 0
     """Connections that sent no whole request in time, dropped."""
     refused: int = 0
@@ -65,7 +67,8 @@ class ServiceHost:
     """Services registered on ``node`` (which must run the Serf layer: ``tags={}``).
 
     ``async with ServiceHost(node) as host:`` starts the metadata service (on the node's
-    address, or ``metadata_bind``) and advertises its port.  ``on_isolation`` is called with
+    address, or ``metadata_bind``; sealed with the node's keyring when it has one) and
+    advertises its port.  ``on_isolation`` is called with
     True when the node is cut off from every peer and with False when it reconnects; the node
     keeps serving meanwhile (give the :class:`~swim.node.Node` ``exit_when_isolated=`` to exit
     instead after a grace time).
@@ -332,14 +335,18 @@ class ServiceHost:
                     self.stats.timeouts += 1
 
     async def _answer_one(self, stream: trio.SocketStream) -> None:
-        reader = FrameReader(MAX_REQUEST_BYTES)
+        """Read one request and answer it, sealed with the node's keyring when it has one."""
+        seal = FrameSeal(self.node.keyring, self.node.config.label.encode())
+        reader = seal.reader(Direction.REQUEST)
         body = None
         while body is None:
-            chunk = await stream.receive_some(MAX_REQUEST_BYTES + 8)
+            chunk = await stream.receive_some(MAX_REQUEST_BYTES + SEAL_OVERHEAD + 8)
             if not chunk:
                 reader.end_of_stream()
             body = reader.receive_data(chunk)
-        request = decode_request(body)
+        request = decode_request(seal.open(body, Direction.REQUEST))
+        if seal.sealed and not request.nonce:
+            raise ProtocolError("a sealed request needs a nonce for its answer to echo")
         registration = self._registrations.get(request.service)
         if registration is None:
             self.stats.unknown_service += 1
@@ -349,4 +356,6 @@ class ServiceHost:
         else:
             self.stats.answered += 1
             reply = {"revision": registration.record.revision, "metadata": registration.metadata}
-        await stream.send_all(frame(reply))
+        if request.nonce:
+            reply["nonce"] = request.nonce
+        await stream.send_all(seal.frame(reply, Direction.RESPONSE))

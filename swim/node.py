@@ -358,6 +358,12 @@ class Node:
         return self.engine.isolated
 
     @property
+    def keyring(self) -> wire.Keyring | None:
+        """The cluster's keyring, or None when the cluster is not encrypted.  Key changes (Serf
+        key queries) update it in place, so read it when it is needed instead of copying keys."""
+        return self._keyring
+
+    @property
     def serf(self) -> Serf:
         """The Serf layer (present when the node was given ``tags``)."""
         if self._serf is None:

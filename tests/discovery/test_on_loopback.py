@@ -22,8 +22,16 @@ from discovery import (
     ServiceHost,
     UnknownService,
 )
-from discovery.catalog import Change
+from discovery.catalog import Change, Instance
 from discovery.client import ChangesLost, Watch
+from discovery.introspection import (
+    NONCE_BYTES,
+    Direction,
+    FrameSeal,
+    Response,
+    decode_response,
+    frame,
+)
 from swim import wire
 from swim.node import JoinError, Node
 from tests.discovery.loopback import FAST, LOOPBACK, ask, cluster, echo_server, seed_of, wait_until
@@ -128,6 +136,69 @@ async def test_the_metadata_service_drops_bad_input_and_keeps_answering(
         async with Discovery(a) as discovery:
             (web,) = discovery.instances("web")
             assert await discovery.metadata(web) == {"zone": "eu"}
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` to the metadata service on ``port``; every byte it sends back."""
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    received = b""
+    async with stream:
+        await stream.send_all(request)
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some(65_536):
+                received += chunk
+    return received
+
+
+async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    core = FAST.replace(label="core")
+    key = bytes(range(16))
+    secret = {"vault": "eu-secret-7"}
+    async with cluster() as c:
+        a, host = await c.host("a", core, keyring=wire.Keyring([key]))
+        b = await c.node("b", core, keyring=wire.Keyring([key]))
+        await b.join([seed_of(a)])
+        await host.register("web", 8080, metadata=secret)
+        async with Discovery(b) as discovery:
+            (web,) = await discovery.resolve("web", wait=10)
+            assert await discovery.metadata(web) == secret
+        assert host.stats.answered == 1
+        seal = FrameSeal(wire.Keyring([key]), b"core")
+        nonce = bytes(NONCE_BYTES)
+        request = {"service": "web", "revision": 0, "nonce": nonce}
+        answer = await exchange(host.metadata_port, seal.frame(request, Direction.REQUEST))
+        assert b"eu-secret-7" not in answer
+        body = seal.reader(Direction.RESPONSE).receive_data(answer)
+        assert body is not None
+        opened = decode_response(seal.open(body, Direction.RESPONSE), nonce)
+        assert opened == Response(web.revision, secret)
+        plaintext = frame({"service": "web", "revision": 0})
+        assert await exchange(host.metadata_port, plaintext) == b""  # closed, no answer
+        no_nonce = seal.frame({"service": "web", "revision": 0}, Direction.REQUEST)
+        assert await exchange(host.metadata_port, no_nonce) == b""
+        assert (host.stats.answered, host.stats.bad_requests) == (2, 2)
+
+
+async def test_a_client_in_an_encrypted_cluster_refuses_a_plaintext_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with cluster() as c:
+        me = await c.node("me", keyring=wire.Keyring([bytes(16)]))
+        (listener,) = await trio.open_tcp_listeners(0, host=LOOPBACK)
+
+        async def answer_in_the_clear() -> None:
+            async with listener, await listener.accept() as stream:
+                await stream.receive_some(4096)
+                await stream.send_all(frame({"revision": 5, "metadata": {"zone": "eu"}}))
+
+        c.nursery.start_soon(answer_in_the_clear)
+        port = listener.socket.getsockname()[1]
+        web = Instance("web", "x", (LOOPBACK, 8080), revision=5, metadata_address=(LOOPBACK, port))
+        async with Discovery(me) as discovery:
+            with pytest.raises(MetadataError, match="not encrypted, but this node's cluster is"):
+                await discovery.metadata(web)
 
 
 async def test_calls_fail_over_when_an_instance_stops_answering(
