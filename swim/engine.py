@@ -8,9 +8,11 @@ The trio runtime and the simulator drive the same object; neither makes a protoc
 
 The rules follow memberlist 0.2.2 (``state.go``, ``net.go``); where memberlist is known to be
 wrong this engine does better: partitions heal through reconnect attempts to departed members
-and seeds, left members are reaped and a node may rejoin after leaving, metadata over the limit
-is an error, a restarted node may reclaim its name at a new address, and user broadcasts get a
-fair share of every packet.
+and seeds, and short ones within seconds (a member that pings us while we hold it dead hears our
+verdict in the ack, and an accuser holding an accusation older than our incarnation is sent our
+current alive), left members are reaped and a node may rejoin after leaving, metadata over the
+limit is an error, a restarted node may reclaim its name at a new address, and user broadcasts
+get a fair share of every packet.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ _WIRE_STATE = {
     MemberState.DEAD: NodeState.DEAD,
     MemberState.LEFT: NodeState.LEFT,
 }
+
+
+_REACHABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 class MetadataTooLarge(ValueError):
@@ -833,7 +838,18 @@ class Engine:
             return
         destination = self._reply_address(ping.source_addr, ping.source_port, source)
         ack = wire.encode(wire.Ack(seq_no=ping.seq_no))
-        self._send_with_piggyback(destination, ack, self._nodes.get(ping.source_node))
+        pinger = self._nodes.get(ping.source_node)
+        if pinger is not None and pinger.state is MemberState.DEAD:
+            # A member we hold dead is up and reaches us, and does not know our verdict (it
+            # would have refuted it): tell it, as the buddy system tells a suspect, so that
+            # its refutation reaches us.  Otherwise only a push-pull would, which after a
+            # short partition can take tens of seconds.
+            verdict = wire.Suspect(
+                incarnation=pinger.incarnation, node=pinger.name, from_node=self.name
+            )
+            self._send_packet(destination, [ack, wire.encode(verdict)], pinger)
+            return
+        self._send_with_piggyback(destination, ack, pinger)
 
     def _on_indirect_ping(self, request: wire.IndirectPing, source: Address) -> None:
         if len(request.target) not in (4, 16) or not request.port:
@@ -991,7 +1007,11 @@ class Engine:
 
     def _on_suspect(self, suspect: wire.Suspect) -> None:
         node = self._nodes.get(suspect.node)
-        if node is None or suspect.incarnation < node.incarnation:
+        if node is None:
+            return
+        if suspect.incarnation < node.incarnation:
+            if node is self._me:
+                self._correct_accuser(suspect.from_node)
             return
         suspicion = self._suspicions.get(suspect.node)
         if suspicion is not None:
@@ -1064,7 +1084,11 @@ class Engine:
 
     def _on_dead(self, dead: wire.Dead) -> None:
         node = self._nodes.get(dead.node)
-        if node is None or dead.incarnation < node.incarnation:
+        if node is None:
+            return
+        if dead.incarnation < node.incarnation:
+            if node is self._me:
+                self._correct_accuser(dead.from_node)
             return
         self._cancel_suspicion(dead.node)
         if node.state in (MemberState.DEAD, MemberState.LEFT):
@@ -1090,9 +1114,9 @@ class Engine:
         self._adjust_health(1)
         self._broadcast_alive()
 
-    def _broadcast_alive(self) -> None:
+    def _alive_message(self) -> wire.Alive:
         me = self._me
-        alive = wire.Alive(
+        return wire.Alive(
             incarnation=me.incarnation,
             node=me.name,
             addr=me.addr,
@@ -1100,7 +1124,21 @@ class Engine:
             vsn=me.vsn,
             meta=me.meta,
         )
-        self._queue_broadcast(alive, key=me.name)
+
+    def _broadcast_alive(self) -> None:
+        self._queue_broadcast(self._alive_message(), key=self.name)
+
+    def _correct_accuser(self, accuser: str) -> None:
+        """``accuser`` holds an accusation against us older than our incarnation: it missed
+        our refutation (lost, or gossiped while a partition cut it off), and memberlist does
+        not refute an old accusation again, so its suspicion would run out into a false
+        failure.  Send it our current alive directly."""
+        if self._leaving or self._left:
+            return
+        node = self._nodes.get(accuser)
+        if node is None or node is self._me or node.state not in _REACHABLE:
+            return
+        self._send_packet(node.address, [wire.encode(self._alive_message())], node)
 
     def _rejoin(self) -> None:
         """Come back after a leave: alive again, at a higher incarnation than the leave."""

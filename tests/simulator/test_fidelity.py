@@ -71,3 +71,20 @@ def test_the_time_to_spread_an_update_grows_with_log_n() -> None:
     assert first_step > 0 and second_step > 0
     assert 0.5 <= second_step / first_step <= 2.0  # linear in log n, not in n
     assert large / small < 4.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_short_partition_heals_within_seconds_of_its_repair(seed: int) -> None:
+    # A 10 s split leaves some members dead on one side while they still probe it, and
+    # accusations outliving the refutations they missed: members that hear from someone they
+    # hold dead, or are accused at an old incarnation, say so at once.  memberlist waits for
+    # a push-pull (30 s at this size): 16 to 19 s here before those rules.
+    cluster = Cluster(32, seed=seed)
+    cluster.run_until(5.0)
+    names = cluster.names()
+    split = cluster.partition([names[:16], names[16:]])
+    cluster.run_for(10.0)
+    cluster.repair(split)
+    repaired = cluster.now
+    healed = cluster.run_until(lambda c: c.agreed(), limit=repaired + 60.0, poll=0.1)
+    assert healed is not None and healed - repaired < 12.0

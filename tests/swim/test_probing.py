@@ -8,6 +8,7 @@ from swim import wire
 from swim.config import Config
 from swim.engine import Engine
 from swim.events import MemberSuspect
+from swim.members import MemberState
 
 from .conftest import address_of, alive, feed, make_engine, sent, sent_messages
 
@@ -209,6 +210,25 @@ def test_pings_for_another_name_are_ignored_and_others_answered() -> None:
     assert sent_messages(engine, wire.Ack) == []
     feed(engine, 0.0, wire.Ping(seq_no=6, node="me"), source=address_of(0))
     assert sent_messages(engine, wire.Ack) == [(address_of(0), wire.Ack(seq_no=6))]
+
+
+def test_a_ping_from_a_member_held_dead_is_answered_with_the_verdict() -> None:
+    # It is up and reaches us but never heard that we hold it dead (say, a short partition
+    # ended): the suspicion in the ack makes it refute, and its refutation reaches us.
+    engine = make_engine(peers=2)
+    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    engine.take_datagrams()
+    ping = wire.Ping(seq_no=7, node="me", source_node="p0")
+    feed(engine, 1.0, ping, source=address_of(0))
+    ((destination, messages),) = sent(engine)
+    assert destination == address_of(0)
+    assert messages == [
+        wire.Ack(seq_no=7),
+        wire.Suspect(incarnation=1, node="p0", from_node="me"),
+    ]
+    feed(engine, 1.1, alive("p0", 0, incarnation=2))  # its refutation
+    p0 = engine.member("p0")
+    assert p0 is not None and p0.state is MemberState.ALIVE
 
 
 def test_tcp_ping_is_answered_on_the_stream() -> None:

@@ -21,7 +21,7 @@ from swim.events import (
 )
 from swim.members import MemberState
 
-from .conftest import ME, alive, feed, make_engine, sent_messages
+from .conftest import ME, address_of, alive, feed, make_engine, sent_messages
 
 
 def queued_alive_about_me(engine: Engine) -> wire.Alive:
@@ -49,12 +49,30 @@ def test_refutation_takes_max_of_ours_plus_one_and_accused_plus_one(
     assert engine.stats.suspicions_refuted == 1
 
 
-def test_stale_accusations_about_us_are_ignored() -> None:
+def test_stale_accusations_are_not_refuted_but_the_accuser_is_told_our_incarnation() -> None:
+    # The accuser missed our refutation (say, during a partition); memberlist never refutes an
+    # old accusation again, so without a word from us its suspicion runs out into a failure.
     engine = make_engine(peers=3)
     engine._me.incarnation = 9
+    queued = engine.queued_broadcasts
     feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"))
+    feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p1"))
     assert engine.local_member.incarnation == 9
     assert engine.stats.suspicions_refuted == 0
+    told = [(dst, m.incarnation) for dst, m in sent_messages(engine, wire.Alive) if m.node == "me"]
+    assert told == [(address_of(0), 9), (address_of(1), 9)]
+    assert engine.queued_broadcasts == queued  # told directly, not gossiped to everyone
+
+
+def test_stale_accusations_from_strangers_or_while_leaving_get_no_answer() -> None:
+    engine = make_engine(peers=3)
+    engine._me.incarnation = 9
+    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="stranger"))
+    assert sent_messages(engine, wire.Alive) == []
+    engine.leave(0.0)
+    engine.take_datagrams()
+    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"))
+    assert sent_messages(engine, wire.Alive) == []
 
 
 def test_a_forged_alive_about_us_is_refuted_above_our_incarnation() -> None:
