@@ -9,6 +9,7 @@ import pytest
 
 from simulator import faults
 from simulator.cluster import Cluster
+from simulator.metrics import ALIVE
 from swim.config import Config
 
 
@@ -88,3 +89,26 @@ def test_a_short_partition_heals_within_seconds_of_its_repair(seed: int) -> None
     repaired = cluster.now
     healed = cluster.run_until(lambda c: c.agreed(), limit=repaired + 60.0, poll=0.1)
     assert healed is not None and healed - repaired < 12.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_restart_at_a_new_address_is_known_there_within_seconds(seed: int) -> None:
+    # Members holding the old address alive refuse the new one (a conflict), and once the old
+    # entry has failed nothing announced the new one again: 40 to 60 s here.  Now the new
+    # process's probes reach members that hold its name failed, the verdict in their acks
+    # makes it refute, and its refutation takes the name over at the new address.
+    cluster = Cluster(16, seed=seed)
+    cluster.run_until(5.0)
+    cluster.crash("n5")
+    cluster.restart("n5", new_address=True)
+    restarted, address = cluster.now, cluster.nodes["n5"].address
+
+    def known_at_new_address(c: Cluster) -> bool:
+        for observer in c.running():
+            member = c.engine(observer).member("n5")
+            if member is None or member.state.value != ALIVE or member.address != address:
+                return False
+        return True
+
+    known = cluster.run_until(known_at_new_address, limit=restarted + 120.0, poll=0.1)
+    assert known is not None and known - restarted < 15.0
