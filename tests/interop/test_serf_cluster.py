@@ -326,7 +326,8 @@ async def serf_query(agent: Agent, *args: str) -> dict[str, Any]:
 
 
 def acked_by(*names: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda result: sorted(result["Acks"]) == sorted(names)
+    # serf prints null, not [], when no ack came in time: that is incomplete too, ask again
+    return lambda result: sorted(result["Acks"] or []) == sorted(names)
 
 
 @dataclass
