@@ -11,8 +11,9 @@ wrong this engine does better: partitions heal through reconnect attempts to dep
 and seeds, and short ones within seconds (a member that pings us while we hold it dead hears our
 verdict in the ack, and an accuser holding an accusation older than our incarnation is sent our
 current alive), left members are reaped and a node may rejoin after leaving, metadata over the
-limit is an error, a restarted node may reclaim its name at a new address, and user broadcasts
-get a fair share of every packet.
+limit is an error, a restarted node may reclaim its name at a new address, a join is followed by
+a second push-pull with a seed (members joining at once learn of each other), and user
+broadcasts get a fair share of every packet.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ COMPOUND_PART_OVERHEAD = 2
 """Bytes a compound spends on each part's length."""
 PUSH_PULL_SCALE_THRESHOLD = 32
 """Clusters larger than this push-pull less often (memberlist's ``pushPullScaleThreshold``)."""
+FOLLOW_UP_PROBES = 2
+"""Probe intervals after a join at which the joiner push-pulls with one of its seeds again."""
 
 _WIRE_STATE = {
     MemberState.ALIVE: NodeState.ALIVE,
@@ -1402,6 +1405,21 @@ class Engine:
 
     def _finish_join(self, join: _Join) -> None:
         self._events.append(JoinCompleted(join.join_id, tuple(join.joined), dict(join.failures)))
+        if join.joined:
+            seed = self._rng.choice(join.joined)
+            self._schedule(
+                self._now + FOLLOW_UP_PROBES * self.config.probe_interval,
+                lambda: self._follow_up_join(seed),
+            )
+
+    def _follow_up_join(self, seed: Address) -> None:
+        """A second push-pull with a seed shortly after joining.  When many members join at
+        once, each learns from a seed only those that joined before it, and the rest reach it
+        by gossip alone, which with few retransmits (the local profile's 2) often misses
+        someone until the next periodic push-pull, tens of seconds later.  By now the seed
+        has merged every simultaneous join."""
+        if self._active() and not self._leaving:
+            self._open_push_pull(seed, join=False, purpose="push-pull")
 
     # ------------------------------------------------------------------ sending
 

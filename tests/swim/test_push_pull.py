@@ -178,3 +178,34 @@ def test_the_state_a_node_sends_always_matches_its_view() -> None:
                 assert isinstance(sent, wire.PushPull)
                 view = {m.name: (m.incarnation, m.state.value, m.meta) for m in engine.members()}
                 assert advertised(sent.states) == view, engine.name
+
+
+def test_a_join_is_followed_by_a_second_push_pull_with_a_seed() -> None:
+    # Members joining at once each learn from the seed only those that joined before them;
+    # a second exchange shortly after brings the rest, instead of the next periodic one.
+    engine = make_engine()
+    engine.join([address_of(0), address_of(1)], 0.0)
+    first, second = engine.take_stream_requests()
+    reply = wire.PushPull([state("p0", 0, wire.NodeState.ALIVE)], join=True)
+    engine.stream_finished(first.stream_id, reply, 0.1)
+    engine.stream_finished(second.stream_id, None, 0.1, error="connection refused")
+    follow_up = []
+    while (deadline := engine.next_deadline()) is not None and deadline <= 2.5:
+        engine.tick(deadline)
+        for request in engine.take_stream_requests():  # TCP pings of the silent p0 too
+            sent = wire.StreamReader(engine.wire_options).receive_data(request.data)
+            if isinstance(sent, wire.PushPull):
+                follow_up.append((request.address, sent.join))
+    assert follow_up == [(address_of(0), False)]
+
+
+def test_a_failed_join_has_no_follow_up() -> None:
+    engine = make_engine()
+    engine.join([address_of(0)], 0.0)
+    (request,) = engine.take_stream_requests()
+    engine.stream_finished(request.stream_id, None, 0.1, error="connection refused")
+    while (deadline := engine.next_deadline()) is not None and deadline <= 2.5:
+        engine.tick(deadline)
+        for request in engine.take_stream_requests():
+            sent = wire.StreamReader(engine.wire_options).receive_data(request.data)
+            assert not isinstance(sent, wire.PushPull)
