@@ -27,126 +27,36 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import swim
+# Run as a file, this script's own directory comes first on sys.path; the agent code it
+# shares with its sibling is imported from the repository root, as ``benchmarks.agents``.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(swim.__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from benchmarks.agents import (
+    CLK_TCK,
+    Agent,
+    BenchError,
+    check_running,
+    cpu_ticks,
+    free_ports,
+    serf_version,
+    start_agent,
+    stop_all,
+)
+
 KINDS = ("shoal", "serf")
 PER = 30.0
 """CPU is reported per this many seconds."""
-STOP_WAIT = 15.0
-"""How long agents get to exit after SIGTERM (a shoal agent leaves gracefully, up to 7 s)."""
 UDP_HEADERS = 28
 """IPv4 header (no options) + UDP header, in bytes."""
-
-
-@dataclass
-class Agent:
-    kind: str
-    name: str
-    port: int
-    rpc_port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def rpc_addr(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message says what happened."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 for both TCP and UDP (an agent binds both),
-    found by binding port 0."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for _ in range(count * 20):
-            if len(ports) == count:
-                break
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(tcp)
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(udp)
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    if len(ports) < count:
-        raise BenchError(f"found only {len(ports)} of {count} free ports on 127.0.0.1")
-    return ports
-
-
-def agent_command(
-    args: argparse.Namespace, kind: str, name: str, *, port: int, rpc_port: int, join: str
-) -> list[str]:
-    """``swim agent`` or ``serf agent`` with the same flags."""
-    program = [sys.executable, "-m", "swim.cli"] if kind == "shoal" else [args.serf]
-    flags = [
-        "agent",
-        f"-node={name}",
-        f"-bind=127.0.0.1:{port}",
-        f"-rpc-addr=127.0.0.1:{rpc_port}",
-        f"-profile={args.profile}",
-        f"-encrypt={args.key}",
-    ]
-    return [*program, *flags, *([f"-join={join}"] if join else [])]
-
-
-def agent_env() -> dict[str, str]:
-    """The environment for a ``swim agent``: this checkout's ``swim`` first on the path, so the
-    agents run the code this script imported (installed or not)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def start_agent(
-    agents: list[Agent],
-    args: argparse.Namespace,
-    kind: str,
-    index: int,
-    *,
-    ports: tuple[int, int],
-    join: str,
-) -> Agent:
-    """Start one agent and add it to ``agents`` at once, so that it is stopped whatever
-    happens next."""
-    name = f"{kind}-{index:02d}"
-    port, rpc_port = ports
-    log = Path(args.log_dir) / f"{name}.log"
-    command = agent_command(args, kind, name, port=port, rpc_port=rpc_port, join=join)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=agent_env(),
-        )
-    agent = Agent(kind, name, port, rpc_port, process, log)
-    agents.append(agent)
-    return agent
 
 
 def members(agent: Agent, serf: str, timeout: float = 5.0) -> list[dict[str, object]] | None:
@@ -165,22 +75,6 @@ def members(agent: Agent, serf: str, timeout: float = 5.0) -> list[dict[str, obj
         return None
     listed = json.loads(done.stdout).get("members") or []
     return list(listed)
-
-
-def check_running(agents: Iterable[Agent]) -> None:
-    for agent in agents:
-        if agent.process.poll() is not None:
-            raise BenchError(
-                f"{agent.name} exited with status {agent.process.returncode}; "
-                f"its log ends:\n{tail(agent.log)}"
-            )
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
 
 
 def wait_until(
@@ -215,28 +109,6 @@ def not_converged(cluster: Sequence[Agent], serf: str) -> str | None:
             shown = ", ".join(f"{name} {status}" for name, status in sorted(statuses.items()))
             return f"{agent.name} shows {shown or 'nobody'}"
     return None
-
-
-def stop_all(agents: Sequence[Agent]) -> None:
-    """SIGTERM every agent, wait up to STOP_WAIT seconds in all, then SIGKILL and reap the
-    rest."""
-    for agent in agents:
-        if agent.process.poll() is None:
-            agent.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT
-    for agent in agents:
-        try:
-            agent.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            agent.process.kill()
-            agent.process.wait(timeout=10.0)
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the process, in clock ticks (all its threads)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def rss_mib(pid: int) -> float:
@@ -344,16 +216,6 @@ def traffic(
         tcp_packets=sum(p for p, _ in tcp) * scale,
         udp_per_node=[b / seconds for _, b in udp],
     )
-
-
-def serf_version(serf: str) -> str:
-    try:
-        done = subprocess.run(
-            [serf, "version"], check=False, capture_output=True, text=True, timeout=10.0
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    return done.stdout.splitlines()[0].strip() if done.stdout else "unknown"
 
 
 def ratio(ours: float, theirs: float) -> str:

@@ -33,9 +33,7 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,36 +44,27 @@ from pathlib import Path
 
 import trio
 
-import swim
 from swim.rpc import RpcClient, RpcConnectionError, RpcError
 
-REPO = Path(swim.__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Run as a file, this script's own directory comes first on sys.path; the agent code it
+# shares with its sibling is imported from the repository root, as ``benchmarks.agents``.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.agents import (
+    CLK_TCK,
+    Agent,
+    BenchError,
+    check_running,
+    cpu_ticks,
+    free_ports,
+    serf_version,
+    start_agent,
+    stop_all,
+)
+
 KINDS = ("serf", "shoal")
-STOP_WAIT = 15.0
-"""How long agents get to exit after SIGTERM (a shoal agent leaves gracefully, up to 7 s)."""
 SUSPECTED = re.compile(r"suspect (\S+) has failed, no acks received", re.IGNORECASE)
 DECLARED = re.compile(r"marking (\S+) as failed, suspect timeout reached", re.IGNORECASE)
-
-
-class BenchError(Exception):
-    """The run cannot go on; the message says what happened."""
-
-
-@dataclass
-class Agent:
-    kind: str
-    name: str
-    port: int
-    rpc_port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-    client: RpcClient | None = None
-    killed_at: float | None = None
-
-    @property
-    def rpc_addr(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
 
 
 @dataclass
@@ -121,112 +110,6 @@ class ClusterRecord:
     log_offsets: dict[str, int] = field(default_factory=dict)
     poll_rounds: list[float] = field(default_factory=list)
     """While detecting: the time from one poll round's start to the next one's."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 for both TCP and UDP (an agent binds both),
-    found by binding port 0."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for _ in range(count * 20):
-            if len(ports) == count:
-                break
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(tcp)
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            held.append(udp)
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    if len(ports) < count:
-        raise BenchError(f"found only {len(ports)} of {count} free ports on 127.0.0.1")
-    return ports
-
-
-def start_agent(
-    agents: list[Agent],
-    args: argparse.Namespace,
-    kind: str,
-    index: int,
-    *,
-    ports: tuple[int, int],
-    join: str,
-) -> Agent:
-    """Start ``swim agent`` or ``serf agent`` with the same flags, and add it to ``agents`` at
-    once, so that it is stopped whatever happens next."""
-    name = f"{kind}-{index:02d}"
-    port, rpc_port = ports
-    program = [sys.executable, "-m", "swim.cli"] if kind == "shoal" else [args.serf]
-    flags = [
-        "agent",
-        f"-node={name}",
-        f"-bind=127.0.0.1:{port}",
-        f"-rpc-addr=127.0.0.1:{rpc_port}",
-        f"-profile={args.profile}",
-        *([f"-encrypt={args.key}"] if args.key else []),
-        *([f"-join={join}"] if join else []),
-    ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    log = Path(args.log_dir) / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*program, *flags],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
-    agent = Agent(kind, name, port, rpc_port, process, log)
-    agents.append(agent)
-    return agent
-
-
-def stop_all(agents: Sequence[Agent]) -> None:
-    """SIGTERM every agent still running, wait up to STOP_WAIT seconds in all, then SIGKILL and
-    reap the rest."""
-    for agent in agents:
-        if agent.process.poll() is None:
-            agent.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT
-    for agent in agents:
-        try:
-            agent.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            agent.process.kill()
-            agent.process.wait(timeout=10.0)
-
-
-def check_running(agents: Iterable[Agent]) -> None:
-    for agent in agents:
-        if agent.killed_at is None and agent.process.poll() is not None:
-            raise BenchError(
-                f"{agent.name} exited with status {agent.process.returncode}; "
-                f"its log ends:\n{tail(agent.log)}"
-            )
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of the process, in clock ticks (all its threads)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
 
 
 async def connect_all(stack: AsyncExitStack, agents: Sequence[Agent], seconds: float) -> None:
@@ -512,16 +395,6 @@ def log_counts(record: ClusterRecord) -> tuple[int, int, int]:
                 suspected += 1
         declared += sum(1 for m in DECLARED.finditer(text) if m.group(1) not in killed)
     return suspected, declared, victims
-
-
-def serf_version(serf: str) -> str:
-    try:
-        done = subprocess.run(
-            [serf, "version"], check=False, capture_output=True, text=True, timeout=10.0
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    return done.stdout.splitlines()[0].strip() if done.stdout else "unknown"
 
 
 def ratio(ours: float | None, theirs: float | None) -> str:
