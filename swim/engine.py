@@ -8,9 +8,10 @@ The trio runtime and the simulator drive the same object; neither makes a protoc
 
 The rules follow memberlist 0.2.2 (``state.go``, ``net.go``); where memberlist is known to be
 wrong this engine does better: partitions heal through reconnect attempts to departed members
-and seeds, and short ones within seconds (a member that pings us while we hold it dead hears our
-verdict in the ack, and an accuser holding an accusation older than our incarnation is sent our
-current alive), left members are reaped and a node may rejoin after leaving, metadata over the
+and seeds, and short ones within seconds (a member that pings us while we suspect it or hold it dead
+hears our verdict in the ack, and an accuser holding an accusation older than our incarnation is
+sent our current alive), helpers nack within the requester's wait (Lifeguard's 80%; memberlist's
+nacks arrive after the probe ended and cost a healthy prober health), left members are reaped and a node may rejoin after leaving, metadata over the
 limit is an error, a restarted node may reclaim its name at a new address, a join is followed by
 a second push-pull with a seed (members joining at once learn of each other), and user
 broadcasts get a fair share of every packet.
@@ -58,6 +59,8 @@ COMPOUND_PART_OVERHEAD = 2
 """Bytes a compound spends on each part's length."""
 PUSH_PULL_SCALE_THRESHOLD = 32
 """Clusters larger than this push-pull less often (memberlist's ``pushPullScaleThreshold``)."""
+NACK_SHARE = 0.8
+"""A helper nacks after this share of the requester's remaining wait (Lifeguard's 80%)."""
 FOLLOW_UP_PROBES = 2
 """Probe intervals after a join at which the joiner push-pulls with one of its seeds again."""
 
@@ -70,6 +73,7 @@ _WIRE_STATE = {
 
 
 _REACHABLE = (MemberState.ALIVE, MemberState.SUSPECT)
+_ACCUSED = (MemberState.SUSPECT, MemberState.DEAD)
 
 
 class MetadataTooLarge(ValueError):
@@ -842,11 +846,12 @@ class Engine:
         destination = self._reply_address(ping.source_addr, ping.source_port, source)
         ack = wire.encode(wire.Ack(seq_no=ping.seq_no))
         pinger = self._nodes.get(ping.source_node)
-        if pinger is not None and pinger.state is MemberState.DEAD:
-            # A member we hold dead is up and reaches us, and does not know our verdict (it
-            # would have refuted it): tell it, as the buddy system tells a suspect, so that
-            # its refutation reaches us.  Otherwise only a push-pull would, which after a
-            # short partition can take tens of seconds.
+        if pinger is not None and pinger.state in _ACCUSED:
+            # A member we suspect or hold dead is up and reaches us, and has not refuted our
+            # verdict (its refutation was lost, or it never heard of the verdict): tell it, as
+            # the buddy system tells a suspect, so that its refutation, or its current alive,
+            # reaches us.  Otherwise only our own probe of it (once per round of the probe
+            # ring) or a push-pull would, which after a short partition takes tens of seconds.
             verdict = wire.Suspect(
                 incarnation=pinger.incarnation, node=pinger.name, from_node=self.name
             )
@@ -869,18 +874,38 @@ class Engine:
             ack = wire.encode(wire.Ack(seq_no=request.seq_no))
             self._send_with_piggyback(requester, ack, requester_node)
 
-        def expire() -> None:
-            self._ack_handlers.pop(seq_no, None)
-            if request.nack and not answered[0]:
+        def send_nack() -> None:
+            if not answered[0]:
                 nack = wire.encode(wire.Nack(seq_no=request.seq_no))
                 self._send_with_piggyback(requester, nack, requester_node)
 
+        def expire() -> None:
+            self._ack_handlers.pop(seq_no, None)
+
+        if request.nack:
+            self._schedule(self._now + self._nack_delay(), send_nack)
         timer = self._schedule(self._now + self.config.probe_timeout, expire)
         self._ack_handlers[seq_no] = (relay_ack, timer)
         target = _address(request.target, request.port)
         self._send_with_piggyback(
             target, wire.encode(self._ping(seq_no, request.node)), self._nodes.get(request.node)
         )
+
+    def _nack_delay(self) -> float:
+        """How long a helper waits for the target before it nacks.
+
+        The requester asked for help after ``probe_timeout`` and gives up ``probe_interval``
+        after its probe began, so a nack must land within the difference.  memberlist nacks
+        after a whole ``probe_timeout`` (0.5 s of a 0.5 s window on LAN): every nack came
+        too late, and a healthy member that probed a dead one lost a point of health per
+        helper.  Lifeguard's paper nacks at 80% of the timeout; this also keeps within the
+        window where the timeout is longer than what is left of it (WAN: 3 s of 2 s).
+        """
+        config = self.config
+        window = config.probe_interval - config.probe_timeout
+        if window <= 0:
+            return config.probe_timeout
+        return NACK_SHARE * min(config.probe_timeout, window)
 
     # ------------------------------------------------------------------ state rules
 

@@ -122,3 +122,15 @@ def test_members_joining_at_once_agree_within_seconds_on_the_local_profile(seed:
     cluster = Cluster(32, seed=seed, profile="local", start="join")
     agreed = cluster.run_until(lambda c: c.agreed(), limit=60.0, poll=0.05)
     assert agreed is not None and agreed < 5.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_probing_a_crashed_member_costs_healthy_members_no_health(seed: int) -> None:
+    # Helpers' nacks must reach the prober before its probe ends; memberlist's arrive just
+    # after, and about half the survivors here rose to health 3 for probing the dead member.
+    cluster = Cluster(16, seed=seed)
+    cluster.run_until(5.0)
+    cluster.crash("n3")
+    cluster.run_for(30.0)
+    for name in cluster.running():
+        assert max(score for _, score in cluster.health_timeline(name)) == 0, name

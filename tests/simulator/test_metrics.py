@@ -101,7 +101,7 @@ def test_a_spread_curve_says_when_a_fraction_was_never_reached() -> None:
 
 def test_health_scores_are_recorded_at_each_change() -> None:
     cluster = Cluster(6, seed=7)
-    cluster.schedule(faults.Crash(5.0, "n5"))
+    cluster.schedule(faults.Slow(5.0, "n5", delay=2.0))  # its own probes fail: health rises
     cluster.run_until(40.0)
     timelines = {name: cluster.health_timeline(name) for name in cluster.names()}
     assert all(timeline[0] == (0.0, 0) for timeline in timelines.values())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from swim import wire
 from swim.config import Config
 from swim.engine import Engine
@@ -198,10 +200,45 @@ def test_helper_sends_a_nack_when_the_target_is_silent() -> None:
         source=address_of(0),
     )
     engine.take_datagrams()
-    engine.tick(0.49)
+    # at 80% of what the requester has left to wait (0.5 s of its 1 s probe), so that the
+    # nack reaches it before its probe ends
+    engine.tick(0.39)
     assert sent_messages(engine, wire.Nack) == []
-    engine.tick(0.5)
+    engine.tick(0.4)
     assert sent_messages(engine, wire.Nack) == [(address_of(0), wire.Nack(seq_no=78))]
+
+
+def test_helper_relays_a_late_ack_after_its_nack_until_the_probe_timeout() -> None:
+    engine = make_engine(peers=2)
+    target = alive("p1", 1)
+    request = wire.IndirectPing(
+        seq_no=79, target=target.addr, port=target.port, node="p1", nack=True
+    )
+    feed(engine, 0.0, request, source=address_of(0))
+    ((_, ping),) = sent_messages(engine, wire.Ping)
+    engine.tick(0.4)
+    assert sent_messages(engine, wire.Nack) == [(address_of(0), wire.Nack(seq_no=79))]
+    feed(engine, 0.45, wire.Ack(seq_no=ping.seq_no), source=address_of(1))
+    assert sent_messages(engine, wire.Ack) == [(address_of(0), wire.Ack(seq_no=79))]
+
+
+@pytest.mark.parametrize("profile", ["lan", "wan", "local"])
+def test_a_nack_fits_in_what_the_requester_has_left_to_wait(profile: str) -> None:
+    config = Config.profile(profile, compression=False)
+    engine = make_engine(config, peers=2)
+    target = alive("p1", 1)
+    request = wire.IndirectPing(
+        seq_no=80, target=target.addr, port=target.port, node="p1", nack=True
+    )
+    feed(engine, 0.0, request, source=address_of(0))
+    engine.take_datagrams()
+    nacked_at = None
+    while (deadline := engine.next_deadline()) is not None and nacked_at is None:
+        engine.tick(deadline)
+        if sent_messages(engine, wire.Nack):
+            nacked_at = deadline
+    assert nacked_at is not None
+    assert config.probe_timeout + nacked_at < config.probe_interval
 
 
 def test_pings_for_another_name_are_ignored_and_others_answered() -> None:
@@ -212,11 +249,15 @@ def test_pings_for_another_name_are_ignored_and_others_answered() -> None:
     assert sent_messages(engine, wire.Ack) == [(address_of(0), wire.Ack(seq_no=6))]
 
 
-def test_a_ping_from_a_member_held_dead_is_answered_with_the_verdict() -> None:
-    # It is up and reaches us but never heard that we hold it dead (say, a short partition
-    # ended): the suspicion in the ack makes it refute, and its refutation reaches us.
+@pytest.mark.parametrize("verdict", [wire.Dead, wire.Suspect])
+def test_a_ping_from_a_member_held_dead_or_suspect_is_answered_with_the_verdict(
+    verdict: type[wire.Dead] | type[wire.Suspect],
+) -> None:
+    # It is up and reaches us but never heard of our verdict, or its refutation missed us
+    # (say, a short partition ended): the suspicion in the ack makes it refute (or tell us
+    # its newer incarnation), and that reaches us.
     engine = make_engine(peers=2)
-    feed(engine, 0.0, wire.Dead(incarnation=1, node="p0", from_node="p1"))
+    feed(engine, 0.0, verdict(incarnation=1, node="p0", from_node="p1"))
     engine.take_datagrams()
     ping = wire.Ping(seq_no=7, node="me", source_node="p0")
     feed(engine, 1.0, ping, source=address_of(0))
