@@ -7,14 +7,19 @@ Randomness comes from the ``random.Random`` it is given, so a seed fixes everyth
 The trio runtime and the simulator drive the same object; neither makes a protocol decision.
 
 The rules follow memberlist 0.2.2 (``state.go``, ``net.go``); where memberlist is known to be
-wrong this engine does better: partitions heal through reconnect attempts to departed members
-and seeds, and short ones within seconds (a member that pings us while we suspect it or hold it dead
-hears our verdict in the ack, and an accuser holding an accusation older than our incarnation is
-sent our current alive), helpers nack within the requester's wait (Lifeguard's 80%; memberlist's
-nacks arrive after the probe ended and cost a healthy prober health), left members are reaped and a node may rejoin after leaving, metadata over the
-limit is an error, a restarted node may reclaim its name at a new address, a join is followed by
-a second push-pull with a seed (members joining at once learn of each other), and user
-broadcasts get a fair share of every packet.
+wrong this engine does better:
+
+- partitions heal through reconnect attempts to departed members and seeds, and short ones
+  within seconds: a member that pings us while we suspect it or hold it dead hears our verdict
+  in the ack, and an accuser (or relayer) of an accusation older than our incarnation is sent
+  our current alive;
+- a join is followed by a second push-pull with a seed, so members joining at once learn of
+  each other;
+- helpers nack within the requester's wait (Lifeguard's 80%; memberlist's nacks arrive after
+  the probe ended and cost a healthy prober health);
+- left members are reaped and a node may rejoin after leaving, a restarted node may reclaim its
+  name at a new address, and metadata over the limit is an error;
+- user broadcasts get a fair share of every packet.
 """
 
 from __future__ import annotations
@@ -826,9 +831,9 @@ class Engine:
         elif isinstance(message, wire.Alive):
             self._on_alive(message)
         elif isinstance(message, wire.Suspect):
-            self._on_suspect(message)
+            self._on_suspect(message, source)
         elif isinstance(message, wire.Dead):
-            self._on_dead(message)
+            self._on_dead(message, source)
         elif isinstance(message, wire.User):
             self._events.append(UserMessage(message.payload, source))
         else:
@@ -1033,13 +1038,13 @@ class Engine:
         offset = self._rng.randrange(len(ring))
         ring[offset], ring[-1] = ring[-1], ring[offset]
 
-    def _on_suspect(self, suspect: wire.Suspect) -> None:
+    def _on_suspect(self, suspect: wire.Suspect, relayer: Address | None = None) -> None:
         node = self._nodes.get(suspect.node)
         if node is None:
             return
         if suspect.incarnation < node.incarnation:
             if node is self._me:
-                self._correct_accuser(suspect.from_node)
+                self._correct_accuser(suspect.from_node, relayer)
             return
         suspicion = self._suspicions.get(suspect.node)
         if suspicion is not None:
@@ -1110,13 +1115,13 @@ class Engine:
         if timer is not None:
             timer.active = False
 
-    def _on_dead(self, dead: wire.Dead) -> None:
+    def _on_dead(self, dead: wire.Dead, relayer: Address | None = None) -> None:
         node = self._nodes.get(dead.node)
         if node is None:
             return
         if dead.incarnation < node.incarnation:
             if node is self._me:
-                self._correct_accuser(dead.from_node)
+                self._correct_accuser(dead.from_node, relayer)
             return
         self._cancel_suspicion(dead.node)
         if node.state in (MemberState.DEAD, MemberState.LEFT):
@@ -1156,17 +1161,21 @@ class Engine:
     def _broadcast_alive(self) -> None:
         self._queue_broadcast(self._alive_message(), key=self.name)
 
-    def _correct_accuser(self, accuser: str) -> None:
-        """``accuser`` holds an accusation against us older than our incarnation: it missed
-        our refutation (lost, or gossiped while a partition cut it off), and memberlist does
-        not refute an old accusation again, so its suspicion would run out into a false
-        failure.  Send it our current alive directly."""
+    def _correct_accuser(self, accuser: str, relayer: Address | None) -> None:
+        """An accusation against us older than our incarnation: its author (and the member
+        that passed it on to us, if another) missed our refutation (lost, or gossiped while a
+        partition cut them off), and memberlist does not refute an old accusation again, so
+        their suspicion would run out into a false failure.  Send them our current alive."""
         if self._leaving or self._left:
             return
-        node = self._nodes.get(accuser)
-        if node is None or node is self._me or node.state not in _REACHABLE:
-            return
-        self._send_packet(node.address, [wire.encode(self._alive_message())], node)
+        told: set[Address] = set()
+        for name in (accuser, self._names_by_address.get(relayer) if relayer else None):
+            node = self._nodes.get(name) if name is not None else None
+            if node is None or node is self._me or node.state not in _REACHABLE:
+                continue
+            if node.address not in told:
+                told.add(node.address)
+                self._send_packet(node.address, [wire.encode(self._alive_message())], node)
 
     def _rejoin(self) -> None:
         """Come back after a leave: alive again, at a higher incarnation than the leave."""

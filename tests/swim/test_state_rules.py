@@ -64,6 +64,14 @@ def test_stale_accusations_are_not_refuted_but_the_accuser_is_told_our_incarnati
     assert engine.queued_broadcasts == queued  # told directly, not gossiped to everyone
 
 
+def test_the_member_that_relays_a_stale_accusation_is_told_too() -> None:
+    engine = make_engine(peers=3)
+    engine._me.incarnation = 9
+    feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p0"), source=address_of(2))
+    told = sorted(dst for dst, m in sent_messages(engine, wire.Alive) if m.node == "me")
+    assert told == [address_of(0), address_of(2)]
+
+
 def test_stale_accusations_from_strangers_or_while_leaving_get_no_answer() -> None:
     engine = make_engine(peers=3)
     engine._me.incarnation = 9
