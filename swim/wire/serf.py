@@ -161,49 +161,32 @@ def _udp_addr(value: object) -> _UDPAddr:
     return _UDPAddr() if value is None else structs.from_map(_UDPAddr, value)
 
 
-_TAGS = Kind(_member_tags, None)
-_LTIMES = Kind(_ltimes, None)
+def _sorted_map(value: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(sorted(value.items()))
+
+
+_TAGS = Kind(_member_tags, None, to_wire=_sorted_map)
+_LTIMES = Kind(_ltimes, None, to_wire=_sorted_map)
 _NAMES = Kind(_names, ())  # a []string that Go always sends non-nil
-_FLOATS = Kind(_floats, (), nil_when_empty=True)
+_FLOATS = Kind(_floats, (), nil_when_empty=True, to_wire=lambda vec: [float(x) for x in vec])
 _STATUS = Kind(_member_status, None)
-_EVENT_SLOTS = Kind(_event_slots, ())
-_EVENTS = Kind(_recent_events, (), nil_when_empty=True)
-_UDP_ADDR = Kind(_udp_addr, None)
+_EVENT_SLOTS = Kind(
+    _event_slots,
+    (),
+    to_wire=lambda slots: [None if s is None else structs.to_map(s) for s in slots],
+)
+_EVENTS = Kind(
+    _recent_events,
+    (),
+    nil_when_empty=True,
+    to_wire=lambda events: [structs.to_map(e) for e in events],
+)
+_UDP_ADDR = Kind(_udp_addr, None, to_wire=structs.to_map)
 
 
 def _pack(obj: object) -> bytes:
     packed: bytes = structs.pack(obj)  # typed here: msgpack has no annotations
     return packed
-
-
-def _sorted_map(value: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(sorted(value.items()))
-
-
-def _to_wire(obj: structs.Struct) -> dict[str, object]:
-    """``obj`` as the map go-msgpack writes, for structs :class:`StructCodec` cannot encode."""
-    wire: dict[str, object] = {}
-    for key, attr, kind, _ in obj.FIELDS:
-        value = getattr(obj, attr)
-        convert = _CONVERT.get(kind)
-        if convert is not None:
-            value = convert(value)
-        if kind.nil_when_empty and not value:
-            value = None
-        wire[key] = value
-    return wire
-
-
-_CONVERT: dict[Kind, Callable[[Any], object]] = {
-    FLOAT: float,
-    _FLOATS: lambda vec: [float(x) for x in vec],
-    _TAGS: _sorted_map,
-    _LTIMES: _sorted_map,
-    _EVENT_SLOTS: lambda slots: [None if s is None else _to_wire(s) for s in slots],
-    _EVENTS: lambda events: [_to_wire(e) for e in events],
-    _UDP_ADDR: _to_wire,
-}
-"""How a value of a nested kind becomes what msgpack packs (and every float a float64)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,7 +461,7 @@ class _RelayHeader:
 def encode_relay(dest_addr: bytes, dest_port: int, dest_name: str, inner: bytes) -> bytes:
     """A relay message asking the receiver to send ``inner`` on to ``dest_name``."""
     header = _RelayHeader(_UDPAddr(dest_addr, dest_port), dest_name)
-    return bytes((SerfMessageType.RELAY,)) + _pack(_to_wire(header)) + inner
+    return bytes((SerfMessageType.RELAY,)) + structs.pack_struct(header) + inner
 
 
 def decode_relay(data: bytes | bytearray | memoryview) -> Relay:
@@ -535,9 +518,9 @@ def encode_serf(message: SerfMessage) -> bytes:
     if codec is not None:
         return codec.encode(message)
     if isinstance(message, SerfPushPull):
-        return bytes((message.TYPE,)) + _pack(_to_wire(message))
+        return bytes((message.TYPE,)) + structs.pack_struct(message)
     if isinstance(message, ConflictResponse):
-        member = None if message.member is None else _to_wire(message.member)
+        member = None if message.member is None else structs.to_map(message.member)
         return bytes((message.TYPE,)) + _pack(member)
     if isinstance(message, Relay):
         return encode_relay(message.dest_addr, message.dest_port, message.dest_name, message.inner)
@@ -626,7 +609,7 @@ _COORDINATE = StructCodec(Coordinate, prefix=bytes((COORDINATE_VERSION,)))
 
 def encode_coordinate(coordinate: Coordinate) -> bytes:
     """An ack payload carrying ``coordinate``; every number is packed as a float64."""
-    return bytes((COORDINATE_VERSION,)) + _pack(_to_wire(coordinate))
+    return bytes((COORDINATE_VERSION,)) + structs.pack_struct(coordinate)
 
 
 def decode_coordinate(payload: bytes | bytearray | memoryview) -> Coordinate:

@@ -159,6 +159,9 @@ class Kind(NamedTuple):
     nil_when_empty: bool = False
     valid: str = ""
     """A condition over ``v`` that a value must meet to be encoded (empty: anything typed)."""
+    to_wire: Callable[[Any], object] | None = None
+    """What msgpack packs for a value, when not the value itself (nested structs, sorted maps,
+    tuples as lists, floats as float64)."""
 
 
 TEXT = Kind(_text, "", "v.decode() if type(v) is bytes else check(v)")
@@ -193,9 +196,9 @@ VSN = Kind(
     nil_when_empty=True,
     valid="len(v) == 6",
 )
-RAW_LIST = Kind(_raw_list, (), nil_when_empty=True)
-TEXT_LIST = Kind(_text_list, (), nil_when_empty=True)
-FLOAT = Kind(_float, 0.0, "v if type(v) is float else check(v)")
+RAW_LIST = Kind(_raw_list, (), nil_when_empty=True, to_wire=list)
+TEXT_LIST = Kind(_text_list, (), nil_when_empty=True, to_wire=list)
+FLOAT = Kind(_float, 0.0, "v if type(v) is float else check(v)", to_wire=float)
 
 
 class Field(NamedTuple):
@@ -230,6 +233,8 @@ class StructCodec(Generic[S]):
 
     encode: Callable[[S], bytes]
     """``prefix`` + the struct as go-msgpack writes it."""
+    to_map: Callable[[S], dict[str, object]]
+    """The map that :attr:`encode` packs, for a struct nested in another."""
     build: Callable[[object], S]
     """The struct from an already unpacked map (as a streaming unpacker yields it)."""
     decode: Callable[[bytes | bytearray | memoryview], S]
@@ -248,10 +253,13 @@ class StructCodec(Generic[S]):
         }
         name = cls.__name__
         order = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        enc = ["def encode(m):", "    d = {}"]
+        enc = ["    d = {}"]
         fetch, args = [], {}
         for i, (key, attr, kind, omitempty) in enumerate(cls.FIELDS):
-            value = f"list(m.{attr})" if kind in (RAW_LIST, TEXT_LIST) else f"m.{attr}"
+            value = f"m.{attr}"
+            if kind.to_wire is not None:
+                namespace[f"to_wire{i}"] = kind.to_wire
+                value = f"to_wire{i}(m.{attr})"
             if kind.valid:
                 condition = re.sub(r"\bv\b", f"m.{attr}", kind.valid)
                 enc.append(f"    if not ({condition}):")
@@ -265,7 +273,6 @@ class StructCodec(Generic[S]):
             namespace[f"check{i}"] = kind.check
             fetch.append(f"        v{i} = get({key.encode()!r})")
             args[attr] = re.sub(r"\bv\b", f"v{i}", kind.fast.replace("check(", f"check{i}("))
-        enc.append("    return prefix + pack(d)")
         construct = [
             "    if type(d) is not dict:",
             f"        raise DecodeError('{name}: expected a map, got ' + type(d).__name__)",
@@ -284,9 +291,12 @@ class StructCodec(Generic[S]):
             "    except Exception as exc:",
             f"        raise DecodeError('{name}: bad msgpack: ' + type(exc).__name__) from None",
         ]
-        source = "\n".join([*enc, "def build(d):", *construct, *dec, *construct])
+        encode = ["def encode(m):", *enc, "    return prefix + pack(d)"]
+        to_map = ["def to_map(m):", *enc, "    return d"]
+        source = "\n".join([*encode, *to_map, "def build(d):", *construct, *dec, *construct])
         exec(source, namespace)
         self.encode = namespace["encode"]
+        self.to_map = namespace["to_map"]
         self.build = namespace["build"]
         self.decode = namespace["decode"]
 
@@ -304,6 +314,11 @@ def _codec(cls: type[S]) -> StructCodec[S]:
 def pack_struct(obj: Struct) -> bytes:
     """``obj`` as msgpack bytes in go-msgpack's struct layout."""
     return _codec(type(obj)).encode(obj)
+
+
+def to_map(obj: Struct) -> dict[str, object]:
+    """``obj`` as the map go-msgpack writes, for nesting in another struct."""
+    return _codec(type(obj)).to_map(obj)
 
 
 def from_map(cls: type[S], decoded: object) -> S:
