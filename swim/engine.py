@@ -151,6 +151,7 @@ class _Timer:
 class _Probe:
     seq_no: int
     target: str
+    incarnation: int  # the target's when the probe began: a failure accuses only that one
     start: float
     end: float
     expected_nacks: int = 0
@@ -714,7 +715,7 @@ class Engine:
         self.stats.probes += 1
         interval = config.probe_interval * (self.stats.health_score + 1)
         self._seq_no += 1
-        probe = _Probe(self._seq_no, node.name, start=now, end=now + interval)
+        probe = _Probe(self._seq_no, node.name, node.incarnation, start=now, end=now + interval)
         self._probe = probe
         ping = wire.encode(self._ping(probe.seq_no, node.name))
         if node.state is MemberState.ALIVE or not config.lifeguard:
@@ -801,8 +802,10 @@ class Engine:
         node = self._nodes.get(probe.target)
         if node is not None:
             log.info("suspect %s has failed, no acks received", node.name)
+            # at the incarnation probed, as memberlist does: if the member refuted or came
+            # back at a new address meanwhile, the accusation is stale and changes nothing
             self._on_suspect(
-                wire.Suspect(incarnation=node.incarnation, node=node.name, from_node=self.name)
+                wire.Suspect(incarnation=probe.incarnation, node=node.name, from_node=self.name)
             )
 
     def _adjust_health(self, delta: int) -> None:

@@ -355,3 +355,20 @@ def test_a_rejoin_restarts_the_loops_instead_of_adding_more() -> None:
     probes = engine.stats.probes
     wakes_while_acking(engine, 20.0, 30.0)
     assert engine.stats.probes - probes == 10
+
+
+def test_a_failed_probe_accuses_only_the_incarnation_it_probed() -> None:
+    # The member refuted, or came back at a new address, while the probe ran: the probe's
+    # failure says nothing about the new incarnation (memberlist accuses the one it probed).
+    engine = make_engine(peers=1)
+    now, _ = run_until_probe(engine)
+    feed(engine, now + 0.1, alive("p0", 0, incarnation=2))
+    for _ in range(100):
+        deadline = engine.next_deadline()
+        if deadline is None or deadline > now + 1.5:
+            break
+        engine.tick(deadline)
+    assert engine.stats.probes == 1
+    p0 = engine.member("p0")
+    assert p0 is not None and p0.state is MemberState.ALIVE and p0.incarnation == 2
+    assert [e for e in engine.take_events() if isinstance(e, MemberSuspect)] == []
