@@ -549,8 +549,12 @@ class Engine:
     def _start_loops(self) -> None:
         """Start the periodic loops at random phases (again after a rejoin, replacing the
         old ones)."""
-        loops = (self._probe_timer, self._gossip_timer, self._push_pull_timer)
-        for timer in (*loops, self._reconnect_timer):
+        for timer in (
+            self._probe_timer,
+            self._gossip_timer,
+            self._push_pull_timer,
+            self._reconnect_timer,
+        ):
             if timer is not None:
                 timer.active = False
         self._gossip_timer = self._push_pull_timer = self._reconnect_timer = None
@@ -1285,39 +1289,28 @@ class Engine:
             self._versions_cache = (self._view_changes, alive, {n.vsn for n in nodes})
         _, local_alive, local_all = self._versions_cache
         alive_vsns = local_alive.union(s.vsn for s in remote if s.state is NodeState.ALIVE)
-        max_pmin = max((v[0] for v in alive_vsns), default=0)
-        min_pmax = min((v[1] for v in alive_vsns), default=255)
-        max_dmin = max((v[3] for v in alive_vsns), default=0)
-        min_dmax = min((v[4] for v in alive_vsns), default=255)
+        pmin = max((v[0] for v in alive_vsns), default=0)
+        pmax = min((v[1] for v in alive_vsns), default=255)
+        dmin = max((v[3] for v in alive_vsns), default=0)
+        dmax = min((v[4] for v in alive_vsns), default=255)
         if all(
-            max_pmin <= v[2] <= min_pmax and max_dmin <= v[5] <= min_dmax
+            pmin <= v[2] <= pmax and dmin <= v[5] <= dmax
             for v in local_all.union(s.vsn for s in remote)
         ):
             return None
-        return self._name_incompatible(remote)
-
-    def _name_incompatible(self, remote: list[wire.PushNodeState]) -> str | None:
-        """The first member whose versions are out of bounds, as memberlist reports it."""
-        max_pmin = max_dmin = 0
-        min_pmax = min_dmax = 255
-        alive_vsns = [s.vsn for s in remote if s.state is NodeState.ALIVE]
-        alive_vsns += [n.vsn for n in self._nodes.values() if n.state is MemberState.ALIVE]
-        for vsn in alive_vsns:
-            max_pmin, min_pmax = max(max_pmin, vsn[0]), min(min_pmax, vsn[1])
-            max_dmin, min_dmax = max(max_dmin, vsn[3]), min(min_dmax, vsn[4])
+        # the first member out of bounds, in memberlist's order: theirs, then ours
         named = [(s.name, s.vsn) for s in remote] + [(n.name, n.vsn) for n in self._nodes.values()]
         for name, vsn in named:
-            if not max_pmin <= vsn[2] <= min_pmax:
+            if not pmin <= vsn[2] <= pmax:
                 return (
-                    f"node {name!r} protocol version ({vsn[2]}) is incompatible: "
-                    f"[{max_pmin}, {min_pmax}]"
+                    f"node {name!r} protocol version ({vsn[2]}) is incompatible: [{pmin}, {pmax}]"
                 )
-            if not max_dmin <= vsn[5] <= min_dmax:
+            if not dmin <= vsn[5] <= dmax:
                 return (
                     f"node {name!r} delegate protocol version ({vsn[5]}) is incompatible: "
-                    f"[{max_dmin}, {min_dmax}]"
+                    f"[{dmin}, {dmax}]"
                 )
-        return None
+        raise AssertionError("a version out of bounds belongs to some member")
 
     def _open_push_pull(
         self, address: Address, *, join: bool, purpose: str, join_op: _Join | None = None
