@@ -91,8 +91,7 @@ class Refusal:
 
 def frame(body: Mapping[str, Any]) -> bytes:
     """One message on the wire: length, then msgpack."""
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return _LENGTH.pack(len(packed)) + packed
+    return FrameSeal(None).frame(body, Direction.REQUEST)
 
 
 class Direction(enum.Enum):
@@ -122,11 +121,10 @@ class FrameSeal:
 
     def frame(self, body: Mapping[str, Any], direction: Direction) -> bytes:
         """``body`` as one frame going ``direction``: packed, then sealed with the keyring."""
-        if self.keyring is None:
-            return frame(body)
         packed: bytes = msgpack.packb(body, use_bin_type=True)
-        sealed = self.keyring.encrypt(packed, self._aad(direction))
-        return _LENGTH.pack(len(sealed)) + sealed
+        if self.keyring is not None:
+            packed = self.keyring.encrypt(packed, self._aad(direction))
+        return _LENGTH.pack(len(packed)) + packed
 
     def open(self, body: bytes, direction: Direction) -> bytes:
         """The msgpack in the ``body`` of a frame going ``direction``; :class:`ProtocolError`
