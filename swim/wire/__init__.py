@@ -28,7 +28,13 @@ from swim.wire.messages import (
     encode,
     make_compounds,
 )
-from swim.wire.packet import WireOptions, decode_packet, encode_packet
+from swim.wire.packet import (
+    ReplayedPacket,
+    ReplayFilter,
+    WireOptions,
+    decode_packet,
+    encode_packet,
+)
 from swim.wire.stream import (
     PushPull,
     StreamMessage,
@@ -58,6 +64,8 @@ __all__ = [
     "PushNodeState",
     "PushPull",
     "PushPullHeader",
+    "ReplayFilter",
+    "ReplayedPacket",
     "StreamMessage",
     "StreamReader",
     "Suspect",

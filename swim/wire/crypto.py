@@ -27,6 +27,7 @@ __all__ = [
     "decode_key",
     "encode_key",
     "encrypted_length",
+    "nonce_of",
 ]
 
 ENCRYPTION_VERSION = 1
@@ -53,6 +54,11 @@ def encrypted_length(version: int, plaintext_len: int) -> int:
         raise ValueError(f"plaintext length must not be negative, got {plaintext_len}")
     padding = _BLOCK_SIZE - plaintext_len % _BLOCK_SIZE if version == 0 else 0
     return _VERSION_SIZE + _NONCE_SIZE + plaintext_len + padding + _TAG_SIZE
+
+
+def nonce_of(payload: bytes) -> bytes:
+    """The nonce of a payload that :meth:`Keyring.decrypt` accepted."""
+    return payload[_VERSION_SIZE : _VERSION_SIZE + _NONCE_SIZE]
 
 
 def _validate_key(key: _Bytes) -> bytes:

@@ -7,7 +7,17 @@ MAX_STREAM_BYTES = 20 * 1024 * 1024
 """Largest stream payload we accept (memberlist's ``maxPushStateBytes``)."""
 
 MAX_DECOMPRESSED_BYTES = 40 * 1024 * 1024
-"""Largest output of one decompression (upstream memberlist's ``maxDecompressedBytes``)."""
+"""Largest output of one decompression in a stream (upstream memberlist's
+``maxDecompressedBytes``)."""
+
+MAX_PACKET_DECOMPRESSED_BYTES = MAX_PACKET_BYTES
+"""Largest output of decompressing one datagram.  A sender compresses a packet it built to fit
+its UDP buffer (at most a datagram), so anything larger is a bomb, refused after a few hundred
+codes instead of tens of megabytes."""
+
+MAX_PUSH_STATES = 1 << 20
+"""Most member states one push-pull may announce (upstream memberlist's ``maxPushStateNodes``);
+a node lowers it to the most members it holds."""
 
 MAX_COMPOUND_PARTS = 255
 """A compound message counts its parts in one byte."""

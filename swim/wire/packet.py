@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from swim.wire import lzw
-from swim.wire.crypto import Keyring
+from swim.wire.crypto import Keyring, nonce_of
 from swim.wire.errors import DecodeError, EncodeError
 from swim.wire.limits import (
     MAX_COMPOUND_PARTS,
     MAX_DECOMPRESSED_BYTES,
     MAX_NESTING,
     MAX_PACKET_BYTES,
+    MAX_PACKET_DECOMPRESSED_BYTES,
+    MAX_PUSH_STATES,
 )
 from swim.wire.messages import (
     Compress,
@@ -61,6 +63,8 @@ class WireOptions:
     compress: bool = False
     verify_incoming: bool = True
     verify_outgoing: bool = True
+    max_push_states: int = MAX_PUSH_STATES
+    """A push-pull announcing more member states is refused before any of them is read."""
 
     def __post_init__(self) -> None:
         if len(self.label) > 255:
@@ -164,23 +168,64 @@ def encode_packet(messages: Sequence[bytes], options: WireOptions, *, crc: bool 
     return add_label(options.label, payload)
 
 
-def decode_packet(data: bytes, options: WireOptions) -> list[Message]:
-    """Every message in one datagram, or :class:`DecodeError` if any layer or part is bad."""
+class ReplayedPacket(DecodeError):
+    """An encrypted datagram whose nonce was seen recently: a copy of one already accepted."""
+
+
+class ReplayFilter:
+    """The nonces of the last ``capacity`` encrypted datagrams accepted, to refuse exact replays.
+
+    memberlist accepts a captured encrypted ping or ack however often it is sent again; every
+    sender draws a fresh random nonce per datagram, so a nonce seen twice means a replay.  The
+    window is bounded: a replay older than ``capacity`` datagrams is no longer recognised.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a replay filter needs a capacity of at least 1, got {capacity}")
+        self._capacity = capacity
+        self._seen: dict[bytes, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def first_sighting(self, nonce: bytes) -> bool:
+        """Record ``nonce``; False when it is among the recent ones already."""
+        seen = self._seen
+        if nonce in seen:
+            return False
+        if len(seen) >= self._capacity:
+            del seen[next(iter(seen))]
+        seen[nonce] = None
+        return True
+
+
+def decode_packet(
+    data: bytes, options: WireOptions, replays: ReplayFilter | None = None
+) -> list[Message]:
+    """Every message in one datagram, or :class:`DecodeError` if any layer or part is bad.
+
+    With ``replays``, an encrypted datagram whose nonce it has seen raises
+    :class:`ReplayedPacket`; its nonce is recorded only once the datagram authenticates.
+    """
     if len(data) > MAX_PACKET_BYTES:
         raise DecodeError(f"packet of {len(data)} bytes exceeds {MAX_PACKET_BYTES}")
     if options.label or data[:1] == _LABEL_BYTE:
         data = check_label(options, data)
     if options.keyring is not None:
         try:
-            data = options.keyring.decrypt(data, options.label)
+            sealed, data = data, options.keyring.decrypt(data, options.label)
         except DecodeError:
             if options.verify_incoming:
                 raise
+        else:
+            if replays is not None and not replays.first_sighting(nonce_of(sealed)):
+                raise ReplayedPacket("replayed: this encrypted datagram was accepted before")
     if data[:1] == _CRC_BYTE:
         data = check_crc(data)
     if data[:1] in _CONTAINERS:
         out: list[Message] = []
-        _unfold(data, out, 0, [MAX_DECOMPRESSED_BYTES])
+        _unfold(data, out, 0, [MAX_PACKET_DECOMPRESSED_BYTES])
         return out
     return [decode(data)]
 

@@ -31,9 +31,6 @@ from swim.wire.messages import (
 )
 from swim.wire.packet import WireOptions, add_label, check_label, compress_message
 
-MAX_PUSH_NODES = 1 << 20
-"""Most node states one push-pull may announce (upstream memberlist's ``maxPushStateNodes``)."""
-
 
 @dataclass(slots=True)
 class PushPull:
@@ -101,7 +98,8 @@ def seal_stream(body: bytes, options: WireOptions) -> bytes:
 class _PlainParser:
     """Parses one plaintext stream message from bytes fed in pieces."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_states: int) -> None:
+        self._max_states = max_states
         self._unpacker = structs.unpacker(max_bytes)
         self._raw = bytearray()  # every byte after the type byte, to slice raw trailers from
         self._kind = -1
@@ -145,7 +143,11 @@ class _PlainParser:
         # push-pull: header, node states, then the user state
         if self._header is None:
             self._header = _HEADER_CODEC.build(unpack())
-            _check_length("push-pull node count", self._header.nodes, MAX_PUSH_NODES)
+            if not 0 <= self._header.nodes <= self._max_states:
+                raise DecodeError(
+                    f"stream: the push-pull announces {self._header.nodes} members, over the "
+                    f"{self._max_states} this node holds at most"
+                )
             _check_length("push-pull user state", self._header.user_state_len, MAX_STREAM_BYTES)
         assert isinstance(self._header, PushPullHeader)
         while len(self._states) < self._header.nodes:
@@ -172,8 +174,8 @@ def _check_length(what: str, value: int, limit: int) -> None:
         raise DecodeError(f"stream: {what} {value} outside 0..{limit}")
 
 
-def _parse_complete(data: bytes, max_bytes: int) -> StreamMessage:
-    message = _PlainParser(max_bytes).feed(data)
+def _parse_complete(data: bytes, max_bytes: int, max_states: int) -> StreamMessage:
+    message = _PlainParser(max_bytes, max_states).feed(data)
     if message is None:
         raise DecodeError("stream: truncated message")
     return message
@@ -254,7 +256,7 @@ class StreamReader:
         if kind == MessageType.COMPRESS:
             self._compressed = structs.unpacker()
             return self._feed_compressed(data[1:])
-        self._plain = _PlainParser(MAX_STREAM_BYTES)
+        self._plain = _PlainParser(MAX_STREAM_BYTES, self._options.max_push_states)
         return self._plain.feed(data)
 
     def _feed_compressed(self, data: bytes) -> StreamMessage | None:
@@ -267,7 +269,8 @@ class StreamReader:
             return None
         except Exception as exc:  # msgpack's many error types for malformed input
             raise DecodeError(f"stream: bad msgpack: {type(exc).__name__}") from None
-        return _parse_complete(_inflate(_COMPRESS_CODEC.build(decoded)), MAX_DECOMPRESSED_BYTES)
+        inflated = _inflate(_COMPRESS_CODEC.build(decoded))
+        return _parse_complete(inflated, MAX_DECOMPRESSED_BYTES, self._options.max_push_states)
 
     def _decrypt(self) -> StreamMessage | None:
         buffer = self._buffer
@@ -286,7 +289,7 @@ class StreamReader:
         )
         if plain[:1] == bytes((MessageType.COMPRESS,)):
             plain = _inflate(_COMPRESS_CODEC.decode(plain))
-        return _parse_complete(plain, MAX_DECOMPRESSED_BYTES)
+        return _parse_complete(plain, MAX_DECOMPRESSED_BYTES, self._options.max_push_states)
 
 
 _COMPRESS_CODEC = structs.StructCodec(Compress, prefix=b"\x09")

@@ -35,7 +35,14 @@ from swim.wire.messages import (
     encode,
     encode_compound,
 )
-from swim.wire.packet import MAX_MESSAGES_PER_PACKET, WireOptions, decode_packet, encode_packet
+from swim.wire.packet import (
+    MAX_MESSAGES_PER_PACKET,
+    ReplayedPacket,
+    ReplayFilter,
+    WireOptions,
+    decode_packet,
+    encode_packet,
+)
 from tests.wire import strategies as s
 from tests.wire.strategies import KEY, LABEL, OTHER_KEY, keyring
 
@@ -477,3 +484,53 @@ def test_version_0_encryption_from_protocol_1_peers_is_accepted() -> None:
     sealed = AESGCM(KEY).encrypt(nonce, plain + bytes((pad,)) * pad, None)
     packet = b"\x00" + nonce + sealed
     assert decode_packet(packet, WireOptions(keyring=keyring())) == GO_COMPOUND_MESSAGES
+
+
+# ---------------------------------------------------------------------------------------------
+# Replays of encrypted datagrams
+
+
+def test_an_exact_replay_of_an_encrypted_datagram_is_refused() -> None:
+    options = WireOptions(keyring=keyring(), label=LABEL)
+    replays = ReplayFilter(16)
+    ping = encode_packet([encode(Ping(seq_no=7))], options)
+    assert decode_packet(ping, options, replays) == [Ping(seq_no=7)]
+    with pytest.raises(ReplayedPacket, match="replayed"):
+        decode_packet(ping, options, replays)
+    # the same message sealed again carries a fresh nonce: not a replay
+    assert decode_packet(encode_packet([encode(Ping(seq_no=7))], options), options, replays)
+
+
+def test_a_forgery_cannot_spend_a_nonce_before_its_datagram_arrives() -> None:
+    """Nonces are recorded only for datagrams that authenticate, so junk bearing the nonce of
+    a datagram still on its way does not get that datagram refused."""
+    options = WireOptions(keyring=keyring())
+    replays = ReplayFilter(16)
+    ping = encode_packet([encode(Ping(seq_no=1))], options)
+    forged = ping[:13] + bytes(len(ping) - 13)
+    with pytest.raises(DecodeError) as refused:
+        decode_packet(forged, options, replays)
+    assert not isinstance(refused.value, ReplayedPacket)
+    assert decode_packet(ping, options, replays) == [Ping(seq_no=1)]
+
+
+def test_the_replay_window_is_bounded_and_forgets_the_oldest() -> None:
+    options = WireOptions(keyring=keyring())
+    replays = ReplayFilter(3)
+    packets = [encode_packet([encode(Ping(seq_no=i))], options) for i in range(5)]
+    for packet in packets:
+        decode_packet(packet, options, replays)
+    assert len(replays) == 3
+    assert decode_packet(packets[0], options, replays) == [Ping(seq_no=0)]  # out of the window
+    with pytest.raises(ReplayedPacket):
+        decode_packet(packets[4], options, replays)
+
+
+def test_plaintext_accepted_while_migrating_is_not_replay_checked() -> None:
+    """With verify_incoming off, plaintext has no nonce to remember: it passes as before."""
+    options = WireOptions(keyring=keyring(), verify_incoming=False)
+    replays = ReplayFilter(4)
+    plain = encode_packet([encode(Ping(seq_no=3))], WireOptions())
+    assert decode_packet(plain, options, replays) == [Ping(seq_no=3)]
+    assert decode_packet(plain, options, replays) == [Ping(seq_no=3)]
+    assert len(replays) == 0

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from swim.wire import lzw
 from swim.wire.errors import DecodeError
-from swim.wire.limits import MAX_DECOMPRESSED_BYTES, MAX_STREAM_BYTES
+from swim.wire.limits import MAX_PACKET_DECOMPRESSED_BYTES, MAX_STREAM_BYTES
 from swim.wire.messages import (
     Compress,
     Message,
@@ -317,14 +317,23 @@ def test_bomb_behind_crc_encryption_and_label_is_refused() -> None:
         refused(decode_packet, packet, options)
 
 
+def test_a_datagram_bomb_is_refused_at_the_size_of_a_datagram() -> None:
+    """A sender compresses a packet it built to fit a datagram, so the budget is a datagram's
+    size: a bomb costs a few hundred codes of work, not 40 MiB of output."""
+    packet = compress_bomb(b"\x08", 64 * MiB)
+    with pytest.raises(DecodeError, match=f"exceeds {MAX_PACKET_DECOMPRESSED_BYTES} bytes"):
+        decode_packet(packet, WireOptions())
+
+
 def test_compound_of_bombs_shares_one_budget() -> None:
     """Each part alone is under the limit; together they are not."""
-    part = compress_bomb(b"\x08", 8 * MiB - 16)
-    count = MAX_DECOMPRESSED_BYTES // (8 * MiB) + 1
+    part_size = MAX_PACKET_DECOMPRESSED_BYTES // 8
+    part = compress_bomb(b"\x08", part_size - 16)
+    count = MAX_PACKET_DECOMPRESSED_BYTES // part_size + 1
     packet = encode_compound([part] * count)
     assert len(packet) < 65_536
     assert decode_packet(encode_compound([part] * (count - 1)), WireOptions()) == [
-        User(bytes(8 * MiB - 16))
+        User(bytes(part_size - 16))
     ] * (count - 1)
     with bounded(megabytes=100):
         refused(decode_packet, packet, WireOptions())
@@ -366,10 +375,10 @@ def test_compress_expanding_to_a_huge_compound_is_refused() -> None:
         refused(decode_packet, packet, WireOptions())
 
 
-def test_accepted_packet_near_the_limit_stays_within_twice_the_limit() -> None:
-    size = MAX_DECOMPRESSED_BYTES - 16
+def test_accepted_packet_near_the_limit_is_decoded_within_a_megabyte() -> None:
+    size = MAX_PACKET_DECOMPRESSED_BYTES - 16
     packet = compress_bomb(b"\x08", size - 1)
-    with bounded(megabytes=2.5 * MAX_DECOMPRESSED_BYTES / 1e6):
+    with bounded(megabytes=1):
         messages = decode_packet(packet, WireOptions())
     assert [len(m.payload) for m in messages if isinstance(m, User)] == [size - 1]
 
@@ -391,10 +400,10 @@ def test_stream_compress_bomb_is_refused(option: str) -> None:
 def test_a_compress_inside_a_compress_is_refused() -> None:
     """memberlist compresses a packet once; accepting nested compression would let a 20 KB
     packet cost 255 full LZW decodes (seconds of CPU), so it is refused before any of them."""
-    inner = encode(Compress(buf=slow_lzw(b"\x08", 43_000)))
-    assert len(inner) < 65_536
-    packet = encode(Compress(buf=lzw_sparse(encode_compound([inner] * 255))))
-    assert len(packet) < 32_768
+    inner = encode(Compress(buf=slow_lzw(b"\x08", 2_000)))
+    compound = encode_compound([inner] * 16)
+    assert len(compound) < MAX_PACKET_DECOMPRESSED_BYTES
+    packet = encode(Compress(buf=lzw_sparse(compound)))
     with pytest.raises(DecodeError, match="inside a compressed message"):
         decode_packet(packet, WireOptions())
 

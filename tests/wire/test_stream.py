@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from swim.wire import lzw
 from swim.wire.errors import DecodeError, EncodeError
-from swim.wire.limits import MAX_STREAM_BYTES
+from swim.wire.limits import MAX_PUSH_STATES, MAX_STREAM_BYTES
 from swim.wire.messages import (
     Ack,
     Compress,
@@ -35,7 +35,6 @@ from swim.wire.messages import (
 )
 from swim.wire.packet import WireOptions
 from swim.wire.stream import (
-    MAX_PUSH_NODES,
     PushPull,
     StreamMessage,
     StreamReader,
@@ -393,7 +392,7 @@ def _header(**fields: bytes) -> bytes:
     "header",
     [
         _header(Nodes=packed(-1)),
-        _header(Nodes=packed(MAX_PUSH_NODES + 1)),
+        _header(Nodes=packed(MAX_PUSH_STATES + 1)),
         _header(Nodes=packed(2**40)),
         _header(Nodes=packed(2**63 - 1)),
         _header(UserStateLen=packed(-1)),
@@ -581,3 +580,16 @@ def test_version_0_encrypted_stream_is_accepted() -> None:
     wire = header + b"\x00" + nonce + sealed
     expected = PushPull(states=[GO_NODE_STATE], join=True)
     assert read_whole(wire, WireOptions(keyring=keyring())) == expected
+
+
+def test_a_push_pull_announcing_more_members_than_allowed_is_refused_before_its_states() -> None:
+    """The count comes first: a flood of member states costs nothing to refuse."""
+    options = WireOptions(max_push_states=2)
+    states = [s.GO_LIKE_PUSH_PULL.states[0]] * 3
+    data = encode_stream(PushPull(states), WireOptions())
+    header_only = data[: len(encode(PushPullHeader(3, 0, False)))]
+    with pytest.raises(DecodeError, match="announces 3 members, over the 2"):
+        StreamReader(options).receive_data(header_only)
+    assert StreamReader(options).receive_data(
+        encode_stream(PushPull(states[:2]), WireOptions())
+    ) == PushPull(states[:2])
