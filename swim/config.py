@@ -89,6 +89,22 @@ class Config:
     """How long a leave waits for its broadcast to go out."""
     isolation_timeout: float = 10.0
     """Silence from every peer for this long makes a node report itself isolated."""
+    max_members: int = 50_000
+    """The most members this node holds, itself included; news of more is refused and
+    logged, so that a flood of fake members cannot take its memory.  A push-pull announcing
+    more is refused whole.  Raise it on every node of a larger cluster."""
+    max_new_members_per_message: int = 32
+    """How many members one datagram, or one push-pull that a peer opens, may introduce (a
+    full gossip packet holds fewer); the rest arrive later by gossip or push-pull.  The reply
+    to a push-pull this node opens, a join's among them, is not limited."""
+    trust_strangers: bool = False
+    """Take news of new members from any address.  By default a datagram from an address that
+    is no member's may introduce only its sender, so that a host outside the cluster cannot
+    fill it with fake members; turn this on behind NAT, where members' datagrams come from
+    addresses other than those they advertise."""
+    replay_window: int = 16_384
+    """How many recent encrypted datagrams are remembered so that an exact replay of one is
+    refused (memberlist accepts replays); 0 turns the check off."""
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -216,6 +232,10 @@ _RANGES: dict[str, tuple[type, float, float | None]] = {
     "user_broadcast_share": (float, 0.0, 1.0),
     "leave_timeout": (float, 0.0, HOUR),
     "isolation_timeout": (float, 0.001, None),
+    "max_members": (int, 1, None),
+    "max_new_members_per_message": (int, 1, None),
+    "trust_strangers": (bool, 0, 1),
+    "replay_window": (int, 0, 1 << 24),
 }
 
 

@@ -24,6 +24,7 @@ wrong this engine does better:
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import logging
@@ -51,9 +52,11 @@ from swim.events import (
     Reconnected,
     UserMessage,
 )
-from swim.members import Address, Member, MemberState, RandomSet, ip_bytes
+from swim.logs import Throttle, held_back, printable
+from swim.members import Address, Member, MemberState, RandomSet, ip_bytes, name_problem
 from swim.suspicion import Suspicion, suspicion_bounds
 from swim.wire import DecodeError, NodeState
+from swim.wire.limits import DEFAULT_META_MAX_BYTES
 from swim.wire.messages import make_compounds
 
 log = logging.getLogger("swim.engine")
@@ -68,6 +71,9 @@ NACK_SHARE = 0.8
 """A helper nacks after this share of the requester's remaining wait (Lifeguard's 80%)."""
 FOLLOW_UP_PROBES = 2
 """Probe intervals after a join at which the joiner push-pulls with one of its seeds again."""
+MERGE_SLICE = 256
+"""Member states merged at once; a larger push-pull is merged a slice per :meth:`Engine.tick`,
+so that probes, acks and timers are served between slices instead of after all of them."""
 
 _WIRE_STATE = {
     MemberState.ALIVE: NodeState.ALIVE,
@@ -121,6 +127,8 @@ class Stats:
     bytes_out: int = 0
     decode_errors: int = 0
     dropped_packets: int = 0
+    replays_refused: int = 0
+    members_refused: int = 0
     health_score: int = 0
 
 
@@ -177,6 +185,15 @@ class _PendingStream:
     probe: _Probe | None = None
 
 
+@dataclass(slots=True, eq=False)
+class _Merge:
+    """A peer's push-pull state being merged, a slice at a time."""
+
+    remote: wire.PushPull
+    admissions: int  # how many members it may still introduce
+    position: int = 0
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _address(raw: bytes, port: int) -> Address:
     """The socket address for a wire address (4 or 16 bytes), one shared tuple per address
@@ -200,8 +217,9 @@ class Engine:
         local_state: Callable[[bool], bytes] | None = None,
         merge_remote_state: Callable[[bytes, bool], None] | None = None,
     ) -> None:
-        if not name:
-            raise ValueError("a node needs a non-empty name")
+        problem = name_problem(name)
+        if problem is not None:
+            raise ValueError(f"cannot use {printable(name)!r:.80} as a node name: {problem}")
         self.check_meta(meta, config)
         self.name = name
         self.config = config
@@ -211,7 +229,18 @@ class Engine:
             compress=config.compression,
             verify_incoming=config.verify_incoming,
             verify_outgoing=config.verify_outgoing,
+            max_push_states=config.max_members,
         )
+        self._replays = (
+            wire.ReplayFilter(config.replay_window)
+            if keyring is not None and config.replay_window
+            else None
+        )
+        self._peer_meta_max_size = config.meta_max_size + DEFAULT_META_MAX_BYTES
+        self._admissions = 0  # new members the input being handled may still introduce
+        self._introducer: Address | None = None  # when set: the one address it may introduce
+        self._merges: collections.deque[_Merge] = collections.deque()
+        self._throttle = Throttle()
         self.stats = Stats()
         self._rng = rng
         self._now = now
@@ -303,6 +332,8 @@ class Engine:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must be called next, or None when nothing is scheduled."""
+        if self._merges:
+            return self._now
         timers = self._timers
         while timers and not timers[0][2].active:
             heapq.heappop(timers)
@@ -400,7 +431,12 @@ class Engine:
         reported = len(self._events)
         self._assuming_converged = True
         try:
-            merged = self._merge(wire.PushPull(list(members), b"", False), self._me.address)
+            merged = self._merge(
+                wire.PushPull(list(members), b"", False),
+                self._me.address,
+                admissions=self.config.max_members,
+                sliced=False,
+            )
         finally:
             self._assuming_converged = False
         del self._events[reported:]
@@ -464,7 +500,7 @@ class Engine:
     # ------------------------------------------------------------------ inputs
 
     def tick(self, now: float) -> None:
-        """Run every timer due by ``now``."""
+        """Run every timer due by ``now``, and merge the next slice of a large push-pull."""
         self._now = max(self._now, now)  # _advance, inline on the hottest paths
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -472,6 +508,8 @@ class Engine:
             if timer.active:
                 timer.active = False
                 timer.action()
+        if self._merges:
+            self._merge_slice()
 
     def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
         """Handle one datagram; bad ones are dropped and counted, never raised."""
@@ -479,7 +517,11 @@ class Engine:
         self.stats.packets_in += 1
         self.stats.bytes_in += len(data)
         try:
-            messages = wire.decode_packet(data, self.wire_options)
+            messages = wire.decode_packet(data, self.wire_options, self._replays)
+        except wire.ReplayedPacket:
+            self.stats.replays_refused += 1
+            self.stats.dropped_packets += 1
+            return
         except DecodeError as exc:
             self.stats.decode_errors += 1
             self.stats.dropped_packets += 1
@@ -488,8 +530,12 @@ class Engine:
         self._last_contact = self._now
         if self._isolated_since is not None:
             self._contact()
+        self._admissions = self.config.max_new_members_per_message
+        trusted = self.config.trust_strangers or source in self._names_by_address
+        self._introducer = None if trusted else source
         for message in messages:
             self._dispatch(message, source)
+        self._introducer = None
 
     def handle_stream(
         self, message: wire.StreamMessage, source: Address, now: float
@@ -500,7 +546,7 @@ class Engine:
         self._contact()
         if isinstance(message, wire.PushPull):
             reply = wire.seal_stream(self._push_pull_body(message.join), self.wire_options)
-            self._merge(message, source)
+            self._merge(message, source, admissions=self.config.max_new_members_per_message)
             return reply
         if isinstance(message, wire.Ping):
             if message.node and message.node != self.name:
@@ -969,9 +1015,19 @@ class Engine:
         if vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1] or len(alive.addr) not in (4, 16):
             self.stats.dropped_packets += 1
             return
+        if len(alive.meta) > self._peer_meta_max_size:
+            self._refuse_member(
+                "metadata",
+                alive.node,
+                f"its metadata is {len(alive.meta)} bytes, over the "
+                f"{self._peer_meta_max_size} accepted from peers",
+            )
+            return
         node = self._nodes.get(alive.node)
         takes_over = False
         if node is None:
+            if not self._admit(alive):
+                return
             node = _Node(
                 name=alive.node,
                 addr=alive.addr,
@@ -1037,6 +1093,54 @@ class Engine:
                 self._events.append(MemberUpdated(node.snapshot(), old_meta))
         elif old_meta != node.meta:
             self._events.append(MemberUpdated(node.snapshot(), old_meta))
+
+    def _admit(self, alive: wire.Alive) -> bool:
+        """Whether news of a member we do not know may add it to the view: its name must be
+        valid, the view not full, and the input that brings it within its share of newcomers
+        (a stranger's datagram may introduce only its sender)."""
+        if self._introducer is not None and _address(alive.addr, alive.port) != self._introducer:
+            self._refuse_member(
+                "stranger",
+                alive.node,
+                f"{self._introducer[0]}:{self._introducer[1]}, which is not a member, may "
+                "introduce only itself (set Config.trust_strangers behind NAT)",
+            )
+            return False
+        if self._admissions <= 0:
+            self.stats.members_refused += 1  # it comes again, by gossip or push-pull
+            return False
+        problem = name_problem(alive.node)
+        if problem is not None:
+            self._refuse_member("name", alive.node, problem)
+            return False
+        if len(self._nodes) >= self.config.max_members and not self._evict_departed():
+            self._refuse_member(
+                "full",
+                alive.node,
+                f"this node holds {len(self._nodes)} members, its max_members; raise "
+                "max_members on every node if the cluster really is that large",
+            )
+            return False
+        self._admissions -= 1
+        return True
+
+    def _evict_departed(self) -> bool:
+        """Make room at ``max_members`` by reaping a dead or left member early (a live one is
+        worth more); False when a few random picks find none."""
+        for _ in range(4):
+            name = self._departed.choice(self._rng)
+            node = self._nodes.get(name) if name is not None else None
+            if node is not None and node.state in (MemberState.DEAD, MemberState.LEFT):
+                self._reap(node)
+                return True
+        return False
+
+    def _refuse_member(self, kind: str, name: str, why: str) -> None:
+        """Count a refused member and say why, at most once per report interval per kind."""
+        self.stats.members_refused += 1
+        held = self._throttle.allow(kind, self._now)
+        if held is not None:
+            log.warning("refused member %r: %s%s", printable(name)[:80], why, held_back(held))
 
     def _insert_into_probe_ring(self, name: str) -> None:
         # at a random position, so that a new member is not always probed last
@@ -1232,15 +1336,41 @@ class Engine:
         ]
         return wire.PushPull(states, user_state, join)
 
-    def _merge(self, remote: wire.PushPull, source: Address) -> bool:
-        """Merge a peer's full state; False (and nothing merged) when versions disagree."""
+    def _merge(
+        self, remote: wire.PushPull, source: Address, *, admissions: int, sliced: bool = True
+    ) -> bool:
+        """Merge a peer's full state, which may introduce ``admissions`` new members; False
+        (and nothing merged) when versions disagree.  A large state is merged a slice at a
+        time unless not ``sliced``."""
         self.stats.push_pulls += 1
         problem = self._incompatible(remote.states)
         if problem is not None:
             log.warning("refused push-pull from %s: %s", source, problem)
             return False
+        merge = _Merge(remote, admissions)
+        if sliced:
+            self._merges.append(merge)
+            if len(self._merges) == 1:
+                self._merge_slice()
+        else:
+            self._merge_states(merge, len(remote.states))
+        return True
+
+    def _merge_slice(self) -> None:
+        """Merge the next slice of the oldest pending push-pull."""
+        merge = self._merges[0]
+        if self._merge_states(merge, MERGE_SLICE):
+            self._merges.popleft()
+
+    def _merge_states(self, merge: _Merge, count: int) -> bool:
+        """Merge up to ``count`` more of ``merge``'s states, then, once all are in, the
+        delegate's state; True when it is done."""
+        remote = merge.remote
+        start = merge.position
+        merge.position = end = min(len(remote.states), start + count)
+        self._admissions, self._introducer = merge.admissions, None
         nodes, me = self._nodes, self._me
-        for state in remote.states:
+        for state in remote.states[start:end]:
             if state.state is NodeState.ALIVE:
                 node = nodes.get(state.name)
                 if (
@@ -1272,6 +1402,9 @@ class Engine:
                         incarnation=state.incarnation, node=state.name, from_node=self.name
                     )
                 )
+        merge.admissions = self._admissions
+        if end < len(remote.states):
+            return False
         if remote.user_state and self._merge_remote_state is not None:
             self._merge_remote_state(remote.user_state, remote.join)
         return True
@@ -1414,7 +1547,8 @@ class Engine:
         merged = False
         if error is None:
             if isinstance(reply, wire.PushPull):
-                merged = self._merge(reply, pending.address)
+                # the peer we chose answers: it may tell us of every member (a join needs that)
+                merged = self._merge(reply, pending.address, admissions=self.config.max_members)
                 if not merged:
                     error = "the peer's protocol versions are incompatible with the cluster's"
             elif isinstance(reply, wire.Err):

@@ -40,6 +40,22 @@ class Member:
         return self.vsn[1]
 
 
+MAX_NAME_BYTES = 256
+"""The longest member name accepted, in UTF-8 bytes (a host name is at most 253)."""
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a member's, or None.  Names end up in logs, tables, files and
+    handlers' environments, so they must be non-empty printable text of bounded length."""
+    if not name:
+        return "the name is empty"
+    if len(name) > MAX_NAME_BYTES or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"the name is longer than {MAX_NAME_BYTES} bytes"
+    if not name.isprintable():
+        return "the name holds control characters or other unprintable ones"
+    return None
+
+
 def ip_text(raw: bytes) -> str:
     """The text form of a 4- or 16-byte address as it travels in messages."""
     return str(ipaddress.ip_address(raw))

@@ -15,7 +15,7 @@ from swim.events import Event, UserMessage
 from swim.members import Address
 from swim.serf.layer import Serf, SerfEvent, SerfMember, Status
 from swim.wire import serf as msg
-from tests.swim.conftest import ME, VSN, address_of
+from tests.swim.conftest import ME, RELAY, VSN, address_of
 from tests.swim.harness import Cluster
 
 QUIET = Config.lan(
@@ -119,16 +119,17 @@ class Layer:
         self.events.extend(out)
         return out
 
-    def feed(self, *messages: wire.Message) -> list[SerfEvent]:
-        """Deliver memberlist messages to the engine, as one packet."""
+    def feed(self, *messages: wire.Message, source: Address = RELAY) -> list[SerfEvent]:
+        """Deliver memberlist messages to the engine, as one packet from ``source``."""
         packet = wire.encode_packet([wire.encode(m) for m in messages], self.engine.wire_options)
-        self.engine.receive_datagram(packet, ("10.9.9.9", 1), self.now)
+        self.engine.receive_datagram(packet, source, self.now)
         return self.pump()
 
     def add_peer(
         self, name: str, index: int, tags: Mapping[str, str] | None = None, vsn: bytes = VSN
     ) -> None:
-        self.feed(peer_alive(name, index, tags, vsn))
+        """``name`` introduces itself."""
+        self.feed(peer_alive(name, index, tags, vsn), source=address_of(index))
 
     def fail(self, name: str) -> None:
         """Another member declares ``name`` dead (what a crash ends in)."""

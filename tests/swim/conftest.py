@@ -33,9 +33,14 @@ def alive(name: str, index: int, incarnation: int = 1, meta: bytes = b"") -> wir
     )
 
 
-def feed(
-    engine: Engine, now: float, *messages: wire.Message, source: Address = ("10.9.9.9", 1)
-) -> None:
+RELAY = address_of(0)
+"""Where fed packets come from unless a test says: member p0 passing news on.  A packet from
+an address that is no member's may introduce only its sender."""
+STRANGER: Address = ("10.9.9.9", 1)
+"""An address that is no member's."""
+
+
+def feed(engine: Engine, now: float, *messages: wire.Message, source: Address = RELAY) -> None:
     """Deliver ``messages`` to ``engine`` as one plaintext packet."""
     engine.receive_datagram(
         wire.encode_packet([wire.encode(m) for m in messages], PLAIN), source, now
@@ -61,7 +66,7 @@ def make_engine(
     """An engine named ``me`` that already knows ``peers`` alive members p0, p1, ..."""
     engine = Engine("me", ME, config or Config.lan(compression=False), random.Random(seed), now=now)
     for i in range(peers):
-        feed(engine, now, alive(f"p{i}", i))
+        feed(engine, now, alive(f"p{i}", i), source=address_of(i))  # each introduces itself
     engine.take_events()
     engine.take_datagrams()
     return engine

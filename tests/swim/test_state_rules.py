@@ -21,7 +21,7 @@ from swim.events import (
 )
 from swim.members import MemberState
 
-from .conftest import ME, address_of, alive, feed, make_engine, sent_messages
+from .conftest import ME, STRANGER, address_of, alive, feed, make_engine, sent_messages
 
 
 def queued_alive_about_me(engine: Engine) -> wire.Alive:
@@ -55,8 +55,8 @@ def test_stale_accusations_are_not_refuted_but_the_accuser_is_told_our_incarnati
     engine = make_engine(peers=3)
     engine._me.incarnation = 9
     queued = engine.queued_broadcasts
-    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"))
-    feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p1"))
+    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"), source=STRANGER)
+    feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p1"), source=STRANGER)
     assert engine.local_member.incarnation == 9
     assert engine.stats.suspicions_refuted == 0
     told = [(dst, m.incarnation) for dst, m in sent_messages(engine, wire.Alive) if m.node == "me"]
@@ -75,7 +75,7 @@ def test_the_member_that_relays_a_stale_accusation_is_told_too() -> None:
 def test_stale_accusations_from_strangers_or_while_leaving_get_no_answer() -> None:
     engine = make_engine(peers=3)
     engine._me.incarnation = 9
-    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="stranger"))
+    feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="stranger"), source=STRANGER)
     assert sent_messages(engine, wire.Alive) == []
     engine.leave(0.0)
     engine.take_datagrams()
