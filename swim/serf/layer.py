@@ -32,7 +32,7 @@ from swim.events import (
     MemberUpdated,
     UserMessage,
 )
-from swim.members import Address, Member, MemberState, ip_bytes, ip_text
+from swim.members import Address, Member, MemberState, ip_bytes, ip_text, name_problem
 from swim.wire import serf as msg
 from swim.wire.crypto import KeyringError
 
@@ -40,6 +40,16 @@ log = logging.getLogger("swim.serf")
 
 RING_SIZE = 512
 """Recent user events and queries remembered for de-duplication (Serf's buffer sizes)."""
+MAX_SAME_LTIME = 64
+"""Distinct events (or queries) remembered at one Lamport time; Serf keeps any number, but
+concurrent senders give a handful, and more only make de-duplication quadratic."""
+RECENT_EVENTS_BUDGET = 1 << 20
+"""Bytes of user events (names and payloads) remembered at once for de-duplication and the
+push-pull state; past it new events are refused until older ones age out of the ring."""
+MAX_INTENTS = 4096
+"""Intents about members not yet in the view that are remembered at once."""
+RELAY_SIZE_LIMIT = msg.QUERY_RESPONSE_SIZE_LIMIT + 512
+"""A relayed response: the response and where it goes."""
 RECENT_INTENT_TIMEOUT = 300.0
 """How long an intent about an unknown member is kept for when it shows up."""
 REAP_INTERVAL = 15.0
@@ -153,27 +163,76 @@ class _Clock:
 T = TypeVar("T")
 
 
+class Sighting(enum.Enum):
+    """What the ring made of an event or query."""
+
+    NEW = "new"
+    SEEN = "seen"
+    """Seen already, or too old to tell."""
+    REFUSED = "refused"
+    """New, but the ring has no room for it: dropped, as it could not be de-duplicated."""
+
+
 class _Recent(Generic[T]):
     """What was seen at each recent Lamport time, in Serf's 512-slot ring: so that each user
-    event and query is delivered (and re-gossiped) once, however many copies arrive."""
+    event and query is delivered (and re-gossiped) once, however many copies arrive.  Bounded:
+    :data:`MAX_SAME_LTIME` items a slot, and ``budget`` in all as ``weight`` counts them."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: Callable[[T], int] = lambda item: 1, budget: int = 1 << 62):
         self.slots: list[tuple[int, list[T]] | None] = [None] * RING_SIZE
+        self._weight = weight
+        self._budget = budget
+        self._held = 0
 
-    def first_sighting(self, ltime: int, item: T, clock: int) -> bool:
-        """Record ``item`` at ``ltime``; False when it was seen already or is too old to tell
-        (more than the ring's length behind ``clock``)."""
+    def record(self, ltime: int, item: T, clock: int) -> Sighting:
+        """Record ``item`` at ``ltime``, unless it was seen already or is too old to tell
+        (more than the ring's length behind ``clock``), or there is no room for it."""
         if clock > RING_SIZE and ltime < clock - RING_SIZE:
-            return False
+            return Sighting.SEEN
         index = ltime % RING_SIZE
         slot = self.slots[index]
-        if slot is None or slot[0] != ltime:
-            slot = (ltime, [])
-            self.slots[index] = slot
-        if item in slot[1]:
-            return False
-        slot[1].append(item)
-        return True
+        if slot is not None and slot[0] == ltime:
+            if item in slot[1]:
+                return Sighting.SEEN
+            items = slot[1]
+        else:
+            items = []
+        weight = self._weight(item)
+        freed = self._weigh(slot) if slot is not None and slot[1] is not items else 0
+        if self._held - freed + weight > self._budget:
+            self._forget_older_than(clock - RING_SIZE)
+            slot = self.slots[index]
+            freed = self._weigh(slot) if slot is not None and slot[1] is not items else 0
+        if len(items) >= MAX_SAME_LTIME or self._held - freed + weight > self._budget:
+            return Sighting.REFUSED
+        if slot is None or slot[1] is not items:
+            self.slots[index] = (ltime, items)
+            self._held -= freed
+        items.append(item)
+        self._held += weight
+        return Sighting.NEW
+
+    def _weigh(self, slot: tuple[int, list[T]]) -> int:
+        return sum(map(self._weight, slot[1]))
+
+    def _forget_older_than(self, ltime: int) -> None:
+        """Free the slots too old to be told apart any more (their room counts otherwise)."""
+        for index, slot in enumerate(self.slots):
+            if slot is not None and slot[0] < ltime:
+                self._held -= self._weigh(slot)
+                self.slots[index] = None
+
+
+@dataclass(slots=True)
+class SerfStats:
+    """Counters of what the layer refused."""
+
+    messages_dropped: int = 0
+    """Serf messages that were malformed or over Serf's size limits."""
+    events_refused: int = 0
+    """New user events or queries the de-duplication ring had no room for."""
+    intents_refused: int = 0
+    """Intents about unknown members past :data:`MAX_INTENTS`, or with impossible names."""
 
 
 @dataclass(slots=True)
@@ -224,9 +283,19 @@ class Serf:
         self._event_min_time = 0
         self._query_min_time = 0
         self._members: dict[str, SerfMember] = {}
+        self._departed: dict[str, None] = {}  # failed and left members, first departed first
         self._intents: dict[str, tuple[str, int, float]] = {}  # name -> (kind, ltime, when)
-        self._events_seen = _Recent[tuple[str, bytes]]()
+        self._events_seen = _Recent[tuple[str, bytes]](
+            lambda event: len(event[0]) + len(event[1]), RECENT_EVENTS_BUDGET
+        )
         self._queries_seen = _Recent[int]()
+        self.stats = SerfStats()
+        self._inbound_limits: dict[int, int] = {
+            msg.SerfMessageType.USER_EVENT: msg.USER_EVENT_SIZE_LIMIT,
+            msg.SerfMessageType.QUERY: msg.QUERY_SIZE_LIMIT,
+            msg.SerfMessageType.QUERY_RESPONSE: msg.QUERY_RESPONSE_SIZE_LIMIT,
+            msg.SerfMessageType.RELAY: RELAY_SIZE_LIMIT,
+        }
         self._open_queries: dict[int, _OpenQuery] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_serial = 0
@@ -311,6 +380,9 @@ class Serf:
         for slot in state.events:
             if slot is not None:
                 for event in slot.events:
+                    if len(event.name) + len(event.payload) > msg.USER_EVENT_SIZE_LIMIT:
+                        self._drop("a user event in a push-pull state is over Serf's limit")
+                        continue
                     self._on_user_event(msg.UserEvent(slot.ltime, event.name, event.payload))
 
     # ------------------------------------------------------------------ commands
@@ -461,7 +533,10 @@ class Serf:
     def _on_node_join(self, member: Member) -> None:
         """``handleNodeJoin``: a new member may already have an intent waiting for it."""
         known = self._members.get(member.name)
+        self._departed.pop(member.name, None)
         if known is None:
+            if len(self._members) >= self.engine.config.max_members:
+                self._reap_longest_departed()
             known = SerfMember(member.name, member.address, {}, Status.ALIVE, member.vsn)
             intent = self._intents.pop(member.name, None)
             if intent is not None:
@@ -486,6 +561,9 @@ class Serf:
         elif known.status is Status.ALIVE:
             known.status = Status.FAILED
         known.leave_time = self._now
+        if member.name != self.engine.name:  # we never forget ourselves: we may join again
+            self._departed.pop(member.name, None)
+            self._departed[member.name] = None
 
     def _on_join_intent(self, intent: msg.JoinIntent) -> bool:
         self.clock.witness(intent.ltime)
@@ -516,13 +594,15 @@ class Serf:
         elif member.status is Status.FAILED:
             member.status = Status.LEFT
         if intent.prune and member.status in (Status.LEFT, Status.LEAVING):
-            del self._members[member.name]
-            self._out.append(MemberReaped(member.name))
+            self._forget(member.name)
         return True
 
     def _remember_intent(self, name: str, kind: str, ltime: int) -> bool:
         known = self._intents.get(name)
         if known is not None and known[1] >= ltime:
+            return False
+        if known is None and (len(self._intents) >= MAX_INTENTS or name_problem(name)):
+            self.stats.intents_refused += 1
             return False
         self._intents[name] = (kind, ltime, self._now)
         self._schedule(self._now + RECENT_INTENT_TIMEOUT, lambda: self._expire_intent(name))
@@ -533,6 +613,18 @@ class Serf:
         if known is not None and self._now - known[2] >= RECENT_INTENT_TIMEOUT:
             del self._intents[name]
 
+    def _reap_longest_departed(self) -> None:
+        """Make room for a member at ``max_members``: forget the one that failed or left
+        first (Serf would keep it for its reconnect or tombstone timeout)."""
+        name = next(iter(self._departed), None)
+        if name is not None:
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        del self._members[name]
+        self._departed.pop(name, None)
+        self._out.append(MemberReaped(name))
+
     def _reap(self) -> None:
         self._schedule(self._now + REAP_INTERVAL, self._reap)
         for name in list(self._members):
@@ -542,26 +634,34 @@ class Serf:
             limit = {Status.FAILED: self._reconnect_timeout, Status.LEFT: self._tombstone_timeout}
             timeout = limit.get(member.status)
             if timeout is not None and self._now - member.leave_time > timeout:
-                del self._members[name]
-                self._out.append(MemberReaped(name))
+                self._forget(name)
 
     # ------------------------------------------------------------------ messages
 
     def _on_message(self, payload: bytes) -> None:
-        """A Serf message arrived (``delegate.go NotifyMsg``); new news is re-gossiped."""
+        """A Serf message arrived (``delegate.go NotifyMsg``); new news is re-gossiped.
+        Messages over the sizes Serf sends are dropped unread."""
         if not payload:
+            return
+        limit = self._inbound_limits.get(payload[0], msg.QUERY_SIZE_LIMIT)
+        if len(payload) > limit:
+            self._drop(f"a Serf message of type {payload[0]} is {len(payload)} bytes, over {limit}")
             return
         if payload[0] == msg.SerfMessageType.RELAY:
             try:
                 relay = msg.decode_relay(payload)
-            except wire.DecodeError:
+            except wire.DecodeError as exc:
+                self._drop(exc.reason)
+                return
+            if relay.inner[:1] != bytes((msg.SerfMessageType.QUERY_RESPONSE,)):
+                self._drop("a relay that does not carry a query response")  # no reflector
                 return
             self.engine.send_to((ip_text(relay.dest_addr), relay.dest_port), relay.inner, self._now)
             return
         try:
             message = msg.decode_serf(payload)
         except wire.DecodeError as exc:
-            log.debug("dropped a Serf message: %s", exc.reason)
+            self._drop(exc.reason)
             return
         regossip = False
         if isinstance(message, msg.LeaveIntent):
@@ -577,13 +677,20 @@ class Serf:
         if regossip:
             self._broadcast(payload)
 
+    def _drop(self, why: str) -> None:
+        self.stats.messages_dropped += 1
+        log.debug("dropped a Serf message: %s", why)
+
     def _on_user_event(self, event: msg.UserEvent) -> bool:
         self.event_clock.witness(event.ltime)
         if event.ltime < self._event_min_time:
             return False
-        if not self._events_seen.first_sighting(
+        sighting = self._events_seen.record(
             event.ltime, (event.name, event.payload), self.event_clock.time
-        ):
+        )
+        if sighting is Sighting.REFUSED:
+            self.stats.events_refused += 1
+        if sighting is not Sighting.NEW:
             return False
         delivered = SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce)
         if event.coalesce and self._coalesce_period > 0:
@@ -613,7 +720,10 @@ class Serf:
         self.query_clock.witness(query.ltime)
         if query.ltime < self._query_min_time:
             return False
-        if not self._queries_seen.first_sighting(query.ltime, query.id, self.query_clock.time):
+        sighting = self._queries_seen.record(query.ltime, query.id, self.query_clock.time)
+        if sighting is Sighting.REFUSED:
+            self.stats.events_refused += 1
+        if sighting is not Sighting.NEW:
             return False
         regossip = not query.flags & msg.QUERY_FLAG_NO_BROADCAST
         if not self._selected(query.filters):
