@@ -49,6 +49,13 @@ log = logging.getLogger("swim.node")
 T = TypeVar("T")
 
 RECEIVE_BUFFER = 65_536
+LARGE_STREAM = 65_536
+"""Past this many bytes a stream is decoded in a worker thread: decompressing and parsing a
+large push-pull takes a large share of a second, which would otherwise hold up probes and acks."""
+FIRST_BYTES_TIMEOUT = 2.0
+"""How long an inbound stream may stay silent before it is closed (at most ``tcp_timeout``).
+A peer writes its message as soon as it connects, so only then does the stream take a slot;
+silent connections cannot keep joins out."""
 
 
 class JoinError(Exception):
@@ -117,6 +124,7 @@ class RuntimeStats:
 
     inbound_streams: int = 0
     inbound_streams_refused: int = 0
+    inbound_streams_silent: int = 0
     stream_errors: int = 0
     send_errors: int = 0
     internal_errors: int = 0
@@ -230,6 +238,11 @@ class Node:
         self._on_message = on_message
         self._event_buffer = event_buffer
         self._stream_slots = trio.Semaphore(max_inbound_streams)
+        self._silent_streams: collections.OrderedDict[int, trio.CancelScope] = (
+            collections.OrderedDict()
+        )  # inbound streams waiting for their first bytes, oldest first
+        self._max_silent_streams = 4 * max_inbound_streams
+        self._stream_serial = 0
         self._exit_when_isolated = exit_when_isolated
         self._rejoin_interval = rejoin_interval
         self._rng = rng or random.Random(os.urandom(16))
@@ -672,22 +685,45 @@ class Node:
 
     async def _handle_stream(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self._stream_slots.value == 0:
-                self.runtime_stats.inbound_streams_refused += 1
-                return
-            async with self._stream_slots:
-                self.runtime_stats.inbound_streams += 1
-                try:
-                    await self._answer_stream(stream)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self.runtime_stats.stream_errors += 1  # the peer went away mid-stream
-                    log.debug("inbound stream failed: %s", exc)
+            try:
+                first = await self._first_bytes(stream)
+                if first is None:
+                    return
+                if self._stream_slots.value == 0:
+                    self.runtime_stats.inbound_streams_refused += 1
+                    return
+                async with self._stream_slots:
+                    self.runtime_stats.inbound_streams += 1
+                    await self._answer_stream(stream, first)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.runtime_stats.stream_errors += 1  # the peer went away mid-stream
+                log.debug("inbound stream failed: %s", exc)
 
-    async def _answer_stream(self, stream: trio.SocketStream) -> None:
+    async def _first_bytes(self, stream: trio.SocketStream) -> bytes | None:
+        """The stream's first bytes, or None when it stays silent past
+        :data:`FIRST_BYTES_TIMEOUT` or closes first.  Past the bound on streams waiting at
+        once, the one that has waited longest is closed: a joiner writes at once, so only a
+        flood of newer silent connections could push it out."""
+        self._stream_serial += 1
+        serial = self._stream_serial
+        with trio.move_on_after(min(FIRST_BYTES_TIMEOUT, self.config.tcp_timeout)) as scope:
+            self._silent_streams[serial] = scope
+            if len(self._silent_streams) > self._max_silent_streams:
+                _, oldest = self._silent_streams.popitem(last=False)
+                oldest.cancel()
+            try:
+                first = await stream.receive_some(RECEIVE_BUFFER)
+            finally:
+                self._silent_streams.pop(serial, None)
+            return first or None
+        self.runtime_stats.inbound_streams_silent += 1
+        return None
+
+    async def _answer_stream(self, stream: trio.SocketStream, first: bytes) -> None:
         peer = stream.socket.getpeername()
         source = (peer[0], peer[1])
         with trio.move_on_after(self.config.tcp_timeout):
-            message = await self._read_message(stream)
+            message = await self._read_message(stream, first)
             if message is None:
                 return
             reply = self._guarded(self.engine.handle_stream, message, source, trio.current_time())
@@ -695,9 +731,16 @@ class Node:
             if reply is not None:
                 await stream.send_all(reply)
 
-    async def _read_message(self, stream: trio.SocketStream) -> wire.StreamMessage | None:
+    async def _read_message(
+        self, stream: trio.SocketStream, first: bytes = b""
+    ) -> wire.StreamMessage | None:
         reader = wire.StreamReader(self.engine.wire_options)
+        received = len(first)
         try:
+            if first:
+                message = reader.receive_data(first)
+                if message is not None:
+                    return message
             while True:
                 try:
                     chunk = await stream.receive_some(RECEIVE_BUFFER)
@@ -705,7 +748,11 @@ class Node:
                     chunk = b""
                 if not chunk:
                     return reader.end_of_stream()
-                message = reader.receive_data(chunk)
+                received += len(chunk)
+                if received > LARGE_STREAM:
+                    message = await trio.to_thread.run_sync(reader.receive_data, chunk)
+                else:
+                    message = reader.receive_data(chunk)
                 if message is not None:
                     return message
         except wire.DecodeError as exc:

@@ -23,7 +23,15 @@ from swim.events import (
     Reconnected,
 )
 from swim.members import MemberState
-from swim.node import EventsLost, IsolatedError, JoinError, Node, SendError, parse_seed
+from swim.node import (
+    FIRST_BYTES_TIMEOUT,
+    EventsLost,
+    IsolatedError,
+    JoinError,
+    Node,
+    SendError,
+    parse_seed,
+)
 
 FAST = Config.local(compression=False)
 LOOPBACK = "127.0.0.1"
@@ -358,12 +366,49 @@ async def test_inbound_streams_beyond_the_cap_are_refused(
 ) -> None:
     async with Node(FAST, name="busy", bind=(LOOPBACK, 0), max_inbound_streams=1) as node:
         host, port = node.address
-        idle = await trio.open_tcp_stream(host, port)  # holds the only slot, sending nothing
-        async with idle:
+        slow = await trio.open_tcp_stream(host, port)
+        async with slow:
+            await slow.send_all(b"\x06")  # the start of a push-pull: it takes the only slot
             await trio.sleep(0.01)
             extra = await trio.open_tcp_stream(host, port)
             async with extra:
+                await extra.send_all(b"\x06")
                 with trio.fail_after(0.5):  # closed at once, long before the 1 s deadline
                     assert await extra.receive_some(10) == b""
         assert node.runtime_stats.inbound_streams_refused == 1
         assert node.runtime_stats.inbound_streams == 1
+
+
+async def test_silent_connections_take_no_slot_and_joins_get_through(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        cluster = Cluster(nursery)
+        seed = await cluster.start("seed", max_inbound_streams=2)
+        host, port = seed.address
+        silent = [await trio.open_tcp_stream(host, port) for _ in range(6)]
+        await trio.sleep(0.01)
+        joiner = await cluster.start("joiner")
+        with trio.fail_after(1):
+            assert await joiner.join([seed_of(seed)]) == 1
+        for stream in silent:
+            with trio.fail_after(FIRST_BYTES_TIMEOUT + 1):  # closed once their time is up
+                assert await stream.receive_some(10) == b""
+            await stream.aclose()
+        assert seed.runtime_stats.inbound_streams_silent == 6
+        assert seed.runtime_stats.inbound_streams_refused == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_past_the_bound_on_silent_connections_the_oldest_is_closed_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with Node(FAST, name="busy", bind=(LOOPBACK, 0), max_inbound_streams=1) as node:
+        host, port = node.address
+        silent = [await trio.open_tcp_stream(host, port) for _ in range(6)]  # 4 may wait
+        await trio.sleep(0.01)
+        with trio.fail_after(0.1):
+            assert [await stream.receive_some(10) for stream in silent[:2]] == [b"", b""]
+        assert node.runtime_stats.inbound_streams_silent == 2
+        for stream in silent:
+            await stream.aclose()
