@@ -697,25 +697,6 @@ class _Connection:
         self._version = 0
         self._authenticated = auth_key is None
         self._streams: dict[int, _EventStream] = {}
-        self._handlers: dict[str, Callable[[int, dict[str, object]], Awaitable[None]]] = {
-            "handshake": self._handshake,
-            "auth": self._auth,
-            "event": self._user_event,
-            "force-leave": self._force_leave,
-            "join": self._join,
-            "members": self._members,
-            "members-filtered": self._members,
-            "stream": self._stream_events,
-            "stop": self._stop,
-            "leave": self._leave,
-            "tags": self._tags,
-            "stats": self._stats,
-            "install-key": self._install_key,
-            "use-key": self._use_key,
-            "remove-key": self._remove_key,
-            "list-keys": self._list_keys,
-            "query": self._query,
-        }
 
     async def serve(self) -> None:
         """Answer requests until the client leaves or sends what cannot be parsed."""
@@ -753,12 +734,12 @@ class _Connection:
         if not self._authenticated and command not in ("handshake", "auth"):
             await self._reply(seq, AUTH_REQUIRED)  # the one error Serf's client expects bare
             return
-        handler = self._handlers.get(command)
+        handler = _HANDLERS.get(command)
         if handler is None:
             await self._reply(seq, UNSUPPORTED_COMMAND, empty_reply)
             return
         try:
-            await handler(seq, _struct(body, f"the {command} request"))
+            await handler(self, seq, _struct(body, f"the {command} request"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except _ProtocolError as exc:
@@ -916,6 +897,30 @@ class _Connection:
         if stream is not None:
             stream.close()
         await self._reply(seq)  # Serf's stop always succeeds
+
+
+_Handler = Callable[[_Connection, int, dict[str, object]], Awaitable[None]]
+_HANDLERS: Final[Mapping[str, _Handler]] = {
+    "handshake": _Connection._handshake,
+    "auth": _Connection._auth,
+    "event": _Connection._user_event,
+    "force-leave": _Connection._force_leave,
+    "join": _Connection._join,
+    "members": _Connection._members,
+    "members-filtered": _Connection._members,
+    "stream": _Connection._stream_events,
+    "stop": _Connection._stop,
+    "leave": _Connection._leave,
+    "tags": _Connection._tags,
+    "stats": _Connection._stats,
+    "install-key": _Connection._install_key,
+    "use-key": _Connection._use_key,
+    "remove-key": _Connection._remove_key,
+    "list-keys": _Connection._list_keys,
+    "query": _Connection._query,
+}
+"""What serves each command, as plain functions: a table of bound methods in each connection
+would make a reference cycle, leaving every closed connection to the cyclic collector."""
 
 
 # ---------------------------------------------------------------------------------------------

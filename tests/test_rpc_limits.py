@@ -1,0 +1,97 @@
+"""What an RPC connection may cost the server: it is freed as soon as it closes, without waiting
+for the cyclic garbage collector.  Loopback sockets; timers on trio's MockClock."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+
+import msgpack
+import pytest
+import trio
+
+from swim.rpc import _Connection, serve_rpc
+from tests.test_rpc import WAIT, FakeBackend, Raw
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def agent(nursery: trio.Nursery, backend: FakeBackend) -> str:
+    port = await nursery.start(serve_rpc, backend, "127.0.0.1", 0)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """Only reference counting frees memory: what a cycle holds stays visible."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def open_connections() -> list[weakref.ref[_Connection]]:
+    return [weakref.ref(o) for o in gc.get_objects() if isinstance(o, _Connection)]
+
+
+async def gone(refs: list[weakref.ref[_Connection]]) -> bool:
+    """Whether every connection in ``refs`` is freed, once the server has had time to see
+    its client leave."""
+    with trio.move_on_after(WAIT):
+        while any(ref() is not None for ref in refs):
+            await trio.sleep(0.01)
+    return all(ref() is None for ref in refs)
+
+
+async def members_then_close(raw: Raw) -> None:
+    await raw.send({"Command": "members", "Seq": 1})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    assert len((await raw.receive())["Members"]) == 4
+    await raw.stream.aclose()
+
+
+async def stream_then_close(raw: Raw) -> None:
+    await raw.send({"Command": "stream", "Seq": 1}, {"Type": "*"})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    await raw.stream.aclose()  # without a stop
+
+
+async def query_then_close(raw: Raw) -> None:
+    await raw.send({"Command": "query", "Seq": 1}, {"Name": "uptime", "Timeout": 10**9})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    await raw.stream.aclose()  # while the answers are still coming
+
+
+async def garbage(raw: Raw) -> None:
+    await raw.stream.send_all(msgpack.packb({"Command": 7, "Seq": 1}))
+    assert await raw.closed_by_server()
+    await raw.stream.aclose()
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [members_then_close, stream_then_close, query_then_close, garbage],
+    ids=["members", "stream", "query", "garbage"],
+)
+async def test_a_closed_connection_is_freed_at_once(
+    agent: str,
+    backend: FakeBackend,
+    no_cyclic_gc: None,
+    autojump_clock: trio.testing.MockClock,
+    ending: Callable[[Raw], Awaitable[None]],
+) -> None:
+    assert open_connections() == []
+    raws = [await Raw.open(agent) for _ in range(3)]
+    refs = open_connections()
+    assert len(refs) == 3
+    for raw in raws:
+        await ending(raw)
+    assert await gone(refs), "a closed connection is still in memory: a reference cycle?"
+    assert backend.subscribers == []
