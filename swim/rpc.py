@@ -105,6 +105,10 @@ MAX_REPLY_BYTES: Final = 64 << 20
 """Largest reply object the client buffers: a members list of a very large cluster fits."""
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds the client allows to connect, shake hands and write a request (Serf's default)."""
+MAX_CONNECTIONS: Final = 128
+"""RPC connections a server serves at once unless told otherwise (Serf sets no limit).  Each
+costs a few kilobytes and a task; ``serf`` and ``swim`` commands use one each, for a moment,
+and a program typically keeps one or two."""
 _REQUEST_CHUNK = 4096
 """Bytes the server reads at a time: requests are small, and a big read is a big allocation."""
 _REPLY_CHUNK = 65_536
@@ -665,22 +669,66 @@ async def serve_rpc(
     port: int,
     auth_key: str | None = None,
     *,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Serf's RPC protocol on ``host:port`` until cancelled, one task per connection.
 
     Start it with ``port = await nursery.start(serve_rpc, backend, host, port)``: it reports
     the bound port, so port 0 picks a free one.  With an ``auth_key`` (empty means none, as in
-    Serf), clients must authenticate after the handshake.
+    Serf), clients must authenticate after the handshake.  While ``max_connections`` are open,
+    new ones are closed as soon as they are accepted.
     """
+    if max_connections < 1:
+        raise ValueError(f"max_connections is {max_connections}; it must be at least 1")
+    limit = _ConnectionLimit(max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_serve_connection, backend, auth_key or None), listeners)
+    await trio.serve_listeners(
+        partial(_serve_connection, backend, auth_key or None, limit), listeners
+    )
+
+
+class _ConnectionLimit:
+    """Counts a server's open connections and refuses those over its limit, logging once when
+    refusals start and once when they stop."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._open = 0
+        self._refused = 0
+        """Connections refused since the server was last under its limit."""
+
+    def admit(self) -> bool:
+        """Whether to serve a new connection; if so, :meth:`release` it when it closes."""
+        if self._open < self._most:
+            self._open += 1
+            return True
+        if not self._refused:
+            log.warning(
+                "%d RPC connections are open, the most this agent serves: closing new ones "
+                "until some close.  Is a client opening connections and not closing them?",
+                self._most,
+            )
+        self._refused += 1
+        return False
+
+    def release(self) -> None:
+        self._open -= 1
+        if self._refused:
+            log.warning("serving new RPC connections again, after refusing %d", self._refused)
+            self._refused = 0
 
 
 async def _serve_connection(
-    backend: AgentBackend, auth_key: str | None, stream: trio.SocketStream
+    backend: AgentBackend,
+    auth_key: str | None,
+    limit: _ConnectionLimit,
+    stream: trio.SocketStream,
 ) -> None:
+    if not limit.admit():
+        await trio.aclose_forcefully(stream)
+        return
     try:
         host, port, *_ = stream.socket.getpeername()
         peer = f"{host}:{port}"
@@ -698,6 +746,7 @@ async def _serve_connection(
     except Exception:  # a bug must cost this connection only, never the server
         log.exception("RPC client %s: unexpected failure; closing its connection", peer)
     finally:
+        limit.release()
         await trio.aclose_forcefully(stream)
 
 
@@ -1005,6 +1054,7 @@ class RpcClient:
         self._subscriptions: dict[int, _Subscription] = {}
         self._body_for: Callable[[object], None] | None = None
         self._broken: RpcConnectionError | None = None
+        self._closed_by_agent = False
 
     @classmethod
     @asynccontextmanager
@@ -1041,6 +1091,14 @@ class RpcClient:
                 raise RpcConnectionError(
                     f"{addr} accepted the connection but did not answer the handshake in "
                     f"{timeout:g} s; is it a Serf or shoal agent's RPC address?"
+                ) from None
+            except RpcConnectionError as exc:
+                if not client._closed_by_agent:
+                    raise
+                raise RpcConnectionError(
+                    f"{exc} before answering the handshake.  A shoal agent does so while it "
+                    "serves as many RPC connections as it allows, and logs it: try again once "
+                    "others close"
                 ) from None
             yield client
 
@@ -1207,6 +1265,11 @@ class RpcClient:
         await self._wait(lambda: call.done)
         return call.error, call.body
 
+    def _lost(self, reason: str) -> RpcConnectionError:
+        """The agent closed or reset the connection."""
+        self._closed_by_agent = True
+        return self._fail(reason)
+
     def _fail(self, reason: str) -> RpcConnectionError:
         if self._broken is None:
             self._broken = RpcConnectionError(
@@ -1226,7 +1289,7 @@ class RpcClient:
                 try:
                     await self._stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise self._fail(f"broke: {exc}") from None
+                    raise self._lost(f"broke: {exc}") from None
             if scope.cancelled_caught:
                 raise self._fail(f"stalled: a request took over {self._timeout:g} s to write")
 
@@ -1243,11 +1306,11 @@ class RpcClient:
         try:
             message = await self._reader.next()
         except EOFError:
-            raise self._fail("was closed by the agent") from None
+            raise self._lost("was closed by the agent") from None
         except _ProtocolError as exc:
             raise self._fail(f"carried bytes shoal cannot read: {exc}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._fail(f"broke: {exc}") from None
+            raise self._lost(f"broke: {exc}") from None
         if self._body_for is not None:
             deliver, self._body_for = self._body_for, None
             deliver(message)

@@ -5,16 +5,19 @@ MockClock."""
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
+from functools import partial
 
 import msgpack
 import pytest
 import trio
 
 from swim import rpc
-from swim.rpc import _Connection, serve_rpc
+from swim.rpc import RpcClient, RpcConnectionError, _Connection, serve_rpc
 from tests.test_rpc import WAIT, FakeBackend, Raw
 
 
@@ -126,3 +129,50 @@ async def test_an_open_connection_costs_the_server_a_few_kilobytes(
     finally:
         tracemalloc.stop()
     assert per_connection < 8 * 1024
+
+
+async def test_connections_over_the_limit_are_closed_while_the_others_go_on(
+    nursery: trio.Nursery,
+    backend: FakeBackend,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    port = await nursery.start(partial(serve_rpc, backend, "127.0.0.1", 0, max_connections=3))
+    agent = f"127.0.0.1:{port}"
+    served = [await Raw.open(agent) for _ in range(3)]
+    start = trio.current_time()
+    for _ in range(4):
+        refused = Raw(await trio.open_tcp_stream("127.0.0.1", port))
+        assert await refused.closed_by_server()
+        await refused.stream.aclose()
+    with pytest.raises(RpcConnectionError, match="as many RPC connections as it allows"):
+        async with RpcClient.connect(agent):
+            pass
+    assert trio.current_time() == start  # closed at once, not by a timeout
+    for seq, raw in enumerate(served):
+        await raw.send({"Command": "members", "Seq": seq})
+        assert await raw.receive() == {"Seq": seq, "Error": ""}
+        assert len((await raw.receive())["Members"]) == 4
+    await served.pop().stream.aclose()
+    with trio.fail_after(WAIT):
+        while True:  # until the server has seen that one close
+            with suppress(RpcConnectionError):
+                async with RpcClient.connect(agent) as client:
+                    assert len(await client.members()) == 4
+                    break
+            await trio.sleep(0.01)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "swim.rpc" and r.levelno >= logging.WARNING
+    ]
+    assert warnings == [
+        "3 RPC connections are open, the most this agent serves: closing new ones until some "
+        "close.  Is a client opening connections and not closing them?",
+        "serving new RPC connections again, after refusing 5",
+    ]
+
+
+async def test_the_limit_must_allow_a_connection(backend: FakeBackend) -> None:
+    with pytest.raises(ValueError, match="max_connections is 0; it must be at least 1"):
+        await serve_rpc(backend, "127.0.0.1", 0, max_connections=0)
