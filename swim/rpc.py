@@ -790,7 +790,9 @@ class _Connection:
         except EOFError:
             log.debug("RPC client %s disconnected", self._peer)
         except _ProtocolError as exc:
-            log.info("closing the RPC connection from %s: %s", self._peer, exc)
+            # Log text, not the exception: a handler that keeps records (a MemoryHandler, a
+            # queue) would keep its traceback, and through it this connection.
+            log.info("closing the RPC connection from %s: %s", self._peer, str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("RPC client %s went away", self._peer)
 
@@ -826,11 +828,11 @@ class _Connection:
             await handler(self, seq, _struct(body, f"the {command} request"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
-        except _ProtocolError as exc:
-            log.info("RPC %s from %s: malformed request: %s", command, self._peer, exc)
+        except _ProtocolError as exc:  # logged as text, as in serve()
+            log.info("RPC %s from %s: malformed request: %s", command, self._peer, str(exc))
             await self._reply(seq, f"decode failed: {exc}", empty_reply)
         except RpcKeyError as exc:  # Serf replies with the tally alongside the error
-            log.info("RPC %s from %s failed: %s", command, self._peer, exc)
+            log.info("RPC %s from %s failed: %s", command, self._peer, str(exc))
             await self._reply(seq, str(exc), _key_struct(exc.result, command == "list-keys"))
         except Exception as exc:  # the backend's refusal, or its failure, is this answer
             message = str(exc) or type(exc).__name__
