@@ -21,9 +21,16 @@ The wire, as Serf 0.9 writes it:
 
 Where Serf's agent drops the connection and leaves its client hanging or guessing, this server
 replies with the reason and keeps the connection: an invalid regex, a body of the wrong shape, a
-Serf command shoal does not serve.  It closes only when it cannot tell where the next request
-starts: bytes that are not msgpack, a header that is not one, a command it has never heard of, or
-a command before the handshake (as Serf does).
+Serf command shoal does not serve.  It closes for what a client sent only when it cannot tell
+where the next request starts: bytes that are not msgpack, a header that is not one, a command
+it has never heard of, or a command before the handshake (as Serf does).
+
+Serf's agent also lets its clients hold it without limit.  This server serves at most
+:data:`MAX_CONNECTIONS` connections at once, closing new ones while at the limit, and closes a
+connection that has not shaken hands (and authenticated, with an auth key) within
+:data:`HANDSHAKE_TIMEOUT`, or sent a command within :data:`FIRST_COMMAND_TIMEOUT`.  After its
+first command a client may stay idle for as long as it likes, as event streams do.  An open
+connection costs the server a few kilobytes, all freed when it closes.
 
 The endpoint is trusted the way Serf's is: whoever reaches it can make the agent leave, so bind
 it to loopback or set an auth key.
@@ -34,6 +41,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import re
 from collections import deque
@@ -105,6 +113,13 @@ MAX_REPLY_BYTES: Final = 64 << 20
 """Largest reply object the client buffers: a members list of a very large cluster fits."""
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds the client allows to connect, shake hands and write a request (Serf's default)."""
+HANDSHAKE_TIMEOUT: Final = 5.0
+"""Seconds a server gives a new connection to shake hands, and to authenticate when it has an
+auth key, before closing it.  Serf's clients do both as soon as they connect."""
+FIRST_COMMAND_TIMEOUT: Final = 60.0
+"""Seconds from connecting a server gives a client to send its first command, before closing
+the connection.  After one, a client may stay idle for good: an event stream waits for events,
+and a client library for its next call."""
 MAX_CONNECTIONS: Final = 128
 """RPC connections a server serves at once unless told otherwise (Serf sets no limit).  Each
 costs a few kilobytes and a task; ``serf`` and ``swim`` commands use one each, for a moment,
@@ -706,8 +721,9 @@ class _ConnectionLimit:
             return True
         if not self._refused:
             log.warning(
-                "%d RPC connections are open, the most this agent serves: closing new ones "
-                "until some close.  Is a client opening connections and not closing them?",
+                "the agent serves at most %d RPC connections and has that many open: closing "
+                "new ones until some close.  Is a client opening connections and not closing "
+                "them?",
                 self._most,
             )
         self._refused += 1
@@ -780,21 +796,47 @@ class _Connection:
         self._write_lock = trio.Lock()
         self._version = 0
         self._authenticated = auth_key is None
+        self._commanded = False
+        """Whether the client has sent a command other than handshake and auth."""
         self._streams: dict[int, _EventStream] = {}
+        self._connected = trio.current_time()
+        self._deadline = trio.CancelScope(deadline=self._connected + HANDSHAKE_TIMEOUT)
+        """Closes a connection that does not get as far as its first command in time."""
 
     async def serve(self) -> None:
-        """Answer requests until the client leaves or sends what cannot be parsed."""
-        try:
-            while True:
-                await self._serve_one()
-        except EOFError:
-            log.debug("RPC client %s disconnected", self._peer)
-        except _ProtocolError as exc:
-            # Log text, not the exception: a handler that keeps records (a MemoryHandler, a
-            # queue) would keep its traceback, and through it this connection.
-            log.info("closing the RPC connection from %s: %s", self._peer, str(exc))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("RPC client %s went away", self._peer)
+        """Answer requests until the client leaves, sends what cannot be parsed, or is too
+        slow to send its first command."""
+        with self._deadline:
+            try:
+                while True:
+                    await self._serve_one()
+            except EOFError:
+                log.debug("RPC client %s disconnected", self._peer)
+            except _ProtocolError as exc:
+                # Log text, not the exception: a handler that keeps records (a MemoryHandler, a
+                # queue) would keep its traceback, and through it this connection.
+                log.info("closing the RPC connection from %s: %s", self._peer, str(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("RPC client %s went away", self._peer)
+        if self._deadline.cancelled_caught:
+            log.info("closing the RPC connection from %s: %s", self._peer, self._too_slow())
+
+    def _too_slow(self) -> str:
+        """Why the deadline closed this connection."""
+        if not self._version:
+            return f"it did not shake hands within {HANDSHAKE_TIMEOUT:g} s of connecting"
+        if not self._authenticated:
+            return (
+                f"it did not authenticate within {HANDSHAKE_TIMEOUT:g} s of connecting, and "
+                "this agent has an RPC auth key"
+            )
+        return f"it sent no command within {FIRST_COMMAND_TIMEOUT:g} s of connecting"
+
+    def _await_command(self) -> None:
+        """Once the client has shaken hands and authenticated, let it wait for its first
+        command until FIRST_COMMAND_TIMEOUT after connecting."""
+        if self._version and self._authenticated and not self._commanded:
+            self._deadline.deadline = self._connected + FIRST_COMMAND_TIMEOUT
 
     def stop_streams(self) -> None:
         """Unsubscribe every event stream of this connection."""
@@ -820,6 +862,9 @@ class _Connection:
         if not self._authenticated and command not in ("handshake", "auth"):
             await self._reply(seq, AUTH_REQUIRED)  # the one error Serf's client expects bare
             return
+        if command not in ("handshake", "auth"):
+            self._commanded = True
+            self._deadline.deadline = math.inf  # from now on it may be as slow as it likes
         handler = _HANDLERS.get(command)
         if handler is None:
             await self._reply(seq, UNSUPPORTED_COMMAND, empty_reply)
@@ -853,6 +898,7 @@ class _Connection:
         if self._version:
             raise RpcError(DUPLICATE_HANDSHAKE)
         self._version = version
+        self._await_command()
         await self._reply(seq)
 
     async def _auth(self, seq: int, body: dict[str, object]) -> None:
@@ -860,6 +906,7 @@ class _Connection:
         if not hmac.compare_digest(offered, (self._auth_key or "").encode()):
             raise RpcError(INVALID_AUTH_TOKEN)
         self._authenticated = True
+        self._await_command()
         await self._reply(seq)
 
     async def _user_event(self, seq: int, body: dict[str, object]) -> None:
@@ -1099,8 +1146,8 @@ class RpcClient:
                     raise
                 raise RpcConnectionError(
                     f"{exc} before answering the handshake.  A shoal agent does so while it "
-                    "serves as many RPC connections as it allows, and logs it: try again once "
-                    "others close"
+                    "serves as many RPC connections as it allows, or when a handshake takes "
+                    f"over {HANDSHAKE_TIMEOUT:g} s, and logs which: try again once others close"
                 ) from None
             yield client
 
