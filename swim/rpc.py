@@ -106,6 +106,13 @@ _FILTER_EVENTS: Final = MEMBER_EVENTS | {"user", "query", "*"}
 
 STREAM_BUFFER: Final = 512
 """Events one stream may hold for a slow reader before dropping new ones (Serf's buffer size)."""
+MAX_STREAMS: Final = 16
+"""Event streams one connection may have open at once (Serf sets no limit).  Each costs the
+server about 5 KiB, up to 10 with a full buffer, and a call for every event; ``serf``'s CLI
+opens one, a program perhaps one per kind of event."""
+TOO_MANY_STREAMS: Final = (
+    f"Too many streams: a connection may have {MAX_STREAMS} at once; stop one first"
+)
 MAX_REQUEST_BYTES: Final = 64 << 10
 """Largest request object the server buffers.  Serf's requests are a few hundred bytes: a user
 event's payload is at most 512, a query's 1 KiB; 64 KiB leaves room for a long join list."""
@@ -983,6 +990,8 @@ class _Connection:
         filters = parse_event_filter(_text(body, "Type"))
         if seq in self._streams:
             raise RpcError(STREAM_EXISTS)
+        if len(self._streams) >= MAX_STREAMS:
+            raise RpcError(TOO_MANY_STREAMS)
         send, receive = trio.open_memory_channel[RpcEvent](STREAM_BUFFER)
         dropped = 0
 

@@ -15,12 +15,15 @@ from functools import partial
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from swim import rpc
 from swim.rpc import (
     AUTH_REQUIRED,
     FIRST_COMMAND_TIMEOUT,
     HANDSHAKE_TIMEOUT,
+    MAX_STREAMS,
+    TOO_MANY_STREAMS,
     RpcClient,
     RpcConnectionError,
     RpcUserEvent,
@@ -299,3 +302,20 @@ async def test_serf_members_works_beside_idle_connections_and_fails_fast_when_fu
     status, out = await serf("members", rpc_addr, "-format=json")
     assert status == 0, out
     assert [m["name"] for m in json.loads(out)["members"]] == ["web-1", "web-2", "db-1", "v6"]
+
+
+async def test_a_connection_may_hold_only_so_many_streams(
+    agent: str, backend: FakeBackend, autojump_clock: trio.testing.MockClock
+) -> None:
+    raw = await Raw.open(agent)
+    for seq in range(1, MAX_STREAMS + 1):
+        await raw.send({"Command": "stream", "Seq": seq}, {"Type": "user"})
+        assert await raw.receive() == {"Seq": seq, "Error": ""}
+    await raw.send({"Command": "stream", "Seq": 100}, {"Type": "*"})
+    assert await raw.receive() == {"Seq": 100, "Error": TOO_MANY_STREAMS}
+    assert len(backend.subscribers) == MAX_STREAMS
+    await raw.send({"Command": "stop", "Seq": 101}, {"Stop": 1})
+    assert await raw.receive() == {"Seq": 101, "Error": ""}
+    await raw.send({"Command": "stream", "Seq": 102}, {"Type": "*"})
+    assert await raw.receive() == {"Seq": 102, "Error": ""}
+    assert len(backend.subscribers) == MAX_STREAMS
