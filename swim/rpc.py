@@ -134,6 +134,7 @@ and a program typically keeps one or two."""
 _REQUEST_CHUNK = 4096
 """Bytes the server reads at a time: requests are small, and a big read is a big allocation."""
 _REPLY_CHUNK = 65_536
+"""Bytes the client reads at a time: a members reply can run to megabytes."""
 _REPLY_BUFFER = 4096
 """Bytes the client's buffer starts with.  msgpack's C Unpacker allocates its whole
 ``read_size`` at once (by default 1 MiB) and never shrinks; from here it doubles only as far as

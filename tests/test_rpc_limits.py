@@ -1,6 +1,8 @@
-"""What an RPC connection may cost the server: a few kilobytes while it is open, freed as soon as
-it closes without waiting for the cyclic garbage collector.  Loopback sockets; timers on trio's
-MockClock."""
+"""What RPC clients may cost the server: a few kilobytes per open connection, freed as soon as
+it closes without waiting for the cyclic garbage collector; a limit on open connections and on
+streams per connection; connections closed when they never shake hands, authenticate or send a
+command, and never once they have.  Loopback sockets; timers on trio's MockClock, but for the
+real `serf` CLI, which runs in real time."""
 
 from __future__ import annotations
 
@@ -59,6 +61,21 @@ def no_cyclic_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+async def closed_after(raw: Raw, seconds: float) -> float:
+    """How long after now the server closes the connection; fails beyond ``seconds`` + WAIT."""
+    start = trio.current_time()
+    with trio.fail_after(seconds + WAIT):
+        assert await closed(raw)
+    return trio.current_time() - start
+
+
+async def closed(raw: Raw) -> bool:
+    try:
+        return await raw.stream.receive_some() == b""
+    except trio.BrokenResourceError:  # closed with our bytes unread: a reset
+        return True
 
 
 def open_connections() -> list[weakref.ref[_Connection]]:
@@ -195,21 +212,6 @@ async def test_connections_over_the_limit_are_closed_while_the_others_go_on(
 async def test_the_limit_must_allow_a_connection(backend: FakeBackend) -> None:
     with pytest.raises(ValueError, match="max_connections is 0; it must be at least 1"):
         await serve_rpc(backend, "127.0.0.1", 0, max_connections=0)
-
-
-async def closed_after(raw: Raw, seconds: float) -> float:
-    """How long after now the server closes the connection; fails beyond ``seconds`` + WAIT."""
-    start = trio.current_time()
-    with trio.fail_after(seconds + WAIT):
-        assert await closed(raw)
-    return trio.current_time() - start
-
-
-async def closed(raw: Raw) -> bool:
-    try:
-        return await raw.stream.receive_some() == b""
-    except trio.BrokenResourceError:  # closed with our bytes unread: a reset
-        return True
 
 
 @pytest.mark.parametrize("sent", [b"", msgpack.packb({"Command": "handshake", "Seq": 0})[:5]])
