@@ -151,6 +151,15 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def rss_mib(pid: int) -> float:
+    """The process's resident memory (``VmRSS``), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def serf_version(serf: str) -> str:
     try:
         done = subprocess.run(

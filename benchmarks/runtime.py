@@ -47,6 +47,7 @@ from benchmarks.agents import (
     check_running,
     cpu_ticks,
     free_ports,
+    rss_mib,
     serf_version,
     start_agent,
     stop_all,
@@ -109,14 +110,6 @@ def not_converged(cluster: Sequence[Agent], serf: str) -> str | None:
             shown = ", ".join(f"{name} {status}" for name, status in sorted(statuses.items()))
             return f"{agent.name} shows {shown or 'nobody'}"
     return None
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class LoopbackCounters:

@@ -21,9 +21,16 @@ The wire, as Serf 0.9 writes it:
 
 Where Serf's agent drops the connection and leaves its client hanging or guessing, this server
 replies with the reason and keeps the connection: an invalid regex, a body of the wrong shape, a
-Serf command shoal does not serve.  It closes only when it cannot tell where the next request
-starts: bytes that are not msgpack, a header that is not one, a command it has never heard of, or
-a command before the handshake (as Serf does).
+Serf command shoal does not serve.  It closes for what a client sent only when it cannot tell
+where the next request starts: bytes that are not msgpack, a header that is not one, a command
+it has never heard of, or a command before the handshake (as Serf does).
+
+Serf's agent also lets its clients hold it without limit.  This server serves at most
+:data:`MAX_CONNECTIONS` connections at once, closing new ones while at the limit, and closes a
+connection that has not shaken hands (and authenticated, with an auth key) within
+:data:`HANDSHAKE_TIMEOUT`, or sent a command within :data:`FIRST_COMMAND_TIMEOUT`.  After its
+first command a client may stay idle for as long as it likes, as event streams do.  An open
+connection costs the server a few kilobytes, all freed when it closes.
 
 The endpoint is trusted the way Serf's is: whoever reaches it can make the agent leave, so bind
 it to loopback or set an auth key.
@@ -34,6 +41,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import re
 from collections import deque
@@ -44,6 +52,7 @@ from functools import partial
 from typing import Final, Protocol, TypeVar
 
 import msgpack
+import msgpack.fallback
 import trio
 
 log = logging.getLogger("swim.rpc")
@@ -97,13 +106,39 @@ _FILTER_EVENTS: Final = MEMBER_EVENTS | {"user", "query", "*"}
 
 STREAM_BUFFER: Final = 512
 """Events one stream may hold for a slow reader before dropping new ones (Serf's buffer size)."""
-MAX_REQUEST_BYTES: Final = 1 << 20
-"""Largest request object the server buffers; Serf's requests are a few hundred bytes."""
+MAX_STREAMS: Final = 16
+"""Event streams one connection may have open at once (Serf sets no limit).  Each costs the
+server about 5 KiB, up to 10 with a full buffer, and a call for every event; ``serf``'s CLI
+opens one, a program perhaps one per kind of event."""
+TOO_MANY_STREAMS: Final = (
+    f"Too many streams: a connection may have {MAX_STREAMS} at once; stop one first"
+)
+MAX_REQUEST_BYTES: Final = 64 << 10
+"""Largest request object the server buffers.  Serf's requests are a few hundred bytes: a user
+event's payload is at most 512, a query's 1 KiB; 64 KiB leaves room for a long join list."""
 MAX_REPLY_BYTES: Final = 64 << 20
 """Largest reply object the client buffers: a members list of a very large cluster fits."""
 DEFAULT_TIMEOUT: Final = 10.0
 """Seconds the client allows to connect, shake hands and write a request (Serf's default)."""
-_RECEIVE_CHUNK = 65_536
+HANDSHAKE_TIMEOUT: Final = 5.0
+"""Seconds a server gives a new connection to shake hands, and to authenticate when it has an
+auth key, before closing it.  Serf's clients do both as soon as they connect."""
+FIRST_COMMAND_TIMEOUT: Final = 60.0
+"""Seconds from connecting a server gives a client to send its first command, before closing
+the connection.  After one, a client may stay idle for good: an event stream waits for events,
+and a client library for its next call."""
+MAX_CONNECTIONS: Final = 128
+"""RPC connections a server serves at once unless told otherwise (Serf sets no limit).  Each
+costs a few kilobytes and a task; ``serf`` and ``swim`` commands use one each, for a moment,
+and a program typically keeps one or two."""
+_REQUEST_CHUNK = 4096
+"""Bytes the server reads at a time: requests are small, and a big read is a big allocation."""
+_REPLY_CHUNK = 65_536
+"""Bytes the client reads at a time: a members reply can run to megabytes."""
+_REPLY_BUFFER = 4096
+"""Bytes the client's buffer starts with.  msgpack's C Unpacker allocates its whole
+``read_size`` at once (by default 1 MiB) and never shrinks; from here it doubles only as far as
+a reply needs."""
 
 
 class RpcError(Exception):
@@ -322,16 +357,43 @@ class _ProtocolError(ValueError):
     the Serf struct due, a request out of order."""
 
 
+class _Unpacker(Protocol):
+    """What :class:`_ObjectReader` needs of msgpack's Unpacker, the C one or the Python one."""
+
+    def feed(self, data: bytes | bytearray) -> None: ...
+
+    def __next__(self) -> object: ...
+
+
 class _ObjectReader:
-    """Msgpack objects from a stream, one at a time, buffering at most ``max_bytes``.
+    """Msgpack objects from a stream, one at a time, reading ``chunk`` bytes at a time into
+    ``unpacker``, which buffers at most ``max_bytes``.
 
     Partial objects stay buffered when a read is cancelled, so reading can resume.
     """
 
-    def __init__(self, stream: trio.abc.ReceiveStream, max_bytes: int) -> None:
+    def __init__(
+        self, stream: trio.abc.ReceiveStream, unpacker: _Unpacker, max_bytes: int, chunk: int
+    ) -> None:
+        """Use :meth:`for_requests` or :meth:`for_replies`."""
         self._stream = stream
+        self._unpacker = unpacker
         self._max_bytes = max_bytes
-        self._unpacker = msgpack.Unpacker(max_buffer_size=max_bytes)
+        self._chunk = chunk
+
+    @classmethod
+    def for_requests(cls, stream: trio.abc.ReceiveStream) -> _ObjectReader:
+        """The server's reader.  Many connections may be open, each sending a few small
+        requests, so it uses msgpack's pure-Python Unpacker: about 0.5 KB and 20 us a request,
+        where the C one is 41 KB (it embeds a 1024-level parse stack) and 2 us."""
+        unpacker = msgpack.fallback.Unpacker(max_buffer_size=MAX_REQUEST_BYTES)
+        return cls(stream, unpacker, MAX_REQUEST_BYTES, _REQUEST_CHUNK)
+
+    @classmethod
+    def for_replies(cls, stream: trio.abc.ReceiveStream) -> _ObjectReader:
+        """The client's reader: one per client, for replies up to a large members list."""
+        unpacker = msgpack.Unpacker(read_size=_REPLY_BUFFER, max_buffer_size=MAX_REPLY_BYTES)
+        return cls(stream, unpacker, MAX_REPLY_BYTES, _REPLY_CHUNK)
 
     async def next(self) -> object:
         """The next object; EOFError when the peer closes the stream."""
@@ -342,7 +404,7 @@ class _ObjectReader:
                 pass
             except Exception as exc:  # msgpack raises several unrelated types for bad input
                 raise _ProtocolError(f"not msgpack ({type(exc).__name__}: {exc})") from None
-            data = await self._stream.receive_some(_RECEIVE_CHUNK)
+            data = await self._stream.receive_some(self._chunk)
             if not data:
                 raise EOFError
             try:
@@ -630,22 +692,67 @@ async def serve_rpc(
     port: int,
     auth_key: str | None = None,
     *,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Serf's RPC protocol on ``host:port`` until cancelled, one task per connection.
 
     Start it with ``port = await nursery.start(serve_rpc, backend, host, port)``: it reports
     the bound port, so port 0 picks a free one.  With an ``auth_key`` (empty means none, as in
-    Serf), clients must authenticate after the handshake.
+    Serf), clients must authenticate after the handshake.  While ``max_connections`` are open,
+    new ones are closed as soon as they are accepted.
     """
+    if max_connections < 1:
+        raise ValueError(f"max_connections is {max_connections}; it must be at least 1")
+    limit = _ConnectionLimit(max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_serve_connection, backend, auth_key or None), listeners)
+    await trio.serve_listeners(
+        partial(_serve_connection, backend, auth_key or None, limit), listeners
+    )
+
+
+class _ConnectionLimit:
+    """Counts a server's open connections and refuses those over its limit, logging once when
+    refusals start and once when they stop."""
+
+    def __init__(self, most: int) -> None:
+        self._most = most
+        self._open = 0
+        self._refused = 0
+        """Connections refused since the server was last under its limit."""
+
+    def admit(self) -> bool:
+        """Whether to serve a new connection; if so, :meth:`release` it when it closes."""
+        if self._open < self._most:
+            self._open += 1
+            return True
+        if not self._refused:
+            log.warning(
+                "the agent serves at most %d RPC connections and has that many open: closing "
+                "new ones until some close.  Is a client opening connections and not closing "
+                "them?",
+                self._most,
+            )
+        self._refused += 1
+        return False
+
+    def release(self) -> None:
+        self._open -= 1
+        if self._refused:
+            log.warning("serving new RPC connections again, after refusing %d", self._refused)
+            self._refused = 0
 
 
 async def _serve_connection(
-    backend: AgentBackend, auth_key: str | None, stream: trio.SocketStream
+    backend: AgentBackend,
+    auth_key: str | None,
+    limit: _ConnectionLimit,
+    stream: trio.SocketStream,
 ) -> None:
+    if not limit.admit():
+        await trio.aclose_forcefully(stream)
+        return
     try:
         host, port, *_ = stream.socket.getpeername()
         peer = f"{host}:{port}"
@@ -663,6 +770,7 @@ async def _serve_connection(
     except Exception:  # a bug must cost this connection only, never the server
         log.exception("RPC client %s: unexpected failure; closing its connection", peer)
     finally:
+        limit.release()
         await trio.aclose_forcefully(stream)
 
 
@@ -692,42 +800,51 @@ class _Connection:
         self._stream = stream
         self._peer = peer
         self._nursery = nursery
-        self._reader = _ObjectReader(stream, MAX_REQUEST_BYTES)
+        self._reader = _ObjectReader.for_requests(stream)
         self._write_lock = trio.Lock()
         self._version = 0
         self._authenticated = auth_key is None
+        self._commanded = False
+        """Whether the client has sent a command other than handshake and auth."""
         self._streams: dict[int, _EventStream] = {}
-        self._handlers: dict[str, Callable[[int, dict[str, object]], Awaitable[None]]] = {
-            "handshake": self._handshake,
-            "auth": self._auth,
-            "event": self._user_event,
-            "force-leave": self._force_leave,
-            "join": self._join,
-            "members": self._members,
-            "members-filtered": self._members,
-            "stream": self._stream_events,
-            "stop": self._stop,
-            "leave": self._leave,
-            "tags": self._tags,
-            "stats": self._stats,
-            "install-key": self._install_key,
-            "use-key": self._use_key,
-            "remove-key": self._remove_key,
-            "list-keys": self._list_keys,
-            "query": self._query,
-        }
+        self._connected = trio.current_time()
+        self._deadline = trio.CancelScope(deadline=self._connected + HANDSHAKE_TIMEOUT)
+        """Closes a connection that does not get as far as its first command in time."""
 
     async def serve(self) -> None:
-        """Answer requests until the client leaves or sends what cannot be parsed."""
-        try:
-            while True:
-                await self._serve_one()
-        except EOFError:
-            log.debug("RPC client %s disconnected", self._peer)
-        except _ProtocolError as exc:
-            log.info("closing the RPC connection from %s: %s", self._peer, exc)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.debug("RPC client %s went away", self._peer)
+        """Answer requests until the client leaves, sends what cannot be parsed, or is too
+        slow to send its first command."""
+        with self._deadline:
+            try:
+                while True:
+                    await self._serve_one()
+            except EOFError:
+                log.debug("RPC client %s disconnected", self._peer)
+            except _ProtocolError as exc:
+                # Log text, not the exception: a handler that keeps records (a MemoryHandler, a
+                # queue) would keep its traceback, and through it this connection.
+                log.info("closing the RPC connection from %s: %s", self._peer, str(exc))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.debug("RPC client %s went away", self._peer)
+        if self._deadline.cancelled_caught:
+            log.info("closing the RPC connection from %s: %s", self._peer, self._too_slow())
+
+    def _too_slow(self) -> str:
+        """Why the deadline closed this connection."""
+        if not self._version:
+            return f"it did not shake hands within {HANDSHAKE_TIMEOUT:g} s of connecting"
+        if not self._authenticated:
+            return (
+                f"it did not authenticate within {HANDSHAKE_TIMEOUT:g} s of connecting, and "
+                "this agent has an RPC auth key"
+            )
+        return f"it sent no command within {FIRST_COMMAND_TIMEOUT:g} s of connecting"
+
+    def _await_command(self) -> None:
+        """Once the client has shaken hands and authenticated, let it wait for its first
+        command until FIRST_COMMAND_TIMEOUT after connecting."""
+        if self._version and self._authenticated and not self._commanded:
+            self._deadline.deadline = self._connected + FIRST_COMMAND_TIMEOUT
 
     def stop_streams(self) -> None:
         """Unsubscribe every event stream of this connection."""
@@ -753,19 +870,22 @@ class _Connection:
         if not self._authenticated and command not in ("handshake", "auth"):
             await self._reply(seq, AUTH_REQUIRED)  # the one error Serf's client expects bare
             return
-        handler = self._handlers.get(command)
+        if command not in ("handshake", "auth"):
+            self._commanded = True
+            self._deadline.deadline = math.inf  # from now on it may be as slow as it likes
+        handler = _HANDLERS.get(command)
         if handler is None:
             await self._reply(seq, UNSUPPORTED_COMMAND, empty_reply)
             return
         try:
-            await handler(seq, _struct(body, f"the {command} request"))
+            await handler(self, seq, _struct(body, f"the {command} request"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
-        except _ProtocolError as exc:
-            log.info("RPC %s from %s: malformed request: %s", command, self._peer, exc)
+        except _ProtocolError as exc:  # logged as text, as in serve()
+            log.info("RPC %s from %s: malformed request: %s", command, self._peer, str(exc))
             await self._reply(seq, f"decode failed: {exc}", empty_reply)
         except RpcKeyError as exc:  # Serf replies with the tally alongside the error
-            log.info("RPC %s from %s failed: %s", command, self._peer, exc)
+            log.info("RPC %s from %s failed: %s", command, self._peer, str(exc))
             await self._reply(seq, str(exc), _key_struct(exc.result, command == "list-keys"))
         except Exception as exc:  # the backend's refusal, or its failure, is this answer
             message = str(exc) or type(exc).__name__
@@ -786,6 +906,7 @@ class _Connection:
         if self._version:
             raise RpcError(DUPLICATE_HANDSHAKE)
         self._version = version
+        self._await_command()
         await self._reply(seq)
 
     async def _auth(self, seq: int, body: dict[str, object]) -> None:
@@ -793,6 +914,7 @@ class _Connection:
         if not hmac.compare_digest(offered, (self._auth_key or "").encode()):
             raise RpcError(INVALID_AUTH_TOKEN)
         self._authenticated = True
+        self._await_command()
         await self._reply(seq)
 
     async def _user_event(self, seq: int, body: dict[str, object]) -> None:
@@ -869,6 +991,8 @@ class _Connection:
         filters = parse_event_filter(_text(body, "Type"))
         if seq in self._streams:
             raise RpcError(STREAM_EXISTS)
+        if len(self._streams) >= MAX_STREAMS:
+            raise RpcError(TOO_MANY_STREAMS)
         send, receive = trio.open_memory_channel[RpcEvent](STREAM_BUFFER)
         dropped = 0
 
@@ -918,6 +1042,30 @@ class _Connection:
         await self._reply(seq)  # Serf's stop always succeeds
 
 
+_Handler = Callable[[_Connection, int, dict[str, object]], Awaitable[None]]
+_HANDLERS: Final[Mapping[str, _Handler]] = {
+    "handshake": _Connection._handshake,
+    "auth": _Connection._auth,
+    "event": _Connection._user_event,
+    "force-leave": _Connection._force_leave,
+    "join": _Connection._join,
+    "members": _Connection._members,
+    "members-filtered": _Connection._members,
+    "stream": _Connection._stream_events,
+    "stop": _Connection._stop,
+    "leave": _Connection._leave,
+    "tags": _Connection._tags,
+    "stats": _Connection._stats,
+    "install-key": _Connection._install_key,
+    "use-key": _Connection._use_key,
+    "remove-key": _Connection._remove_key,
+    "list-keys": _Connection._list_keys,
+    "query": _Connection._query,
+}
+"""What serves each command, as plain functions: a table of bound methods in each connection
+would make a reference cycle, leaving every closed connection to the cyclic collector."""
+
+
 # ---------------------------------------------------------------------------------------------
 # The client.
 
@@ -957,7 +1105,7 @@ class RpcClient:
         self._stream = stream
         self._addr = addr
         self._timeout = timeout
-        self._reader = _ObjectReader(stream, MAX_REPLY_BYTES)
+        self._reader = _ObjectReader.for_replies(stream)
         self._read_lock = trio.Lock()
         self._write_lock = trio.Lock()
         self._last_seq = 0
@@ -965,6 +1113,7 @@ class RpcClient:
         self._subscriptions: dict[int, _Subscription] = {}
         self._body_for: Callable[[object], None] | None = None
         self._broken: RpcConnectionError | None = None
+        self._closed_by_agent = False
 
     @classmethod
     @asynccontextmanager
@@ -1001,6 +1150,14 @@ class RpcClient:
                 raise RpcConnectionError(
                     f"{addr} accepted the connection but did not answer the handshake in "
                     f"{timeout:g} s; is it a Serf or shoal agent's RPC address?"
+                ) from None
+            except RpcConnectionError as exc:
+                if not client._closed_by_agent:
+                    raise
+                raise RpcConnectionError(
+                    f"{exc} before answering the handshake.  A shoal agent does so while it "
+                    "serves as many RPC connections as it allows, or when a handshake takes "
+                    f"over {HANDSHAKE_TIMEOUT:g} s, and logs which: try again once others close"
                 ) from None
             yield client
 
@@ -1167,6 +1324,11 @@ class RpcClient:
         await self._wait(lambda: call.done)
         return call.error, call.body
 
+    def _lost(self, reason: str) -> RpcConnectionError:
+        """The agent closed or reset the connection."""
+        self._closed_by_agent = True
+        return self._fail(reason)
+
     def _fail(self, reason: str) -> RpcConnectionError:
         if self._broken is None:
             self._broken = RpcConnectionError(
@@ -1186,7 +1348,7 @@ class RpcClient:
                 try:
                     await self._stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise self._fail(f"broke: {exc}") from None
+                    raise self._lost(f"broke: {exc}") from None
             if scope.cancelled_caught:
                 raise self._fail(f"stalled: a request took over {self._timeout:g} s to write")
 
@@ -1203,11 +1365,11 @@ class RpcClient:
         try:
             message = await self._reader.next()
         except EOFError:
-            raise self._fail("was closed by the agent") from None
+            raise self._lost("was closed by the agent") from None
         except _ProtocolError as exc:
             raise self._fail(f"carried bytes shoal cannot read: {exc}") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._fail(f"broke: {exc}") from None
+            raise self._lost(f"broke: {exc}") from None
         if self._body_for is not None:
             deliver, self._body_for = self._body_for, None
             deliver(message)
