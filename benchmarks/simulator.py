@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -41,8 +40,9 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
 
 from simulator.cluster import Cluster  # noqa: E402
-from swim.engine import PUSH_PULL_SCALE_THRESHOLD, Engine  # noqa: E402
+from swim.engine import Engine  # noqa: E402
 from swim.members import Address  # noqa: E402
+from swim.pushpull import push_pull_period  # noqa: E402
 
 QUIET = 25.0
 """Virtual seconds before any engine's first push-pull (they come 30 to 60 s in)."""
@@ -60,13 +60,6 @@ ENGINE_METHODS = (
     "take_events",
     "next_deadline",
 )
-
-
-def push_pull_period(n: int, interval: float) -> float:
-    """How often each engine starts a push-pull in a cluster of ``n`` (see the engine)."""
-    if n <= PUSH_PULL_SCALE_THRESHOLD:
-        return interval
-    return (math.ceil(math.log2(n) - math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1) * interval
 
 
 def time_engine_calls() -> Callable[[], float]:

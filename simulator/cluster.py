@@ -515,7 +515,7 @@ class Cluster:
             self._on_events(node, events)
             if not node.running or node.engine is not engine:
                 return None
-        health = engine.stats.health_score
+        health = engine.health_score
         if health != node.health:
             node.health = health
             self.metrics.health_changed(node.name, self.now, health)

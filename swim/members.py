@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import random
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -54,6 +56,13 @@ def name_problem(name: str) -> str | None:
     if not name.isprintable():
         return "the name holds control characters or other unprintable ones"
     return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def address_of(raw: bytes, port: int) -> Address:
+    """The socket address for a wire address (4 or 16 bytes), one shared tuple per address
+    for every engine in the process: a simulated cluster holds n² member entries."""
+    return (socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
 
 def ip_text(raw: bytes) -> str:

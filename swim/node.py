@@ -9,6 +9,7 @@ block does.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -385,7 +386,7 @@ class Node:
 
     def stats(self) -> dict[str, int]:
         """The engine's and the runtime's counters."""
-        out = {name: getattr(self.engine.stats, name) for name in self.engine.stats.__slots__}
+        out = dataclasses.asdict(self.engine.statistics())
         out.update(
             {name: getattr(self.runtime_stats, name) for name in self.runtime_stats.__slots__}
         )

@@ -126,7 +126,7 @@ def trace(seed: int) -> str:
         datagrams = engine.take_datagrams()
         for destination, data in datagrams:
             digest.update(repr((round(cluster.now, 9), engine.name, destination)).encode() + data)
-        engine._datagrams = datagrams
+        engine._gossip.datagrams = datagrams
         original(engine)
 
     cluster._flush = recording  # type: ignore[method-assign]

@@ -13,8 +13,9 @@ import pytest
 
 from swim import wire
 from swim.config import Config
-from swim.engine import MERGE_SLICE, Engine
+from swim.engine import Engine
 from swim.members import MAX_NAME_BYTES, MemberState
+from swim.pushpull import MERGE_SLICE
 
 from .conftest import ME, PLAIN, STRANGER, address_of, alive, feed, make_engine, sent_messages
 from .test_push_pull import state
@@ -38,7 +39,7 @@ def test_a_stranger_may_introduce_itself_but_no_one_else() -> None:
     assert names(engine) == {"me", "p0"}
     feed(engine, 0.0, stranger_alive, alive("fake-3", 62), source=address_of(50))
     assert names(engine) == {"me", "p0", "stranger"}
-    assert engine.stats.members_refused == 4
+    assert engine.statistics().members_refused == 4
 
 
 def test_a_member_passes_news_of_others_on() -> None:
@@ -78,7 +79,7 @@ def test_the_view_stops_growing_at_max_members_and_says_so_once(
         for i in range(6):
             feed(engine, 0.0, alive(f"new-{i}", 10 + i))
     assert len(names(engine)) == 4
-    assert engine.stats.members_refused == 4
+    assert engine.statistics().members_refused == 4
     lines = [r.getMessage() for r in caplog.records if "max_members" in r.getMessage()]
     assert len(lines) == 1, lines  # a flood of refusals is reported once per interval
     assert "raise max_members on every node" in lines[0]
@@ -122,7 +123,7 @@ def test_a_member_with_an_unprintable_empty_or_huge_name_is_refused(
         feed(engine, 0.0, alive(bad, 40))
         engine.handle_stream(wire.PushPull([state(bad, 41, wire.NodeState.ALIVE)]), ME, 0.0)
     assert names(engine) == {"me", "p0"}
-    assert engine.stats.members_refused == 2
+    assert engine.statistics().members_refused == 2
     for record in caplog.records:
         assert record.getMessage().isprintable(), record.getMessage()
 
@@ -239,7 +240,7 @@ def test_a_replayed_encrypted_ping_is_refused_and_counted() -> None:
         if isinstance(message, wire.Ack)
     ]
     assert len(acks) == 1
-    assert engine.stats.replays_refused == 1
+    assert engine.statistics().replays_refused == 1
     assert engine.member("p0") is not None
     assert engine.member("p0").state is MemberState.ALIVE  # type: ignore[union-attr]
 
@@ -250,5 +251,5 @@ def test_replays_are_not_checked_when_the_window_is_off() -> None:
     packet = wire.encode_packet([wire.encode(wire.Ping(seq_no=1, node="me"))], engine.wire_options)
     engine.receive_datagram(packet, address_of(0), 0.0)
     engine.receive_datagram(packet, address_of(0), 0.1)
-    assert engine.stats.replays_refused == 0
+    assert engine.statistics().replays_refused == 0
     assert len(engine.take_datagrams()) == 2

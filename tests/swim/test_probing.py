@@ -68,7 +68,7 @@ def test_ping_carries_queued_broadcasts() -> None:
 
 def test_an_ack_lowers_the_health_score() -> None:
     engine = make_engine(peers=3)
-    engine.stats.health_score = 3
+    engine._awareness.score = 3
     now, ping = run_until_probe(engine)
     feed(engine, now, wire.Ack(seq_no=ping.seq_no))
     assert engine.health_score == 2
@@ -119,7 +119,7 @@ def test_a_failed_probe_without_helpers_adds_one() -> None:
 
 def test_health_stretches_a_failing_probe_and_is_capped() -> None:
     engine = make_engine(Config.lan(compression=False, disable_tcp_pings=True), peers=1)
-    engine.stats.health_score = 7
+    engine._awareness.score = 7
     now, _ = run_until_probe(engine)
     engine.tick(now + 7.9)
     assert not any(isinstance(e, MemberSuspect) for e in engine.take_events())
@@ -319,7 +319,7 @@ def test_an_idle_node_wakes_only_to_probe() -> None:
     assert engine.queued_broadcasts == 0
     wakes = wakes_while_acking(engine, 10.0, 20.0)
     assert len(wakes) == 10
-    assert engine.stats.probes >= 19
+    assert engine.statistics().probes >= 19
 
 
 def test_news_goes_out_at_the_next_gossip_beat() -> None:
@@ -352,9 +352,9 @@ def test_a_rejoin_restarts_the_loops_instead_of_adding_more() -> None:
     wakes_while_acking(engine, 0.0, 10.0)
     engine.join([address_of(0)], 10.0)
     wakes_while_acking(engine, 10.0, 20.0)
-    probes = engine.stats.probes
+    probes = engine.statistics().probes
     wakes_while_acking(engine, 20.0, 30.0)
-    assert engine.stats.probes - probes == 10
+    assert engine.statistics().probes - probes == 10
 
 
 def test_a_failed_probe_accuses_only_the_incarnation_it_probed() -> None:
@@ -368,7 +368,7 @@ def test_a_failed_probe_accuses_only_the_incarnation_it_probed() -> None:
         if deadline is None or deadline > now + 1.5:
             break
         engine.tick(deadline)
-    assert engine.stats.probes == 1
+    assert engine.statistics().probes == 1
     p0 = engine.member("p0")
     assert p0 is not None and p0.state is MemberState.ALIVE and p0.incarnation == 2
     assert [e for e in engine.take_events() if isinstance(e, MemberSuspect)] == []

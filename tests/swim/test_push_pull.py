@@ -98,7 +98,7 @@ def test_incompatible_versions_refuse_the_whole_merge() -> None:
 
 def test_push_pull_goes_to_a_random_alive_member_at_the_scaled_interval() -> None:
     engine = make_engine(Config.lan(compression=False, reconnect_interval=0.0), peers=99)
-    assert engine._push_pull_period() == 90.0  # memberlist's pushPullScale for n = 100
+    assert engine._anti_entropy.period() == 90.0  # memberlist's pushPullScale for n = 100
     times: list[float] = []
     now = 0.0
     while len(times) < 3:

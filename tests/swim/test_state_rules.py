@@ -40,25 +40,25 @@ def test_refutation_takes_max_of_ours_plus_one_and_accused_plus_one(
     ours: int, accused: int, expected: int
 ) -> None:
     engine = make_engine(peers=3)
-    engine._me.incarnation = ours
+    engine._table.me.incarnation = ours
     feed(engine, 0.0, wire.Suspect(incarnation=accused, node="me", from_node="p0"))
     assert engine.local_member.incarnation == expected
     assert engine.local_member.state is MemberState.ALIVE
     assert queued_alive_about_me(engine).incarnation == expected
     assert engine.health_score == 1  # a refutation costs a point of health
-    assert engine.stats.suspicions_refuted == 1
+    assert engine.statistics().suspicions_refuted == 1
 
 
 def test_stale_accusations_are_not_refuted_but_the_accuser_is_told_our_incarnation() -> None:
     # The accuser missed our refutation (say, during a partition); memberlist never refutes an
     # old accusation again, so without a word from us its suspicion runs out into a failure.
     engine = make_engine(peers=3)
-    engine._me.incarnation = 9
+    engine._table.me.incarnation = 9
     queued = engine.queued_broadcasts
     feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="p0"), source=STRANGER)
     feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p1"), source=STRANGER)
     assert engine.local_member.incarnation == 9
-    assert engine.stats.suspicions_refuted == 0
+    assert engine.statistics().suspicions_refuted == 0
     told = [(dst, m.incarnation) for dst, m in sent_messages(engine, wire.Alive) if m.node == "me"]
     assert told == [(address_of(0), 9), (address_of(1), 9)]
     assert engine.queued_broadcasts == queued  # told directly, not gossiped to everyone
@@ -66,7 +66,7 @@ def test_stale_accusations_are_not_refuted_but_the_accuser_is_told_our_incarnati
 
 def test_the_member_that_relays_a_stale_accusation_is_told_too() -> None:
     engine = make_engine(peers=3)
-    engine._me.incarnation = 9
+    engine._table.me.incarnation = 9
     feed(engine, 0.0, wire.Dead(incarnation=4, node="me", from_node="p0"), source=address_of(2))
     told = sorted(dst for dst, m in sent_messages(engine, wire.Alive) if m.node == "me")
     assert told == [address_of(0), address_of(2)]
@@ -74,7 +74,7 @@ def test_the_member_that_relays_a_stale_accusation_is_told_too() -> None:
 
 def test_stale_accusations_from_strangers_or_while_leaving_get_no_answer() -> None:
     engine = make_engine(peers=3)
-    engine._me.incarnation = 9
+    engine._table.me.incarnation = 9
     feed(engine, 0.0, wire.Suspect(incarnation=3, node="me", from_node="stranger"), source=STRANGER)
     assert sent_messages(engine, wire.Alive) == []
     engine.leave(0.0)
@@ -85,7 +85,7 @@ def test_stale_accusations_from_strangers_or_while_leaving_get_no_answer() -> No
 
 def test_a_forged_alive_about_us_is_refuted_above_our_incarnation() -> None:
     engine = make_engine(peers=3)
-    engine._me.incarnation = 4
+    engine._table.me.incarnation = 4
     forged = alive("me", 0, incarnation=4, meta=b"forged")
     forged.addr, forged.port = bytes((10, 0, 0, 1)), 7946
     feed(engine, 0.0, forged)

@@ -86,9 +86,9 @@ def test_a_new_confirmation_is_regossiped_and_a_duplicate_is_not() -> None:
     engine = make_engine(peers=20)
     feed(engine, 0.0, wire.Suspect(incarnation=1, node="p1", from_node="p0"))
     feed(engine, 0.0, wire.Suspect(incarnation=1, node="p1", from_node="p5"))
-    queued_before = len(engine._broadcasts)
+    queued_before = engine.queued_broadcasts
     feed(engine, 0.0, wire.Suspect(incarnation=1, node="p1", from_node="p5"))
-    assert len(engine._broadcasts) == queued_before
+    assert engine.queued_broadcasts == queued_before
     # what goes out is the confirmation from p5 (it replaced p0's in the queue)
     engine.tick(1.0)
     gossiped = [m for _, m in sent_messages(engine, wire.Suspect) if m.node == "p1"]
