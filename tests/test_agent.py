@@ -170,6 +170,20 @@ async def test_a_start_up_mistake_comes_out_of_run_agent_as_itself(
         await run_agent(options("lonely", join=[f"{LOOPBACK}:{free_port()}"]), handle_signals=False)
 
 
+async def test_joining_an_encrypted_cluster_without_its_key_points_at_the_key_flags(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    key = "cg8StVXbQJ0gPvMd9o7yrg=="  # 16 bytes, base64
+    async with agent(options("keyed", encrypt=key)) as keyed:
+        with pytest.raises(AgentError) as error:
+            await run_agent(options("keyless", join=[seed(keyed)]), handle_signals=False)
+    assert str(error.value) == (
+        f"-join: could not join the cluster: {seed(keyed)}: the reply could not be read "
+        "(likely an encryption key or label mismatch); -encrypt (or -keyring-file) must hold "
+        "the cluster's key"
+    )
+
+
 async def test_a_wildcard_bind_without_an_address_to_advertise_names_the_flags(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
