@@ -39,7 +39,7 @@ class Work:
     started: float
 
     def __str__(self) -> str:
-        return f"{self.kind.value} {self.name!r} (started at {self.started:g})"
+        return f"{self.kind.value} {self.name!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,14 @@ class DrainReport:
         return not self.cut_off and self.left
 
     def __str__(self) -> str:
-        took = f"drained in {self.finished - self.started:.3g} s"
-        cut = f"; cut off: {', '.join(map(str, self.cut_off))}" if self.cut_off else ""
+        """Durations in seconds from the start of the drain (the clock's own values mean
+        nothing to a reader)."""
+        took = f"drained in {self.finished - self.started:.1f} s"
+        cut = ", ".join(
+            f"{work} (running {self.started - work.started:.1f} s when the drain began)"
+            for work in self.cut_off
+        )
+        cut = f"; cut off: {cut}" if cut else ""
         return f"{took}{cut}{'' if self.left else '; the leave did not complete'}"
 
 
@@ -90,9 +96,10 @@ class Lifecycle:
     def begin(self, name: str, kind: Kind, now: float) -> Work:
         """Start tracking a request or task; :class:`NotAccepting` once draining."""
         if self.phase is not Phase.SERVING:
+            since = now - (self.drain_started or now)
             raise NotAccepting(
-                f"node {self.node!r} is {self.phase.value} (since {self.drain_started:g}) and "
-                f"accepts no new {kind.value}s; send {name!r} to another instance"
+                f"node {self.node!r} is {self.phase.value} (the drain began {since:.1f} s ago) "
+                f"and accepts no new {kind.value}s; send {name!r} to another instance"
             )
         self._serial += 1
         work = Work(self._serial, name, kind, now)

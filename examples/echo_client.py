@@ -14,9 +14,17 @@ from functools import partial
 
 import trio
 
-from discovery import CallFailed, Discovery, Instance, LeastOutstanding, NoInstances
+from discovery import (
+    CallFailed,
+    Discovery,
+    Instance,
+    LeastOutstanding,
+    MissingServices,
+    NoInstances,
+)
 from swim.config import Config
-from swim.node import Node
+from swim.node import JoinError, Node
+from swim.toplevel import run_command
 
 
 async def ask(instance: Instance, text: str = "hello") -> str:
@@ -52,12 +60,20 @@ async def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Exit 0 when every call succeeded, 1 otherwise; failing fast at start-up (no seed
+    answers, no "echo" instance) is one line saying why."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--join", action="append", required=True, help="host:port of a member")
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
-    raise SystemExit(1 if trio.run(run, args.join, args.count, args.interval) else 0)
+
+    def calls() -> int:
+        return 1 if trio.run(run, args.join, args.count, args.interval) else 0
+
+    raise SystemExit(
+        run_command("echo_client", calls, expected=(JoinError, MissingServices, NoInstances))
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import trio
 
 from discovery import NotAccepting, ServiceHost
 from swim.config import Config
-from swim.node import Node
+from swim.node import JoinError, Node
+from swim.toplevel import run_command
 
 WORK_SECONDS = 0.2
 """How long each request pretends to work, so that a drain has something to wait for."""
@@ -86,12 +87,19 @@ async def serve_until_signalled(name: str, gossip_port: int, seeds: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Serve until signalled; a new instance that cannot join exits at once, saying why in
+    one line (status 1)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("--gossip", type=int, default=0, help="gossip port (default: any)")
     parser.add_argument("--join", action="append", default=[], help="host:port of a member")
     args = parser.parse_args(argv)
-    trio.run(serve_until_signalled, args.name, args.gossip, args.join)
+
+    def service() -> int:
+        trio.run(serve_until_signalled, args.name, args.gossip, args.join)
+        return 0
+
+    raise SystemExit(run_command("echo_service", service, expected=(JoinError,)))
 
 
 if __name__ == "__main__":

@@ -10,21 +10,66 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulator.explore import explore_seed, replay_command
+from simulator.explore import FIRST_FAULT, explore_seed, replay_command
 from simulator.faults import Fault, ScheduleError, from_dict
 from simulator.network import NetworkError
-from simulator.progress import Progress
+from simulator.progress import Interrupted, Progress
 from simulator.report import summary
-from simulator.scenarios import SCENARIOS, run
+from simulator.scenarios import SCENARIOS, prepare
+from swim.toplevel import EXIT_INTERRUPTED, run_command
 
 LARGE = 1000
 """From this many nodes, a converged start takes long enough to say so."""
+MIN_WINDOW = FIRST_FAULT + 3.0
+"""explore's shortest window: faults begin at FIRST_FAULT and each lasts a second or more."""
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, more than 0 and at least ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not (math.isfinite(value) and value > 0 and value >= minimum):
+            bound = f"at least {minimum:g}" if minimum > 0 else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {bound} seconds, not {text}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability from 0 to 1, not {text}")
+    return value
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -53,10 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
     play = commands.add_parser("run", help="run one scenario and report what it measured")
     play.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS))
-    play.add_argument("--nodes", type=int, default=20)
+    play.add_argument("--nodes", type=_at_least(2), default=20)
     play.add_argument("--seed", type=int, default=1)
-    play.add_argument("--duration", type=float, default=60.0, help="virtual seconds")
-    play.add_argument("--loss", type=float, default=None, help="packet loss on every link")
+    play.add_argument("--duration", type=_seconds(0.0), default=60.0, help="virtual seconds")
+    play.add_argument("--loss", type=_probability, default=None, help="loss on every link, 0-1")
     play.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
     play.add_argument(
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
@@ -74,10 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the scenarios and their parameters")
 
     explore = commands.add_parser("explore", help="random fault schedules vs. the invariants")
-    explore.add_argument("--seeds", type=int, default=20, help="how many seeds to try")
+    explore.add_argument("--seeds", type=_at_least(1), default=20, help="how many seeds to try")
     explore.add_argument("--first-seed", type=int, default=1)
-    explore.add_argument("--nodes", type=int, default=8)
-    explore.add_argument("--window", type=float, default=60.0, help="faults happen before")
+    explore.add_argument("--nodes", type=_at_least(4), default=8)
+    explore.add_argument(
+        "--window", type=_seconds(MIN_WINDOW), default=60.0, help="faults happen before"
+    )
     explore.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
     explore.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     return parser
@@ -93,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     progress = Progress(args.duration, args.nodes)
     started = time.monotonic()
-    _, results = run(
+    play = prepare(
         args.scenario,
         nodes=args.nodes,
         seed=args.seed,
@@ -107,12 +154,18 @@ def _run(args: argparse.Namespace) -> int:
         start=args.start,
         progress=progress,
     )
+    try:
+        with progress.stop_on_ctrl_c():
+            play.cluster.run_until(args.duration)
+    except Interrupted as stop:
+        play.extra["interrupted_at"] = stop.now
     progress.done()
+    results = play.results()
     if args.json:
         print(json.dumps(results.to_dict(), indent=2))
     else:
         print(summary(results, time.monotonic() - started))
-    return 0
+    return 0 if "interrupted_at" not in play.extra else EXIT_INTERRUPTED
 
 
 def _list() -> int:
@@ -124,8 +177,6 @@ def _list() -> int:
 
 
 def _explore(args: argparse.Namespace) -> int:
-    if args.nodes < 4:
-        raise ScheduleError(f"--nodes {args.nodes}: explore needs at least 4 nodes")
     failed = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         outcome = explore_seed(seed, nodes=args.nodes, window=args.window, profile=args.profile)
@@ -148,9 +199,15 @@ def _explore(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; errors in the input are reported in one line."""
+    """Parse ``argv`` and run the command; errors in the input are reported in one line (status
+    2), Ctrl-C in one line (status 130, after the results so far for ``run``), and anything
+    else as a bug to report (see :func:`swim.toplevel.run_command`)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.verbose else logging.ERROR)
+    return run_command("python -m simulator", lambda: _command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _run(args)

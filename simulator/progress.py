@@ -1,9 +1,14 @@
-"""A progress line on standard error for runs that take more than a few seconds of wall time."""
+"""A progress line on standard error for runs that take more than a few seconds of wall time,
+and where Ctrl-C stops such a run cleanly."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TextIO
 
 SHOW_AFTER = 2.0
@@ -12,8 +17,21 @@ LINE_EVERY = 10.0
 """Wall seconds between updates when standard error is not a terminal (one line each)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the run at virtual time ``now``, between two events: what the cluster
+    measured so far is consistent."""
+
+    def __init__(self, now: float) -> None:
+        super().__init__(f"interrupted at virtual time {now:.1f} s")
+        self.now = now
+
+
 class Progress:
-    """Shows virtual time reached and the simulation rate; call it with the virtual time."""
+    """Shows virtual time reached and the simulation rate; call it with the virtual time.
+
+    The cluster calls it between events, which makes it the place where Ctrl-C can stop a run
+    without leaving an event half handled (see :meth:`stop_on_ctrl_c`).
+    """
 
     def __init__(self, total: float, nodes: int, stream: TextIO | None = None) -> None:
         self.total = total
@@ -23,8 +41,28 @@ class Progress:
         self._shown = False
         self._last_line = -LINE_EVERY
         self._tty = self.stream.isatty()
+        self._stop = False
+
+    @contextmanager
+    def stop_on_ctrl_c(self) -> Iterator[None]:
+        """While inside, Ctrl-C makes the next call raise :class:`Interrupted` (within half a
+        second of wall time); a second Ctrl-C interrupts at once, as usual."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+
+        previous = signal.signal(signal.SIGINT, stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def __call__(self, now: float) -> None:
+        if self._stop:
+            self.done()
+            raise Interrupted(now)
         elapsed = time.monotonic() - self.started
         if elapsed < SHOW_AFTER:
             return

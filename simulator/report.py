@@ -13,7 +13,12 @@ def summary(results: Results, wall_seconds: float) -> str:
     """A few lines: what ran, how fast, and every measurement that has something to say."""
     extra = results.extra
     rate = results.node_seconds / wall_seconds if wall_seconds > 0 else 0.0
-    lines = [
+    lines = []
+    if extra.get("interrupted_at") is not None:
+        lines.append(
+            f"interrupted at virtual time {extra['interrupted_at']:.1f} s: the results so far"
+        )
+    lines += [
         f"scenario {extra.get('scenario', '?')}: {results.nodes} nodes, seed {results.seed}, "
         f"{extra.get('profile', '?')} profile, loss {extra.get('loss', 0.0):g}; "
         f"{results.duration:.1f} s simulated in {wall_seconds:.1f} s ({rate:,.0f} node-s/s)",

@@ -255,6 +255,55 @@ def run(
 ) -> tuple[Cluster, Results]:
     """Play ``scenario`` (plus any extra ``schedule``) on a fresh cluster for ``duration``
     virtual seconds; returns the cluster (to look further) and its results."""
+    play = prepare(
+        scenario,
+        nodes=nodes,
+        seed=seed,
+        duration=duration,
+        profile=profile,
+        loss=loss,
+        params=params,
+        schedule=schedule,
+        encrypt=encrypt,
+        compress=compress,
+        start=start,
+        progress=progress,
+    )
+    play.cluster.run_until(duration)
+    return play.cluster, play.results()
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """A scenario ready to run: the cluster with every fault scheduled, and what its results
+    carry in ``extra``."""
+
+    cluster: Cluster
+    extra: dict[str, Any]
+
+    def results(self) -> Results:
+        """What the cluster measured so far (all of it once run to the end)."""
+        cluster = self.cluster
+        return cluster.results({**self.extra, "detection_bound": cluster.detection_bound()})
+
+
+def prepare(
+    scenario: str,
+    *,
+    nodes: int,
+    seed: int,
+    duration: float,
+    profile: str = "lan",
+    loss: float | None = None,
+    params: Mapping[str, float | str] | None = None,
+    schedule: Sequence[Fault] | None = None,
+    encrypt: bool = False,
+    compress: bool = True,
+    start: str = "converged",
+    progress: Callable[[float], None] | None = None,
+) -> Play:
+    """What :func:`run` plays, before it runs: so that a run stopped early can still report
+    what it measured."""
     found = SCENARIOS.get(scenario)
     if found is None:
         raise ScheduleError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -275,7 +324,6 @@ def run(
     )
     faults = [*found.build(cluster.names(), duration, resolved), *(schedule or [])]
     cluster.schedule(*faults)
-    cluster.run_until(duration)
     extra: dict[str, Any] = {
         "scenario": scenario,
         "params": resolved,
@@ -284,6 +332,5 @@ def run(
         "encrypt": encrypt,
         "compress": compress,
         "schedule": [fault.to_dict() for fault in faults],
-        "detection_bound": cluster.detection_bound(),
     }
-    return cluster, cluster.results(extra)
+    return Play(cluster, extra)

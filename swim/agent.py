@@ -8,19 +8,33 @@ gracefully.  Its RPC endpoint speaks Serf's protocol (:mod:`swim.rpc`), so ``ser
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import trio
 
 from swim import wire
+from swim.background import Background
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.members import MemberState, ip_bytes
-from swim.node import Delivered, JoinError, Node, QueryResult, parse_seed
+from swim.node import (
+    UNREADABLE_REPLY,
+    AdvertiseError,
+    BindError,
+    Delivered,
+    JoinError,
+    Node,
+    QueryResult,
+    parse_seed,
+)
 from swim.rpc import (
     DEFAULT_RPC_ADDR,
     RpcEvent,
@@ -43,7 +57,9 @@ from swim.serf.layer import (
     SerfMember,
     SerfUserEvent,
 )
-from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState
+from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState, format_address
+from swim.toplevel import describe
+from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key
 
 log = logging.getLogger("swim.agent")
@@ -52,6 +68,20 @@ log = logging.getLogger("swim.agent")
 USER_COALESCE_PERIOD = 3.0
 USER_QUIESCENT_PERIOD = 1.0
 """A Serf agent coalesces user events that allow it: the newest of a burst, 3 s at most."""
+
+
+LOG_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "err": logging.ERROR,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+"""``-log-level`` names, in any case: Serf's (TRACE, DEBUG, INFO, WARN, ERR) and Python's.  shoal
+logs nothing finer than DEBUG, so TRACE shows what DEBUG does."""
 
 
 class AgentError(Exception):
@@ -92,7 +122,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     flag("-rpc-auth", "--rpc-auth", default=None, help="token RPC clients must present")
     flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
     flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
-    flag("-log-level", "--log-level", default="INFO", help="debug, info, warn or err")
+    flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
@@ -103,6 +133,15 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         if not sep or not key:
             raise AgentError(f"-tag {item!r}: expected key=value, for example -tag role=web")
         tags[key] = value
+    if args.log_level.lower() not in LOG_LEVELS:
+        raise AgentError(
+            f"-log-level {args.log_level!r} is not a level; use trace, debug, info, warn or err "
+            "(or warning, error, critical)"
+        )
+    try:
+        parse_rpc_addr(args.rpc_addr)
+    except ValueError as exc:
+        raise AgentError(f"-rpc-addr: {exc}") from None
     return AgentOptions(
         node=args.node or os.uname().nodename,
         bind=_address("-bind", args.bind, 7946),
@@ -134,17 +173,85 @@ def load_keyring(options: AgentOptions) -> wire.Keyring | None:
     try:
         if options.keyring_file and os.path.exists(options.keyring_file):
             keys = list(wire.Keyring.from_file(options.keyring_file).keys)
-        if options.encrypt:
+    except (KeyringError, OSError) as exc:
+        raise AgentError(f"-keyring-file {options.keyring_file}: {describe(exc)}") from None
+    if options.encrypt:
+        try:
             key = decode_key(options.encrypt)
-            keys = [key, *(k for k in keys if k != key)]
-    except KeyringError as exc:
-        raise AgentError(f"encryption: {exc}") from None
+        except KeyringError as exc:
+            raise AgentError(f"-encrypt: {exc}") from None
+        keys = [key, *(k for k in keys if k != key)]
     if not keys:
         return None
     keyring = wire.Keyring(keys)
     if options.keyring_file and not os.path.exists(options.keyring_file):
-        keyring.save(options.keyring_file)
+        try:
+            keyring.save(options.keyring_file)
+        except OSError as exc:
+            raise AgentError(
+                f"-keyring-file {options.keyring_file}: cannot write it ({describe(exc)}); "
+                "give a path in a directory the agent can write"
+            ) from None
     return keyring
+
+
+def tags_over_limit(tags: Mapping[str, str], limit: int, flag: str) -> str | None:
+    """None when ``tags`` fit in ``limit`` bytes of metadata; else a message that says how big
+    they are and which to shorten or drop (as ``flag key=value``), the biggest first."""
+    size = len(serf_wire.encode_tags(tags, sys.maxsize))
+    if size <= limit:
+        return None
+    empty = len(serf_wire.encode_tags({}))
+    shares = sorted(
+        ((len(serf_wire.encode_tags({k: v}, sys.maxsize)) - empty, k, v) for k, v in tags.items()),
+        key=lambda share: (-share[0], share[1]),
+    )
+    named, freed = [], 0
+    for share, key, value in shares:
+        text = f"{key}={value}"
+        named.append(f"{flag} {text if len(text) <= 24 else text[:20] + '...'} ({share} bytes)")
+        freed += share
+        if size - freed <= limit:
+            break
+    return (
+        f"the tags take {size} bytes encoded, over the limit of {limit} bytes for all tags "
+        f"together; shorten or drop {', '.join(named)}"
+    )
+
+
+def _listen_advice(flag: str, host: str, port: int, exc: OSError, example: str) -> str:
+    """What went wrong listening on ``host:port`` given by ``flag``, and what to do."""
+    address = format_address((host, port))
+    where = f"{flag} {address}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: port {port} is in use (is another agent running?); stop it, or choose "
+            f"another port with {flag}={address.rpartition(':')[0]}:PORT"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {host} is not an address of this machine; give {flag} one of its "
+            f"addresses, such as {example}"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"{where}: not allowed to listen on port {port} (ports below 1024 need root); "
+            f"choose another port with {flag}"
+        )
+    if isinstance(exc, socket.gaierror) or (exc.errno or 0) < 0:
+        return f"{where}: cannot resolve {host!r}; give {flag} an IP address of this machine"
+    return f"{where}: {describe(exc)}"
+
+
+def _join_advice(exc: JoinError) -> str:
+    if UNREADABLE_REPLY in exc.failures.values():
+        fix = "-encrypt (or -keyring-file) must hold the cluster's key"
+    else:
+        fix = (
+            "check the -join addresses (an agent must run there), or leave -join out to "
+            "start a new cluster"
+        )
+    return f"-join: {exc}; {fix}"
 
 
 @dataclass(frozen=True)
@@ -185,6 +292,9 @@ class NodeBackend:
     async def set_tags(self, add: dict[str, str], delete: list[str]) -> None:
         tags = {k: v for k, v in self._node.serf.tags.items() if k not in delete}
         tags.update(add)
+        too_big = tags_over_limit(tags, self._node.config.meta_max_size, "-set")
+        if too_big is not None:
+            raise ValueError(too_big)
         await self._node.set_tags(tags)
 
     async def user_event(self, name: str, payload: bytes, coalesce: bool) -> None:
@@ -263,10 +373,24 @@ async def _key_operation(operation: Awaitable[keys.KeyResult]) -> RpcKeyResult:
         raise RpcKeyError(str(exc), _rpc_key_result(exc.result)) from None
 
 
+_KEY_ADVICE = {
+    "add_key() it first": "install it first with `keys -install`",
+    "make another key primary with use_key() first": "make another key primary first with "
+    "`keys -use`",
+}
+"""Members running shoal word keyring refusals with the Python API's names; an RPC client's
+user knows the ``keys`` command instead."""
+
+
 def _rpc_key_result(result: keys.KeyResult) -> RpcKeyResult:
-    return RpcKeyResult(
-        result.num_nodes, result.num_resp, result.num_err, result.messages, result.keys
-    )
+    messages = {node: _command_words(message) for node, message in result.messages.items()}
+    return RpcKeyResult(result.num_nodes, result.num_resp, result.num_err, messages, result.keys)
+
+
+def _command_words(message: str) -> str:
+    for python, command in _KEY_ADVICE.items():
+        message = message.replace(python, command)
+    return message
 
 
 async def _query_records(result: QueryResult) -> AsyncIterator[RpcQueryRecord]:
@@ -324,32 +448,26 @@ async def run_agent(
     handle_signals: bool = True,
 ) -> None:
     """Run the agent until a signal, an RPC ``leave`` or cancellation; leave on the way out
-    (except when cancelled)."""
+    (except when cancelled).  A start-up mistake raises :class:`AgentError` naming the flag;
+    once running, a failing disk under the snapshot is logged and the agent carries on."""
     try:
         config = Config.profile(options.profile)
     except ConfigError as exc:
         raise AgentError(f"-profile: {exc}") from None
     keyring = load_keyring(options)
+    too_big = tags_over_limit(options.tags, config.meta_max_size, "-tag")
+    if too_big is not None:
+        raise AgentError(f"-tag: {too_big}")
     rpc_host, rpc_port = parse_rpc_addr(options.rpc_addr)
     shutdown = trio.Event()
-    async with (
-        Node(
-            config,
-            name=options.node,
-            bind=options.bind,
-            advertise=options.advertise,
-            keyring=keyring,
-            keyring_file=options.keyring_file,
-            tags=options.tags,
-            user_coalesce_period=USER_COALESCE_PERIOD,
-            user_quiescent_period=USER_QUIESCENT_PERIOD,
-        ) as node,
-        trio.open_nursery() as nursery,
-    ):
+    async with AsyncExitStack() as stack:
+        snapshot = _open_snapshot(options)
+        if snapshot is not None:
+            stack.callback(snapshot.close)
+        node = await _start_node(stack, options, config, keyring)
+        nursery = await stack.enter_async_context(Background())
         backend = NodeBackend(node, shutdown, nursery)
-        snapshot = None
-        if options.snapshot:
-            snapshot = Snapshot(options.snapshot, rejoin_after_leave=options.rejoin_after_leave)
+        if snapshot is not None:
             clocks = snapshot.previous
             node.serf.clock.witness(clocks.member_clock)
             node.serf.event_clock.witness(clocks.event_clock)
@@ -357,10 +475,18 @@ async def run_agent(
         nursery.start_soon(_forward_events, node, backend, snapshot)
         if snapshot is not None:
             nursery.start_soon(_flush_snapshot, snapshot, node)
-        rpc_port = await nursery.start(serve_rpc, backend, rpc_host, rpc_port, options.rpc_auth)
+        try:
+            rpc_port = await nursery.start(serve_rpc, backend, rpc_host, rpc_port, options.rpc_auth)
+        except OSError as exc:
+            example = f"-rpc-addr=127.0.0.1:{rpc_port}"
+            advice = _listen_advice("-rpc-addr", rpc_host, rpc_port, exc, example)
+            raise AgentError(advice) from None
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
-        await _initial_join(node, options, snapshot.previous if snapshot else None)
+        try:
+            await _initial_join(node, options, snapshot.previous if snapshot else None)
+        except JoinError as exc:
+            raise AgentError(_join_advice(exc)) from None
         log.info("agent %s running at %s:%d", node.name, *node.address)
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
@@ -370,8 +496,50 @@ async def run_agent(
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
-            snapshot.close()
-        nursery.cancel_scope.cancel()
+
+
+def _open_snapshot(options: AgentOptions) -> Snapshot | None:
+    if not options.snapshot:
+        return None
+    try:
+        return Snapshot(
+            options.snapshot,
+            rejoin_after_leave=options.rejoin_after_leave,
+            clock=trio.current_time,
+        )
+    except SnapshotError as exc:
+        raise AgentError(
+            f"-snapshot: {exc}; give a file in a directory the agent can write"
+        ) from None
+
+
+async def _start_node(
+    stack: AsyncExitStack, options: AgentOptions, config: Config, keyring: wire.Keyring | None
+) -> Node:
+    """The agent's node, bound and running until ``stack`` closes."""
+    node = Node(
+        config,
+        name=options.node,
+        bind=options.bind,
+        advertise=options.advertise,
+        keyring=keyring,
+        keyring_file=options.keyring_file,
+        tags=options.tags,
+        user_coalesce_period=USER_COALESCE_PERIOD,
+        user_quiescent_period=USER_QUIESCENT_PERIOD,
+    )
+    host, port = options.bind
+    try:
+        return await stack.enter_async_context(node)
+    except BindError as exc:
+        example = f"-bind=0.0.0.0:{port} for all of them"
+        raise AgentError(_listen_advice("-bind", host, port, exc, example)) from None
+    except AdvertiseError:
+        raise AgentError(
+            f"-bind {host}:{port}: cannot tell which address to advertise, as this host's "
+            "name resolves only to loopback; add -advertise=IP with the address others reach "
+            "this machine at, or -bind to that address"
+        ) from None
 
 
 async def _initial_join(node: Node, options: AgentOptions, previous: SnapshotState | None) -> None:
@@ -429,15 +597,12 @@ async def _wait_for_signal(shutdown: trio.Event) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """The ``swim agent`` command."""
+    """The ``swim agent`` command; a start-up mistake raises :class:`AgentError` (which the
+    ``swim`` command prints as one line)."""
+    options = options_from_args(args)
     logging.basicConfig(
-        level=args.log_level.upper().replace("WARN", "WARNING").replace("ERR", "ERROR"),
+        level=LOG_LEVELS[options.log_level.lower()],
         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
     )
-    try:
-        options = options_from_args(args)
-        trio.run(run_agent, options)
-    except (AgentError, JoinError, SnapshotError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
+    trio.run(run_agent, options)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 
 import trio
 
@@ -16,11 +17,26 @@ class Background:
     than inside an ``ExceptionGroup`` (the block's own error is re-raised by the block, an
     error of a task, such as :class:`swim.node.IsolatedError`, replaces it); several errors
     come out as the group.
+
+    It is also a context manager of its own, for a function whose tasks are its own affair:
+    ``async with Background() as nursery:`` cancels the tasks when the block ends and raises a
+    lone error as itself.
     """
 
     def __init__(self) -> None:
         self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> trio.Nursery:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self.close(exc_type, exc, traceback)
 
     @property
     def nursery(self) -> trio.Nursery:

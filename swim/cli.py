@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from swim import __version__, agent
-from swim.agent import add_agent_arguments
+from swim.agent import AgentError, add_agent_arguments
 from swim.demo import DemoError, run_demo
 from swim.rpc import (
     AUTH_REQUIRED,
@@ -34,6 +34,7 @@ from swim.rpc import (
     host_port,
     parse_rpc_addr,
 )
+from swim.toplevel import run_command
 from swim.wire.crypto import encode_key
 
 ClientCommand = Callable[[RpcClient, argparse.Namespace], Awaitable[None]]
@@ -257,10 +258,7 @@ def _client_parser(
 
 
 def _demo(_: argparse.Namespace) -> int:
-    try:
-        trio.run(run_demo)
-    except DemoError as exc:
-        return _fail(f"swim demo: {exc}")
+    trio.run(run_demo)
     return 0
 
 
@@ -484,8 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    status: int = args.run(args)
-    return status
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run_command(
+        f"swim {args.command}",
+        lambda: run(args),
+        expected=(AgentError, DemoError, RpcError, RpcConnectionError),
+    )
 
 
 if __name__ == "__main__":

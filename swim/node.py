@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from swim.events import (
     Isolated,
     JoinCompleted,
     LeaveCompleted,
+    Reconnected,
     UserMessage,
 )
 from swim.members import Address, Member
@@ -64,8 +66,38 @@ class JoinError(Exception):
 
     def __init__(self, failures: dict[str, str]) -> None:
         self.failures = failures
-        reasons = "; ".join(f"{seed}: {why}" for seed, why in failures.items()) or "no seeds given"
-        super().__init__(f"could not join the cluster: {reasons}")
+        super().__init__(f"could not join the cluster: {self.reasons}")
+
+    @property
+    def reasons(self) -> str:
+        """Each seed (as ``host:port``, IPv6 in brackets) and why it failed, on one line."""
+        return "; ".join(f"{seed}: {why}" for seed, why in self.failures.items()) or (
+            "no seeds given"
+        )
+
+
+UNREADABLE_REPLY = "the reply could not be read (likely an encryption key or label mismatch)"
+"""Why a stream to a member failed when the member answered nothing this node can decode or
+closed the connection at once: what a member with another key or label does."""
+
+
+class BindError(OSError):
+    """The node cannot bind its UDP and TCP port; the message says why and what to do.
+    ``errno`` tells the cause apart: ``EADDRINUSE`` (the port is taken), ``EADDRNOTAVAIL``
+    (the host is not an address of this machine), a negative resolver code (the host name does
+    not resolve), or another reason."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        super().__init__(cause.errno, _bind_failure(host, port, cause))
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class AdvertiseError(OSError):
+    """The node binds to every address and cannot tell which one to advertise to others."""
 
 
 class SendError(Exception):
@@ -434,7 +466,9 @@ class Node:
         raise JoinError(failures)
 
     async def _join_once(self, seeds: Sequence[str]) -> tuple[int, dict[str, str]]:
-        failures: dict[str, str] = {}
+        """One join attempt: how many seeds answered, and why each other one failed (in the
+        order the seeds were given; a seed that resolved to several addresses names each)."""
+        failed: dict[str, list[tuple[str, str]]] = {seed: [] for seed in seeds}
         targets: dict[Address, str] = {}
         default_port = self.address[1]
         for seed in seeds:
@@ -443,21 +477,24 @@ class Node:
                 for address in await _resolve(host, port):
                     targets.setdefault(address, seed)
             except (ValueError, OSError) as exc:
-                failures[seed] = str(exc)
-        if not targets:
-            return 0, failures
-        done = trio.Event()
-        results: list[JoinCompleted] = []
-        join_id = self.engine.join(list(targets), trio.current_time())
-        self._joins[join_id] = (done, results)
-        await self._flush()
-        await done.wait()
-        (result,) = results
-        for address, why in result.failures.items():
-            seed = targets.get(address, f"{address[0]}:{address[1]}")
-            where = f"{_host_text(address[0])}:{address[1]}"
-            failures[seed if seed == where else f"{seed} ({where})"] = why
-        return len(result.joined), failures
+                failed[seed].append((seed, str(exc)))
+        joined = 0
+        if targets:
+            done = trio.Event()
+            results: list[JoinCompleted] = []
+            join_id = self.engine.join(list(targets), trio.current_time())
+            self._joins[join_id] = (done, results)
+            await self._flush()
+            await done.wait()
+            (result,) = results
+            joined = len(result.joined)
+            for address, why in result.failures.items():
+                where = f"{_host_text(address[0])}:{address[1]}"
+                seed = targets.get(address, where)
+                failed.setdefault(seed, []).append(
+                    (seed if seed == where else f"{seed} ({where})", why)
+                )
+        return joined, {what: why for reasons in failed.values() for what, why in reasons}
 
     async def leave(self, timeout: float = 5.0) -> bool:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out.
@@ -619,6 +656,9 @@ class Node:
                 log.exception("the message handler raised; the message is dropped")
         if isinstance(event, Isolated):
             self._background.nursery.start_soon(self._while_isolated)
+        elif isinstance(event, Reconnected) and self._rejoin_scope is not None:
+            self._rejoin_scope.cancel()  # a peer was heard from: stop retrying at once
+            self._rejoin_scope = None
         self._publish(event)
 
     def _deliver_serf(self, event: SerfEvent) -> None:
@@ -774,7 +814,7 @@ class Node:
                     if request.expects_reply:
                         reply = await self._read_message(stream)
                         if reply is None:
-                            error = "the reply could not be read"
+                            error = UNREADABLE_REPLY
             except OSError as exc:
                 error = _describe(exc)
             except trio.BrokenResourceError as exc:
@@ -790,39 +830,63 @@ class Node:
 
     async def _while_isolated(self) -> None:
         """Keep trying to rejoin through the seeds (resolved again each time) until a peer is
-        heard from; with ``exit_when_isolated``, give up after that long."""
+        heard from; with ``exit_when_isolated``, give up as soon as that long has passed (not
+        at the end of a retry wait, which grows to a minute)."""
         if self._rejoin_scope is not None:
             return
         started = trio.current_time()
-        with trio.CancelScope() as self._rejoin_scope:
-            delay = self._rejoin_interval
-            while self.engine.isolated:
-                if (
-                    self._exit_when_isolated is not None
-                    and trio.current_time() - started >= self._exit_when_isolated
-                ):
-                    raise IsolatedError(
-                        f"isolated for {trio.current_time() - started:.0f} s "
-                        f"(exit_when_isolated={self._exit_when_isolated})"
-                    )
-                if self._seeds:
-                    joined, failures = await self._join_once(self._seeds)
-                    if not joined:
-                        log.info("rejoin failed: %s", failures)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-        self._rejoin_scope = None
+        limit = self._exit_when_isolated
+        give_up_at = math.inf if limit is None else started + limit
+        scope = self._rejoin_scope = trio.CancelScope()
+        with scope:
+            with trio.move_on_at(give_up_at):
+                delay = self._rejoin_interval
+                while self.engine.isolated:
+                    if self._seeds:
+                        joined, failures = await self._join_once(self._seeds)
+                        if not joined:
+                            log.info("rejoin failed: %s", JoinError(failures).reasons)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+            if self.engine.isolated:
+                raise IsolatedError(
+                    f"isolated for {trio.current_time() - started:.0f} s "
+                    f"(exit_when_isolated={limit})"
+                )
+        if self._rejoin_scope is scope:
+            self._rejoin_scope = None
 
 
 def _describe(exc: OSError) -> str:
     """The underlying reason of a connection failure ("Connection refused"), which trio keeps
-    in the cause of its own "all attempts to connect ... failed"."""
+    in the cause of its own "all attempts to connect ... failed" (and words as "Error
+    connecting to ('10.0.0.1', 7946): ...": the address is said already)."""
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         cause = cause.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
+    if isinstance(cause, OSError):
+        exc = cause
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
     return exc.strerror or str(exc)
+
+
+def _bind_failure(host: str, port: int, cause: OSError) -> str:
+    """Why binding ``host:port`` failed, and what to do about it."""
+    where = f"cannot bind UDP and TCP on {_host_text(host)}:{port}"
+    if cause.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use; choose another port or stop what uses it"
+    if cause.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {host} is not an address of this machine; bind to one of its "
+            "addresses, or to 0.0.0.0 for all of them"
+        )
+    if isinstance(cause, socket.gaierror):
+        return (
+            f"{where}: cannot resolve {host!r} ({cause.strerror}); bind to an address of "
+            "this machine"
+        )
+    return f"{where}: {cause.strerror or cause}"
 
 
 async def _bind_udp_and_tcp(
@@ -847,14 +911,12 @@ async def _bind_udp_and_tcp(
         except OSError as exc:
             udp.close()
             last_error = exc
-            if port != 0:
+            if port != 0 or exc.errno != errno.EADDRINUSE:
                 break
-            continue
+            continue  # port 0: UDP got a free port that TCP has taken; try another
         return udp, trio.SocketListener(tcp)
-    raise OSError(
-        f"cannot bind UDP and TCP on {host}:{port}: {last_error}; "
-        "choose another port or free this one"
-    )
+    assert last_error is not None
+    raise BindError(host, port, last_error)
 
 
 def _advertise_host(bind_host: str) -> str:
@@ -870,9 +932,10 @@ def _advertise_host(bind_host: str) -> str:
         address = str(info[4][0])
         if not address.startswith(("127.", "::1")):
             return address
-    raise OSError(
-        f"cannot tell which address to advertise for bind address {bind_host!r}; "
-        "pass advertise=(host, port) or bind to a specific address"
+    raise AdvertiseError(
+        f"cannot tell which address to advertise for bind address {bind_host!r}: this "
+        "host's name resolves to no address but loopback; pass advertise=(host, port) or bind "
+        "to a specific address"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from swim import node as node_module
 from swim.agent import (
+    LOG_LEVELS,
     AgentError,
     AgentOptions,
     RunningAgent,
@@ -20,7 +23,8 @@ from swim.agent import (
     options_from_args,
     run_agent,
 )
-from swim.rpc import RpcClient, RpcMemberEvent, RpcUserEvent
+from swim.node import AdvertiseError
+from swim.rpc import RpcClient, RpcError, RpcMemberEvent, RpcUserEvent
 
 LOOPBACK = "127.0.0.1"
 
@@ -139,6 +143,71 @@ def test_flags_follow_serf_agent() -> None:
     )
     with pytest.raises(AgentError, match="-tag 'oops': expected key=value"):
         options_from_args(parse(["-tag", "oops"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [
+        ("TRACE", logging.DEBUG),
+        ("debug", logging.DEBUG),
+        ("Info", logging.INFO),
+        ("WARN", logging.WARNING),
+        ("warning", logging.WARNING),
+        ("ERR", logging.ERROR),
+        ("error", logging.ERROR),
+        ("critical", logging.CRITICAL),
+    ],
+)
+def test_log_levels_take_serfs_names_and_pythons(name: str, level: int) -> None:
+    opts = options_from_args(parse([f"-log-level={name}"]))
+    assert LOG_LEVELS[opts.log_level.lower()] == level
+
+
+async def test_a_start_up_mistake_comes_out_of_run_agent_as_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with pytest.raises(AgentError, match=r"^-join: could not join the cluster: 127\.0\.0\.1:"):
+        await run_agent(options("lonely", join=[f"{LOOPBACK}:{free_port()}"]), handle_signals=False)
+
+
+async def test_joining_an_encrypted_cluster_without_its_key_points_at_the_key_flags(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    key = "cg8StVXbQJ0gPvMd9o7yrg=="  # 16 bytes, base64
+    async with agent(options("keyed", encrypt=key)) as keyed:
+        with pytest.raises(AgentError) as error:
+            await run_agent(options("keyless", join=[seed(keyed)]), handle_signals=False)
+    assert str(error.value) == (
+        f"-join: could not join the cluster: {seed(keyed)}: the reply could not be read "
+        "(likely an encryption key or label mismatch); -encrypt (or -keyring-file) must hold "
+        "the cluster's key"
+    )
+
+
+async def test_a_wildcard_bind_without_an_address_to_advertise_names_the_flags(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    def nothing_but_loopback(bind_host: str) -> str:
+        raise AdvertiseError(f"cannot tell which address to advertise for {bind_host!r}")
+
+    monkeypatch.setattr(node_module, "_advertise_host", nothing_but_loopback)
+    with pytest.raises(AgentError) as error:
+        await run_agent(options("wild", bind=("0.0.0.0", 0)), handle_signals=False)
+    assert "-bind 0.0.0.0:0: cannot tell which address to advertise" in str(error.value)
+    assert "add -advertise=IP" in str(error.value) and "advertise=(" not in str(error.value)
+
+
+async def test_tags_over_the_limit_through_rpc_name_the_flag_not_the_python_api(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with agent(options("a1", tags={"role": "web"})) as a, RpcClient.connect(rpc(a)) as c:
+        with pytest.raises(RpcError) as error:
+            await c.update_tags({"blob": "x" * 600}, [])
+        assert str(error.value) == (
+            "the tags take 619 bytes encoded, over the limit of 512 bytes for all tags "
+            "together; shorten or drop -set blob=xxxxxxxxxxxxxxx... (608 bytes)"
+        )
+        assert a.node.serf.tags == {"role": "web"}
 
 
 async def test_the_real_serf_cli_drives_a_shoal_agent() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -63,6 +64,22 @@ def test_swim_demo_runs_the_demo_and_reports_a_stall(
     assert main(["demo"]) == 0
     assert main(["demo"]) == 1
     assert capsys.readouterr().err == "swim demo: the demo stalled: x\n"
+
+
+def test_a_bug_in_a_command_is_two_lines_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async def broken_demo() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_demo", broken_demo)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["demo"]) == 70
+    first, second = capsys.readouterr().err.splitlines()
+    assert first == "swim demo: unexpected RuntimeError: a bug"
+    assert second.startswith(
+        f"swim demo: this is a bug; please report it with the traceback in {tmp_path}"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

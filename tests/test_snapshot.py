@@ -1,19 +1,26 @@
-"""Serf-compatible snapshots: the format Serf writes and replays, compaction, damaged files."""
+"""Serf-compatible snapshots: the format Serf writes and replays, compaction, damaged files,
+and disks that fail under a running agent."""
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swim import snapshot as snapshot_module
 from swim.node import parse_seed
 from swim.snapshot import (
+    ERROR_LOG_INTERVAL,
     TEMP_SUFFIX,
     Snapshot,
     SnapshotError,
@@ -22,6 +29,9 @@ from swim.snapshot import (
     load_snapshot,
     parse_address,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 def test_round_trip_in_serfs_format(tmp_path: Path) -> None:
@@ -321,3 +331,208 @@ def test_a_failed_compaction_keeps_recording_and_is_retried(
         expected = snapshot.state
     assert os.path.getsize(path) < 256
     assert load_snapshot(path) == expected == SnapshotState(alive={"stays": ("10.0.0.3", 7946)})
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Disk:
+    """The file system under a snapshot: while ``error`` is set every write fails with it;
+    with ``room``, the next write takes only that many bytes and the disk is full after it."""
+
+    def __init__(self) -> None:
+        self.error: int | None = None
+        self.room: int | None = None
+
+    def open(self, path: str) -> io.RawIOBase:
+        return _DiskFile(self, path)
+
+
+class _DiskFile(io.FileIO):
+    def __init__(self, disk: Disk, path: str) -> None:
+        super().__init__(path, "ab")
+        self.disk = disk
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        disk = self.disk
+        if disk.room is not None:
+            written = super().write(bytes(data)[: disk.room])
+            disk.room, disk.error = None, errno.ENOSPC
+            return written
+        if disk.error is not None:
+            raise OSError(disk.error, os.strerror(disk.error))
+        return super().write(data)
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
+    failing = Disk()
+    monkeypatch.setattr(snapshot_module, "_open_append", failing.open)
+    return failing
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EACCES])
+def test_a_failing_disk_is_logged_at_a_measured_pace_and_nothing_is_lost(
+    tmp_path: Path, disk: Disk, caplog: pytest.LogCaptureFixture, code: int
+) -> None:
+    path = tmp_path / "snapshot"
+    clock = Clock()
+    with Snapshot(path, clock=clock) as snapshot, caplog.at_level(logging.WARNING):
+        snapshot.alive("a", ("10.0.0.1", 7946))
+        snapshot.flush()
+        disk.error = code
+        snapshot.alive("b", ("10.0.0.2", 7946))
+        snapshot.not_alive("a")
+        started = clock.now
+        for _ in range(100):  # 50 s of flushes: one error is logged
+            snapshot.flush()
+            clock.now += 0.5
+        assert snapshot.failing and path.read_text() == "alive: a 10.0.0.1:7946\n"
+        assert errors(caplog) == [
+            f"cannot write the snapshot {path}: {os.strerror(code)}; its records are kept in "
+            "memory and written as soon as the disk takes them"
+        ]
+        clock.now = started + ERROR_LOG_INTERVAL  # one more line
+        snapshot.flush()
+        assert errors(caplog)[1:] == [
+            f"still cannot write the snapshot {path}: {os.strerror(code)} "
+            "(101 failed attempts in 60 s)"
+        ]
+        disk.error = None
+        clock.now += 1.5
+        snapshot.flush()
+        assert not snapshot.failing
+        assert errors(caplog)[2:] == [
+            f"the snapshot {path} is written again, after 61.5 s of errors; no record was lost"
+        ]
+        expected = snapshot.state
+    assert path.read_text().splitlines() == [
+        "alive: a 10.0.0.1:7946",
+        "alive: b 10.0.0.2:7946",
+        "not-alive: a",
+    ]
+    assert load_snapshot(path) == expected == SnapshotState(alive={"b": ("10.0.0.2", 7946)})
+
+
+def test_a_record_cut_short_by_a_full_disk_is_completed_later(tmp_path: Path, disk: Disk) -> None:
+    path = tmp_path / "snapshot"
+    with Snapshot(path) as snapshot:
+        disk.room = 9  # "alive: we" reaches the disk, then it is full
+        snapshot.alive("web-1", ("10.0.0.1", 7946))
+        snapshot.flush()
+        assert path.read_bytes() == b"alive: we"
+        disk.error = None
+        snapshot.alive("web-2", ("10.0.0.2", 7946))
+    assert path.read_text() == "alive: web-1 10.0.0.1:7946\nalive: web-2 10.0.0.2:7946\n"
+
+
+def test_closing_on_a_disk_that_still_fails_says_what_is_lost(
+    tmp_path: Path, disk: Disk, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "snapshot"
+    snapshot = Snapshot(path)
+    disk.error = errno.ENOSPC
+    with caplog.at_level(logging.WARNING):
+        snapshot.alive("a", ("10.0.0.1", 7946))
+        snapshot.leave()  # an agent leaving on a full disk still leaves
+        snapshot.close()
+    assert errors(caplog)[-1] == (
+        f"closing the snapshot {path} without its latest records (No space left on device): "
+        "a restart rejoins from an older state"
+    )
+    assert path.read_bytes() == b""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_without_end_replays_as_empty() -> None:
+    assert load_snapshot("/dev/zero") == SnapshotState()  # read up to its size, 0: not forever
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_on_dev_full_records_wait_until_a_rewrite_has_somewhere_to_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/dev/full fails every write with ENOSPC.  The snapshot is a symbolic link to it, so the
+    rewrite, which writes a temporary file beside the link and moves it over the link, lands
+    on the real disk: the link is replaced, never /dev/full."""
+    path = tmp_path / "snapshot"
+    path.symlink_to("/dev/full")
+    with Snapshot(path, min_compact_size=300) as snapshot, caplog.at_level(logging.WARNING):
+        snapshot.alive("a", ("10.0.0.1", 7946))
+        snapshot.flush()
+        assert "No space left on device" in errors(caplog)[0] and snapshot.failing
+        for _ in range(10):  # past 300 bytes the file is rewritten from memory
+            snapshot.alive("churn", ("10.0.0.2", 7946))
+            snapshot.not_alive("churn")
+        assert not snapshot.failing and not path.is_symlink()
+        snapshot.alive("b", ("10.0.0.3", 7946))
+        expected = snapshot.state
+    assert "is written again" in errors(caplog)[-1]
+    assert load_snapshot(path) == expected
+    assert expected.alive == {"a": ("10.0.0.1", 7946), "b": ("10.0.0.3", 7946)}
+
+
+def test_a_removed_directory_is_noticed_and_the_file_written_again_when_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "snapshot"
+    with Snapshot(path) as snapshot, caplog.at_level(logging.WARNING):
+        snapshot.alive("a", ("10.0.0.1", 7946))
+        snapshot.flush()
+        shutil.rmtree(folder)  # writes to the open file would now go nowhere
+        snapshot.alive("b", ("10.0.0.2", 7946))
+        snapshot.flush()
+        snapshot.flush()
+        assert snapshot.failing
+        assert errors(caplog) == [
+            f"cannot write the snapshot {path}: the file was removed; its records are kept in "
+            "memory and written as soon as the disk takes them"
+        ]
+        folder.mkdir()
+        snapshot.flush()
+        assert not snapshot.failing
+        expected = snapshot.state
+    assert (
+        load_snapshot(path)
+        == expected
+        == SnapshotState(alive={"a": ("10.0.0.1", 7946), "b": ("10.0.0.2", 7946)})
+    )
+
+
+def test_compaction_syncs_the_new_file_before_the_move_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "snapshot"
+    calls: list[tuple[str, ...]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source: str, target: str) -> None:
+        calls.append(("replace", source, target))
+        real_replace(source, target)
+
+    with Snapshot(path, min_compact_size=100) as snapshot:
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        for _ in range(3):
+            snapshot.alive("churn", ("10.0.0.1", 7946))
+            snapshot.not_alive("churn")
+        monkeypatch.undo()
+    temp = f"{path}{TEMP_SUFFIX}"
+    assert calls == [("fsync", temp), ("replace", temp, str(path)), ("fsync", str(tmp_path))]

@@ -10,9 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from discovery import MissingServices, UnknownService
 from examples import echo_client, echo_service
 from swim.config import Config
 
@@ -66,3 +68,41 @@ def test_the_service_drains_and_exits_cleanly_on_sigterm() -> None:
     assert service.returncode == 0, output
     assert "echo-1 draining" in output
     assert "drained in" in output and "cut off" not in output
+
+
+@pytest.mark.parametrize(
+    "argv", [["echo_client.py", "--join"], ["echo_service.py", "echo-2", "--join"]]
+)
+def test_a_seed_that_does_not_answer_is_one_line_not_a_traceback(argv: list[str]) -> None:
+    with socket.socket() as unused:  # a port with nothing listening: refused at once
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    script, *flags = argv
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *flags, f"127.0.0.1:{port}"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{script.removesuffix('.py')}: could not join the cluster: 127.0.0.1:{port}: "
+        "Connection refused\n"
+    )
+
+
+def test_the_client_without_any_echo_instance_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def nothing_registered(*_: object) -> int:
+        raise MissingServices({"echo": UnknownService("echo", ["default"])})
+
+    monkeypatch.setattr(echo_client, "run", nothing_registered)
+    with pytest.raises(SystemExit) as exit_info:
+        echo_client.main(["--join", "127.0.0.1:7946"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        "echo_client: required services are missing: service 'echo' is unknown in 'default'"
+    )

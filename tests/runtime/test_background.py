@@ -64,3 +64,23 @@ async def test_tasks_are_cancelled_on_exit_and_the_nursery_is_gone() -> None:
         pass
     with pytest.raises(RuntimeError, match="async with"):
         owner.background.nursery.start_soon(forever)
+
+
+async def test_used_directly_it_is_a_nursery_whose_lone_error_comes_out_plain() -> None:
+    with pytest.raises(OSError, match="the socket went away"):
+        async with Background() as nursery:
+            nursery.start_soon(forever)
+            await nursery.start(_fails_once_started)
+            await trio.sleep_forever()
+    with pytest.raises(KeyError):
+        async with Background() as nursery:
+            nursery.start_soon(forever)
+            raise KeyError("mine")
+    async with Background() as nursery:  # the end of the block cancels the tasks
+        nursery.start_soon(forever)
+
+
+async def _fails_once_started(task_status: trio.TaskStatus[None]) -> None:
+    task_status.started()
+    await trio.lowlevel.checkpoint()
+    raise OSError("the socket went away")

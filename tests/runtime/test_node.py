@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ from swim.events import (
 from swim.members import MemberState
 from swim.node import (
     FIRST_BYTES_TIMEOUT,
+    UNREADABLE_REPLY,
+    BindError,
     EventsLost,
     IsolatedError,
     JoinError,
@@ -197,6 +200,60 @@ async def test_join_error_names_each_seed_and_why(autojump_clock: trio.testing.M
         assert "port 0" in failures["localhost:0"]
         assert failures[seed_of(node)] == "this is our own address"
         assert str(error.value).startswith("could not join the cluster: ")
+        given = [f"{LOOPBACK}:{dead_port}", "no-port:", "localhost:0", seed_of(node)]
+        assert list(failures) == given  # in the order given
+        assert f"{LOOPBACK}:{dead_port}: Connection refused; " in str(error.value)
+        assert "(" not in str(error.value).split("no-port:")[0]  # no address tuples
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ({"keyring": wire.Keyring([bytes(16)])}, {}),
+        ({}, {"keyring": wire.Keyring([bytes(16)])}),
+        ({"keyring": wire.Keyring([bytes(16)])}, {"keyring": wire.Keyring([bytes(range(16))])}),
+        ({"config": FAST.replace(label="blue")}, {}),
+        ({}, {"config": FAST.replace(label="blue")}),
+    ],
+    ids=["key-vs-none", "none-vs-key", "other-key", "label-vs-none", "none-vs-label"],
+)
+async def test_joining_with_another_key_or_label_says_it_is_likely_a_mismatch(
+    autojump_clock: trio.testing.MockClock, ours: dict[str, object], theirs: dict[str, object]
+) -> None:
+    def node(name: str, options: dict[str, object]) -> Node:
+        config = options.get("config", FAST)
+        assert isinstance(config, Config)
+        keyring = options.get("keyring")
+        assert keyring is None or isinstance(keyring, wire.Keyring)
+        return Node(config, name=name, bind=(LOOPBACK, 0), keyring=keyring)
+
+    async with node("member", theirs) as member, node("newcomer", ours) as newcomer:
+        with pytest.raises(JoinError) as error:
+            await newcomer.join([seed_of(member)])
+    assert error.value.failures == {seed_of(member): UNREADABLE_REPLY}
+    assert "likely an encryption key or label mismatch" in str(error.value)
+
+
+async def test_bind_errors_say_whether_the_port_or_the_host_is_wrong(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.socket.socket(type=socket.SOCK_DGRAM) as taken:
+        await taken.bind((LOOPBACK, 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError) as in_use:
+            async with Node(FAST, name="a", bind=(LOOPBACK, port)):
+                pass
+    assert in_use.value.errno == errno.EADDRINUSE
+    assert str(in_use.value) == (
+        f"cannot bind UDP and TCP on {LOOPBACK}:{port}: the port is in use; "
+        "choose another port or stop what uses it"
+    )
+    with pytest.raises(BindError) as elsewhere:
+        async with Node(FAST, name="a", bind=("192.0.2.1", 7946)):  # TEST-NET-1: not ours
+            pass
+    assert elsewhere.value.errno == errno.EADDRNOTAVAIL
+    assert "192.0.2.1 is not an address of this machine; bind to one of its" in str(elsewhere.value)
+    assert "another port" not in str(elsewhere.value)
 
 
 def test_seeds_parse_with_names_ipv6_and_default_ports() -> None:
@@ -258,6 +315,33 @@ async def test_exit_when_isolated_raises_out_of_the_node(
                 await a.join([seed_of(b)])
                 c.crash("b")
                 await trio.sleep(120)
+
+
+async def test_exit_when_isolated_fires_when_the_grace_time_passes_not_at_the_next_retry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The rejoin wait starts at 30 s and doubles; the node still gives up 10 s in."""
+    config = FAST.replace(isolation_timeout=2.0)
+    async with cluster() as c:
+        b = await c.start("b", config)
+        isolated_at = gave_up_at = 0.0
+        with pytest.raises(IsolatedError, match="isolated for 10 s"):
+            async with Node(
+                config, name="a", bind=(LOOPBACK, 0), exit_when_isolated=10.0, rejoin_interval=30.0
+            ) as a:
+                events = a.events()
+                await a.join([seed_of(b)])
+                c.crash("b")
+                with trio.fail_after(60):
+                    async for event in events:
+                        if isinstance(event, Isolated):
+                            isolated_at = trio.current_time()
+                            break
+                try:
+                    await trio.sleep(120)
+                finally:
+                    gave_up_at = trio.current_time()
+        assert 10.0 <= gave_up_at - isolated_at <= 11.0
 
 
 def ping_packet(seq_no: int, options: wire.WireOptions) -> bytes:

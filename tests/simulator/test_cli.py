@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,54 @@ def test_run_replays_a_schedule_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_bad_input_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--scenario", "crash", "--param", "count=x"]) == 2
     assert capsys.readouterr().err == "error: parameter count='x' must be a number\n"
-    assert main(["explore", "--nodes", "3"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--duration", "-5"], "argument --duration: must be more than 0 seconds, not -5"),
+        (["run", "--duration", "0"], "argument --duration: must be more than 0 seconds, not 0"),
+        (["run", "--duration", "nan"], "argument --duration: must be more than 0 seconds"),
+        (["run", "--nodes", "-3"], "argument --nodes: must be at least 2, not -3"),
+        (["run", "--nodes", "1"], "argument --nodes: must be at least 2, not 1"),
+        (["run", "--loss", "1.5"], "argument --loss: must be a probability from 0 to 1, not 1.5"),
+        (["explore", "--seeds", "0"], "argument --seeds: must be at least 1, not 0"),
+        (["explore", "--nodes", "3"], "argument --nodes: must be at least 4, not 3"),
+        (["explore", "--window", "5"], "argument --window: must be at least 8 seconds, not 5"),
+    ],
+)
+def test_impossible_arguments_are_refused_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_the_results_so_far_and_exits_130(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    update = progress.Progress.__call__
+
+    def ctrl_c_at_the_first_update(self: progress.Progress, now: float) -> None:
+        monkeypatch.setattr(progress.Progress, "__call__", update)
+        signal.raise_signal(signal.SIGINT)  # what Ctrl-C sends, to the handler main installed
+        update(self, now)
+
+    monkeypatch.setattr(progress.Progress, "__call__", ctrl_c_at_the_first_update)
+    code = main(["run", "--scenario", "crash", "--nodes", "30", "--duration", "100000"])
+    captured = capsys.readouterr()
+    assert code == 130
+    first, second = captured.out.splitlines()[:2]
+    reached = float(first.removeprefix("interrupted at virtual time ").split(" s:")[0])
+    assert first == f"interrupted at virtual time {reached:.1f} s: the results so far"
+    assert 0 < reached < 100000
+    assert second.startswith(
+        f"scenario crash: 30 nodes, seed 1, lan profile, loss 0; {reached:.1f} s"
+    )
+    assert "Traceback" not in captured.err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
 def test_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
