@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ def free_port() -> int:
     raise OSError("no port free for both UDP and TCP on loopback")
 
 
+def shoal_agent_command() -> list[str]:
+    """How to run ``swim agent`` with this interpreter (it takes `serf agent`'s flags)."""
+    return [sys.executable, "-m", "swim.cli", "agent"]
+
+
 def serf_environment() -> dict[str, str]:
     """Our environment without SERF_* variables, which would redirect the CLI."""
     return {k: v for k, v in os.environ.items() if not k.startswith("SERF_")}
@@ -88,13 +94,15 @@ async def serf_cli(*args: str, check: bool = True) -> tuple[int, str]:
 
 @dataclass
 class Agent:
-    """One `serf agent` process."""
+    """One `serf agent` process, or one `swim agent` (``shoal``), which takes the same flags and
+    speaks the same RPC, so the `serf` command drives either."""
 
     name: str
     port: int
     rpc_port: int
     log_path: Path
     process: subprocess.Popen[bytes]
+    shoal: bool = False
 
     @property
     def seed(self) -> str:
@@ -102,8 +110,22 @@ class Agent:
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The gossip address, as a socket takes it."""
+        return LOOPBACK, self.port
+
+    @property
+    def rpc_address(self) -> str:
+        """The RPC address, as :class:`swim.rpc.RpcClient` takes it."""
+        return f"{LOOPBACK}:{self.rpc_port}"
+
+    @property
     def rpc(self) -> str:
-        return f"-rpc-addr={LOOPBACK}:{self.rpc_port}"
+        return f"-rpc-addr={self.rpc_address}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -156,13 +178,17 @@ class Agents:
         encrypt: bytes | None = None,
         join: Sequence[Agent | Node] = (),
         extra: Sequence[str] = (),
+        shoal: bool = False,
+        wrapper: Sequence[str] = (),
     ) -> Agent:
-        """Start ``serf agent`` as ``name`` (joining ``join`` at start); returns once its RPC
-        answers."""
+        """Start ``serf agent`` as ``name`` (joining ``join`` at start), or ``swim agent`` with
+        ``shoal``; returns once its RPC answers.  ``wrapper`` goes before the command (it must
+        end by exec'ing it, so that the process is the agent's)."""
         port, rpc_port = free_port(), free_port()
+        program = shoal_agent_command() if shoal else [serf_binary(), "agent"]
         command = [
-            serf_binary(),
-            "agent",
+            *wrapper,
+            *program,
             f"-node={name}",
             f"-bind={LOOPBACK}:{port}",
             f"-rpc-addr={LOOPBACK}:{rpc_port}",
@@ -184,7 +210,7 @@ class Agents:
                 stderr=subprocess.STDOUT,
                 env=serf_environment(),
             )
-        agent = Agent(name, port, rpc_port, log_path, process)
+        agent = Agent(name, port, rpc_port, log_path, process, shoal)
         self.started.append(agent)
         with trio.move_on_after(START_LIMIT):
             while process.poll() is None:
