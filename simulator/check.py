@@ -13,6 +13,7 @@
   restarted, when the lower incarnation comes as a (re)join (the new process starts at 1).
 - ``left-stays-left``: a member seen leaving never comes back alive with an incarnation at or
   below the one it left with, unless a new process of either was started since.
+- ``table``: every engine's member table agrees with its own indexes at the end of the run.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def check(cluster: Cluster, faults: Sequence[Fault], settled: bool = True) -> li
     """Every invariant that applies to a run of ``faults``; ``settled`` says that every fault
     is over and the run went on long enough for views to agree."""
     violations = [*incarnations_never_decrease(cluster), *left_stays_left(cluster)]
+    violations += tables_consistent(cluster)
     violations += crashes_detected(cluster, faults)
     if quiet(cluster, faults):
         violations += no_false_failures(cluster)
@@ -185,6 +187,18 @@ def left_stays_left(cluster: Cluster) -> list[Violation]:
     if not bad:
         return []
     return [Violation("left-stays-left", f"{len(bad)} returns: " + "; ".join(bad[:_SHOWN]))]
+
+
+def tables_consistent(cluster: Cluster) -> list[Violation]:
+    """Every running engine's member indexes agree with its members."""
+    bad = [
+        f"{name}: {problem}"
+        for name in cluster.running()
+        for problem in cluster.engine(name).check()
+    ]
+    if not bad:
+        return []
+    return [Violation("table", f"{len(bad)} inconsistencies: " + "; ".join(bad[:_SHOWN]))]
 
 
 def views_agree(cluster: Cluster) -> list[Violation]:

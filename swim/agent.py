@@ -24,6 +24,7 @@ from swim import wire
 from swim.background import Background
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
+from swim.logs import SafeFormatter
 from swim.members import MemberState, ip_bytes
 from swim.node import (
     UNREADABLE_REPLY,
@@ -600,9 +601,9 @@ def main(args: argparse.Namespace) -> int:
     """The ``swim agent`` command; a start-up mistake raises :class:`AgentError` (which the
     ``swim`` command prints as one line)."""
     options = options_from_args(args)
-    logging.basicConfig(
-        level=LOG_LEVELS[options.log_level.lower()],
-        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    # one record, one line: names and strings from the network are escaped, never raw
+    handler.setFormatter(SafeFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    logging.basicConfig(level=LOG_LEVELS[options.log_level.lower()], handlers=[handler])
     trio.run(run_agent, options)
     return 0

@@ -196,7 +196,7 @@ class Engine:
         )
         self._peer_meta_max_size = config.meta_max_size + DEFAULT_META_MAX_BYTES
         self._admissions = 0  # new members the input being handled may still introduce
-        self._introducer: Address | None = None  # when set: the one address it may introduce
+        self._introducer: Address | None = None  # when set: whom it may introduce (port 0: any)
         self._throttle = Throttle()
         self._suspicions: dict[str, tuple[Suspicion, Timer]] = {}
         self._last_contact = now
@@ -432,8 +432,16 @@ class Engine:
         self._contact()
         if isinstance(message, wire.PushPull):
             reply = wire.seal_stream(self._anti_entropy.body(message.join), self.wire_options)
+            # from a host where no member lives, a push-pull may introduce members there only
+            # (a joiner's own state is at the host it joins from), as a stranger's datagram may
+            # introduce only its sender; members' push-pulls are trusted, as their gossip is
+            trusted = self.config.trust_strangers or self._table.knows_host(source[0])
+            introducer = None if trusted else (source[0], 0)
             self._anti_entropy.merge(
-                message, source, admissions=self.config.max_new_members_per_message
+                message,
+                source,
+                admissions=self.config.max_new_members_per_message,
+                introducer=introducer,
             )
             return reply
         if isinstance(message, wire.Ping):
@@ -554,10 +562,15 @@ class Engine:
         else:
             self._ctx.counters.dropped_packets += 1
 
-    def _apply_states(self, states: Sequence[wire.PushNodeState], admissions: int) -> int:
+    def _apply_states(
+        self,
+        states: Sequence[wire.PushNodeState],
+        admissions: int,
+        introducer: Address | None,
+    ) -> int:
         """Apply a slice of a peer's push-pull state, which may introduce ``admissions`` new
-        members; returns how many it still may."""
-        self._admissions, self._introducer = admissions, None
+        members (only at ``introducer``, when given); returns how many it still may."""
+        self._admissions, self._introducer = admissions, introducer
         table, me = self._table, self._table.me
         for state in states:
             if state.state is NodeState.ALIVE:
@@ -591,6 +604,7 @@ class Engine:
                         incarnation=state.incarnation, node=state.name, from_node=self.name
                     )
                 )
+        self._introducer = None
         return self._admissions
 
     # ------------------------------------------------------------------ state rules
@@ -669,16 +683,21 @@ class Engine:
     def _admit(self, alive: wire.Alive) -> bool:
         """Whether news of a member we do not know may add it to the view: its name must be
         valid, the view not full, and the input that brings it within its share of newcomers
-        (a stranger's datagram may introduce only its sender)."""
+        (a stranger's datagram may introduce only its sender, a stranger's push-pull only
+        members on its host)."""
         introducer = self._introducer
-        if introducer is not None and address_of(alive.addr, alive.port) != introducer:
-            self._refuse_member(
-                "stranger",
-                alive.node,
-                f"{introducer[0]}:{introducer[1]}, which is not a member, may "
-                "introduce only itself (set Config.trust_strangers behind NAT)",
-            )
-            return False
+        if introducer is not None:
+            host, port = address_of(alive.addr, alive.port)
+            if host != introducer[0] or (introducer[1] and port != introducer[1]):
+                if introducer[1]:
+                    why = f"{introducer[0]}:{introducer[1]}, which is not a member, may introduce "
+                    why += "only itself"
+                else:
+                    why = f"a push-pull from {introducer[0]} may introduce only members there"
+                self._refuse_member(
+                    "stranger", alive.node, why + " (set Config.trust_strangers behind NAT)"
+                )
+                return False
         if self._admissions <= 0:
             self._ctx.counters.members_refused += 1  # it comes again, by gossip or push-pull
             return False

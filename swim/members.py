@@ -65,6 +65,14 @@ def address_of(raw: bytes, port: int) -> Address:
     return (socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw), port)
 
 
+def peer_address(host: str, port: int) -> Address:
+    """A socket peer's address as members advertise theirs: an IPv4 peer reaching an IPv6
+    socket shows as ``::ffff:a.b.c.d``, which is ``a.b.c.d`` to everyone else."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:], port
+    return host, port
+
+
 def ip_text(raw: bytes) -> str:
     """The text form of a 4- or 16-byte address as it travels in messages."""
     return str(ipaddress.ip_address(raw))

@@ -36,7 +36,7 @@ from swim.events import (
     Reconnected,
     UserMessage,
 )
-from swim.members import Address, Member
+from swim.members import Address, Member, peer_address
 from swim.serf.layer import (
     KeyringChanged,
     QueryAck,
@@ -706,7 +706,10 @@ class Node:
                 log.debug("receive error: %s", exc)
                 continue
             self._guarded(
-                engine.receive_datagram, data, (source[0], source[1]), trio.current_time()
+                engine.receive_datagram,
+                data,
+                peer_address(source[0], source[1]),
+                trio.current_time(),
             )
             await self._flush()
 
@@ -762,7 +765,7 @@ class Node:
 
     async def _answer_stream(self, stream: trio.SocketStream, first: bytes) -> None:
         peer = stream.socket.getpeername()
-        source = (peer[0], peer[1])
+        source = peer_address(peer[0], peer[1])
         with trio.move_on_after(self.config.tcp_timeout):
             message = await self._read_message(stream, first)
             if message is None:

@@ -66,12 +66,13 @@ class _Merge:
 
     remote: wire.PushPull
     admissions: int  # how many members it may still introduce
+    introducer: Address | None  # whom it may introduce, when limited (port 0: any port)
     position: int = 0
 
 
-ApplyStates = Callable[[Sequence[wire.PushNodeState], int], int]
-"""Apply member states under the state rules, with so many newcomers allowed; returns how
-many are still allowed."""
+ApplyStates = Callable[[Sequence[wire.PushNodeState], int, Address | None], int]
+"""Apply member states under the state rules, with so many newcomers allowed (and only at
+that address, when given); returns how many are still allowed."""
 OpenExchange = Callable[[Address, bytes, Exchange, "JoinOperation | None"], None]
 
 
@@ -278,17 +279,23 @@ class AntiEntropy:
         return bool(self._merges)
 
     def merge(
-        self, remote: wire.PushPull, source: Address, *, admissions: int, sliced: bool = True
+        self,
+        remote: wire.PushPull,
+        source: Address,
+        *,
+        admissions: int,
+        introducer: Address | None = None,
+        sliced: bool = True,
     ) -> bool:
-        """Merge a peer's full state, which may introduce ``admissions`` new members; False
-        (and nothing merged) when versions disagree.  A large state is merged a slice at a
-        time unless not ``sliced``."""
+        """Merge a peer's full state, which may introduce ``admissions`` new members (only at
+        ``introducer``, when given); False (and nothing merged) when versions disagree.  A
+        large state is merged a slice at a time unless not ``sliced``."""
         self._ctx.counters.push_pulls += 1
         problem = self._incompatible(remote.states)
         if problem is not None:
             log.warning("refused push-pull from %s: %s", source, problem)
             return False
-        merge = _Merge(remote, admissions)
+        merge = _Merge(remote, admissions, introducer)
         if sliced:
             self._merges.append(merge)
             if len(self._merges) == 1:
@@ -309,7 +316,7 @@ class AntiEntropy:
         remote = merge.remote
         start = merge.position
         merge.position = end = min(len(remote.states), start + count)
-        merge.admissions = self._apply(remote.states[start:end], merge.admissions)
+        merge.admissions = self._apply(remote.states[start:end], merge.admissions, merge.introducer)
         if end < len(remote.states):
             return False
         if remote.user_state and self._merge_remote_state is not None:

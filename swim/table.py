@@ -54,6 +54,7 @@ class MemberTable:
         self._gossip_pool = RandomSet[str]()  # alive, suspect and recently dead peers
         self._departed = RandomSet[str]()  # dead and left peers we may reconnect to
         self._departed_since: dict[str, tuple[Address, float]] = {}
+        self._hosts: dict[str, int] = {me.address[0]: 1}  # members (departed too) per host
         self._peer_states: dict[str, MemberState] = {}  # peers' last states, reaped dead too
         self._state_counts = dict.fromkeys(MemberState, 0)
         self._peers_not_left = 0
@@ -78,6 +79,10 @@ class MemberTable:
 
     def is_member_address(self, address: Address) -> bool:
         return address in self._by_address
+
+    def knows_host(self, host: str) -> bool:
+        """Whether a member, or one that departed within its reconnect window, lives there."""
+        return host in self._hosts
 
     def alive_count(self) -> int:
         """Members alive, this node included."""
@@ -146,7 +151,7 @@ class MemberTable:
             if now - since <= window:
                 return address
             self._departed.discard(name)
-            del self._departed_since[name]
+            self._forget_departure(name)
             if name not in self._entries:
                 self._track_peer(name, None)
         return None
@@ -196,6 +201,7 @@ class MemberTable:
         entry = Entry(name, addr, port, address, meta, vsn, 0, MemberState.DEAD, now)
         self._entries[name] = entry
         self._by_address[address] = name
+        self._count_host(address[0], 1)
         self.version += 1
         ring = self._probe_ring
         ring.append(name)
@@ -225,7 +231,9 @@ class MemberTable:
         """A member takes its name to a new address."""
         if self._by_address.get(entry.address) == entry.name:
             del self._by_address[entry.address]
+        self._count_host(entry.address[0], -1)
         address = address_of(addr, port)
+        self._count_host(address[0], 1)
         entry.addr, entry.port, entry.address = addr, port, address
         self._by_address[address] = entry.name
         entry.conflict = None
@@ -251,10 +259,12 @@ class MemberTable:
             self._gossip_pool.add(name)
         if state in _DEPARTED:
             self._departed.add(name)
+            self._forget_departure(name)
             self._departed_since[name] = (entry.address, now)
+            self._count_host(entry.address[0], 1)
         else:
             self._departed.discard(name)
-            self._departed_since.pop(name, None)
+            self._forget_departure(name)
 
     def reap(self, entry: Entry) -> None:
         """Forget a dead or left member (it stays a reconnect candidate for a while)."""
@@ -264,6 +274,7 @@ class MemberTable:
             self._track_peer(entry.name, None)  # a reaped dead member still counts until expiry
         if self._by_address.get(entry.address) == entry.name:
             del self._by_address[entry.address]
+        self._count_host(entry.address[0], -1)
         self._gossip_pool.discard(entry.name)
 
     def _reap_expired(self, now: float, dead_after: float, left_after: float) -> None:
@@ -272,6 +283,18 @@ class MemberTable:
                 entry.state is MemberState.LEFT and now - entry.state_change > left_after
             ):
                 self.reap(entry)
+
+    def _forget_departure(self, name: str) -> None:
+        record = self._departed_since.pop(name, None)
+        if record is not None:
+            self._count_host(record[0][0], -1)
+
+    def _count_host(self, host: str, delta: int) -> None:
+        count = self._hosts.get(host, 0) + delta
+        if count:
+            self._hosts[host] = count
+        else:
+            del self._hosts[host]
 
     def _track_peer(self, name: str, state: MemberState | None) -> None:
         previous = self._peer_states.pop(name, None)
@@ -312,6 +335,13 @@ class MemberTable:
             held = self._entries.get(name)
             if held is None or held.address != address:
                 problems.append(f"{address} points at {name!r}, which is not there")
+        hosts: dict[str, int] = {}
+        for address in [e.address for e in self._entries.values()] + [
+            a for a, _ in self._departed_since.values()
+        ]:
+            hosts[address[0]] = hosts.get(address[0], 0) + 1
+        if hosts != self._hosts:
+            problems.append(f"members per host {self._hosts} disagree with {hosts}")
         counts = dict.fromkeys(MemberState, 0)
         for state in self._peer_states.values():
             counts[state] += 1

@@ -243,9 +243,10 @@ class Datagrams:
 
 async def send_stream(target: tuple[str, int], data: bytes, limit: float) -> bytes:
     """Open a TCP stream to ``target``, write ``data``, read until the peer closes (at most
-    ``limit`` seconds); what came back."""
+    ``limit`` seconds); what came back (nothing when the peer refused the stream, closing or
+    resetting it before all was sent)."""
     reply = bytearray()
-    with trio.move_on_after(limit):
+    with trio.move_on_after(limit), contextlib.suppress(trio.BrokenResourceError):
         stream = await trio.open_tcp_stream(*target)
         async with stream:
             await stream.send_all(data)

@@ -14,7 +14,7 @@ import pytest
 from swim import wire
 from swim.config import Config
 from swim.engine import Engine
-from swim.members import MAX_NAME_BYTES, MemberState
+from swim.members import MAX_NAME_BYTES, MemberState, peer_address
 from swim.pushpull import MERGE_SLICE
 
 from .conftest import ME, PLAIN, STRANGER, address_of, alive, feed, make_engine, sent_messages
@@ -161,8 +161,18 @@ def fakes(count: int, first: int = 100) -> list[wire.PushNodeState]:
     return [state(f"fake-{i}", first + i, wire.NodeState.ALIVE) for i in range(count)]
 
 
+def test_a_push_pull_a_peer_opens_may_introduce_members_on_its_host_only() -> None:
+    """A joiner's own state is at the host it connects from; other members it knows reach us
+    by its gossip once it is one of us, or in the replies to our own push-pulls."""
+    engine = make_engine(QUIET)
+    joiner = state("joiner", 7, wire.NodeState.ALIVE)
+    engine.handle_stream(wire.PushPull([*fakes(3), joiner]), (address_of(7)[0], 40000), 0.0)
+    assert names(engine) == {"me", "joiner"}
+    assert engine.statistics().members_refused == 3
+
+
 def test_a_push_pull_a_peer_opens_introduces_at_most_its_share_of_new_members() -> None:
-    config = QUIET.replace(max_new_members_per_message=5)
+    config = QUIET.replace(max_new_members_per_message=5, trust_strangers=True)
     engine = make_engine(config, peers=2)
     known = [state("p0", 0, wire.NodeState.ALIVE, incarnation=3)]
     engine.handle_stream(wire.PushPull(known + fakes(50)), address_of(1), 0.0)
@@ -253,3 +263,8 @@ def test_replays_are_not_checked_when_the_window_is_off() -> None:
     engine.receive_datagram(packet, address_of(0), 0.1)
     assert engine.statistics().replays_refused == 0
     assert len(engine.take_datagrams()) == 2
+
+
+def test_an_ipv4_peer_on_an_ipv6_socket_reads_as_its_ipv4_address() -> None:
+    assert peer_address("::ffff:10.0.0.2", 7946) == ("10.0.0.2", 7946)
+    assert peer_address("2001:db8::1", 7946) == ("2001:db8::1", 7946)
