@@ -374,24 +374,10 @@ async def _key_operation(operation: Awaitable[keys.KeyResult]) -> RpcKeyResult:
         raise RpcKeyError(str(exc), _rpc_key_result(exc.result)) from None
 
 
-_KEY_ADVICE = {
-    "add_key() it first": "install it first with `keys -install`",
-    "make another key primary with use_key() first": "make another key primary first with "
-    "`keys -use`",
-}
-"""Members running shoal word keyring refusals with the Python API's names; an RPC client's
-user knows the ``keys`` command instead."""
-
-
 def _rpc_key_result(result: keys.KeyResult) -> RpcKeyResult:
-    messages = {node: _command_words(message) for node, message in result.messages.items()}
-    return RpcKeyResult(result.num_nodes, result.num_resp, result.num_err, messages, result.keys)
-
-
-def _command_words(message: str) -> str:
-    for python, command in _KEY_ADVICE.items():
-        message = message.replace(python, command)
-    return message
+    return RpcKeyResult(
+        result.num_nodes, result.num_resp, result.num_err, result.messages, result.keys
+    )
 
 
 async def _query_records(result: QueryResult) -> AsyncIterator[RpcQueryRecord]:

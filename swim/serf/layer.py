@@ -840,10 +840,15 @@ class Serf:
             request = msg.decode_serf(payload)
             if not isinstance(request, msg.KeyRequest):
                 raise wire.DecodeError("not a key request")
+            # refusals in memberlist's words, which the serf CLI shows from any member
             if kind == "install-key":
                 keyring.add_key(request.key)
             elif kind == "use-key":
+                if request.key not in keyring.keys:
+                    return msg.KeyResponse(False, "Requested key is not in the keyring")
                 keyring.use_key(request.key)
+            elif request.key == keyring.primary_key:
+                return msg.KeyResponse(False, "Removing the primary key is not allowed")
             elif request.key not in keyring.keys:  # removing an absent key is a no-op, as in Go
                 return msg.KeyResponse(True)
             else:
