@@ -24,8 +24,8 @@ from swim import wire
 from swim.background import Background
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
-from swim.logs import SafeFormatter
-from swim.members import MemberState, ip_bytes
+from swim.logs import SafeFormatter, printable
+from swim.members import MemberState, ip_bytes, name_problem
 from swim.node import (
     UNREADABLE_REPLY,
     AdvertiseError,
@@ -34,7 +34,7 @@ from swim.node import (
     JoinError,
     Node,
     QueryResult,
-    parse_seed,
+    parse_host_port,
 )
 from swim.rpc import (
     DEFAULT_RPC_ADDR,
@@ -139,14 +139,20 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
             f"-log-level {args.log_level!r} is not a level; use trace, debug, info, warn or err "
             "(or warning, error, critical)"
         )
+    node = args.node or os.uname().nodename
+    problem = name_problem(node)
+    if problem is not None:
+        raise AgentError(f"-node '{printable(node)}': {problem}; give a printable name")
     try:
-        parse_rpc_addr(args.rpc_addr)
+        parse_rpc_addr(args.rpc_addr, any_port=True)
     except ValueError as exc:
         raise AgentError(f"-rpc-addr: {exc}") from None
     return AgentOptions(
-        node=args.node or os.uname().nodename,
-        bind=_address("-bind", args.bind, 7946),
-        advertise=_address("-advertise", args.advertise, None) if args.advertise else None,
+        node=node,
+        bind=_address("-bind", args.bind, 7946, any_port=True),
+        advertise=(
+            _address("-advertise", args.advertise, 7946, any_port=False) if args.advertise else None
+        ),
         join=list(args.join),
         encrypt=args.encrypt,
         keyring_file=args.keyring_file,
@@ -160,12 +166,12 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
     )
 
 
-def _address(flag: str, text: str, default_port: int | None) -> tuple[str, int]:
+def _address(flag: str, text: str, default_port: int, *, any_port: bool) -> tuple[str, int]:
     try:
-        _, host, port = parse_seed(text, default_port or 0)
+        return parse_host_port(text, default_port, any_port=any_port)
     except ValueError as exc:
-        raise AgentError(f"{flag} {text!r}: {exc}") from None
-    return host, port
+        port = " (0 picks a free one)" if any_port else ""
+        raise AgentError(f"{flag} {text!r}: {exc}; give HOST[:PORT]{port}") from None
 
 
 def load_keyring(options: AgentOptions) -> wire.Keyring | None:
@@ -445,7 +451,7 @@ async def run_agent(
     too_big = tags_over_limit(options.tags, config.meta_max_size, "-tag")
     if too_big is not None:
         raise AgentError(f"-tag: {too_big}")
-    rpc_host, rpc_port = parse_rpc_addr(options.rpc_addr)
+    rpc_host, rpc_port = parse_rpc_addr(options.rpc_addr, any_port=True)
     shutdown = trio.Event()
     async with AsyncExitStack() as stack:
         snapshot = _open_snapshot(options)
@@ -474,7 +480,9 @@ async def run_agent(
             await _initial_join(node, options, snapshot.previous if snapshot else None)
         except JoinError as exc:
             raise AgentError(_join_advice(exc)) from None
-        log.info("agent %s running at %s:%d", node.name, *node.address)
+        log.info(
+            "agent %s running at %s:%d, RPC at %s:%d", node.name, *node.address, rpc_host, rpc_port
+        )
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
         if node.engine.local_member.state is not MemberState.LEFT:

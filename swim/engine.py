@@ -157,7 +157,7 @@ class Engine:
     ) -> None:
         problem = name_problem(name)
         if problem is not None:
-            raise ValueError(f"cannot use {printable(name)!r:.80} as a node name: {problem}")
+            raise ValueError(f"cannot use '{printable(name)[:80]}' as a node name: {problem}")
         self.check_meta(meta, config)
         self.name = name
         self.config = config

@@ -206,22 +206,32 @@ class EventStream:
 def parse_seed(seed: str, default_port: int) -> tuple[str | None, str, int]:
     """``[name/]host[:port]`` (an IPv6 host in brackets) as ``(name, host, port)``."""
     name, _, rest = seed.rpartition("/") if "/" in seed else ("", "", seed)
-    if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-    elif rest.count(":") == 1:
-        host, _, port_text = rest.partition(":")
-    else:
-        host, port_text = rest, ""
-    if not host:
-        raise ValueError(f"seed {seed!r} has no host; expected [name/]host[:port]")
     try:
-        port = int(port_text) if port_text else default_port
-    except ValueError:
-        raise ValueError(f"seed {seed!r} has a bad port {port_text!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"seed {seed!r}: port {port} is outside 1..65535")
+        host, port = parse_host_port(rest, default_port)
+    except ValueError as exc:
+        raise ValueError(f"seed {seed!r}: {exc}; expected [name/]host[:port]") from None
     return name or None, host, port
+
+
+def parse_host_port(text: str, default_port: int, *, any_port: bool = False) -> tuple[str, int]:
+    """``host[:port]`` (an IPv6 host in brackets) as ``(host, port)``; port 0, which asks for
+    any free port, only with ``any_port``."""
+    if text.startswith("["):
+        host, _, tail = text[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError("no host")
+    if port_text and not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"bad port {port_text!r}")
+    port = int(port_text) if port_text else default_port
+    low = 0 if any_port else 1
+    if not low <= port < 65536:
+        raise ValueError(f"port {port} is outside {low}..65535")
+    return host, port
 
 
 def _host_text(host: str) -> str:

@@ -312,15 +312,18 @@ class AgentBackend(Protocol):
         ...
 
 
-def parse_rpc_addr(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) as a host and a port number."""
+def parse_rpc_addr(text: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as a host and a port number; port 0 (any free
+    port, for a server) only with ``any_port``."""
     host, _, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         host = ""  # an IPv6 address needs brackets, as in Go
-    if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+    if not host or not (port.isascii() and port.isdigit() and int(port) < 65536):
         raise ValueError(f"{text!r} is not an address HOST:PORT, such as {DEFAULT_RPC_ADDR}")
+    if int(port) == 0 and not any_port:
+        raise ValueError(f"{text!r}: port 0 is no agent's port; give the port it listens on")
     return host, int(port)
 
 

@@ -134,6 +134,24 @@ def test_an_rpc_address_that_is_not_one() -> None:
     )
 
 
+def test_a_node_name_with_a_control_character() -> None:
+    line = refused("-node=web\n1")
+    assert line == (
+        "swim agent: -node 'web\\x0a1': the name holds control characters or other "
+        "unprintable ones; give a printable name"
+    )
+
+
+def test_a_bad_bind_port_names_the_flag_and_port_0_is_a_free_port() -> None:
+    line = refused("-bind=127.0.0.1:99999")
+    assert line == (
+        "swim agent: -bind '127.0.0.1:99999': port 99999 is outside 0..65535; give "
+        "HOST[:PORT] (0 picks a free one)"
+    )
+    line = refused("-bind=127.0.0.1:0", "-rpc-addr=127.0.0.1:0", f"-join={LOOPBACK}:{dead_port()}")
+    assert line.startswith("swim agent: -join: ")  # it bound both and got as far as joining
+
+
 def test_a_tag_over_the_limit_names_the_flag_and_the_limit() -> None:
     line = refused("-tag", "role=web", "-tag", f"blob={'x' * 600}")
     assert "-tag: the tags take 619 bytes encoded, over the limit of 512 bytes" in line

@@ -326,9 +326,12 @@ def test_addresses() -> None:
     assert parse_rpc_addr("127.0.0.1:7373") == ("127.0.0.1", 7373)
     assert parse_rpc_addr("[::1]:7373") == ("::1", 7373)
     assert parse_rpc_addr("localhost:1") == ("localhost", 1)
-    for bad in ("127.0.0.1", "::1:7373", ":7373", "host:0", "host:65536", "host:7e3"):
+    for bad in ("127.0.0.1", "::1:7373", ":7373", "host:65536", "host:7e3"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_rpc_addr(bad)
+    with pytest.raises(ValueError, match="port 0 is no agent's port"):
+        parse_rpc_addr("host:0")  # a client must name the port the agent listens on
+    assert parse_rpc_addr("host:0", any_port=True) == ("host", 0)  # an agent may take any
     assert host_port(bytes([10, 0, 0, 1]), 7946) == "10.0.0.1:7946"
     assert host_port(socket.inet_pton(socket.AF_INET6, "::ffff:10.0.0.1"), 1) == "10.0.0.1:1"
     assert host_port(socket.inet_pton(socket.AF_INET6, "fd00::7"), 1) == "[fd00::7]:1"
