@@ -37,6 +37,7 @@ from swim.events import (
     UserMessage,
 )
 from swim.members import Address, Member, peer_address
+from swim.queues import LossyQueue
 from swim.serf.layer import (
     KeyringChanged,
     QueryAck,
@@ -167,40 +168,10 @@ Delivered = Event | SerfEvent | EventsLost
 """What a subscriber receives."""
 
 
-@dataclass(eq=False)
-class EventStream:
-    """One subscriber's events, buffered up to ``capacity``; iterate it with ``async for``.
-
-    A subscriber that falls behind loses the oldest events it has not read, and receives an
-    :class:`EventsLost` saying how many before the next one, instead of a silent gap.
-    """
-
-    capacity: int
-    _queue: collections.deque[Event | SerfEvent | EventsLost] = field(
-        default_factory=collections.deque
-    )
-    _lost: int = 0
-    _ready: trio.Event = field(default_factory=trio.Event)
-
-    def _put(self, event: Event | SerfEvent) -> None:
-        if len(self._queue) >= self.capacity:
-            self._queue.popleft()
-            self._lost += 1
-        self._queue.append(event)
-        self._ready.set()
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Delivered:
-        await trio.lowlevel.checkpoint()  # a busy stream still yields and notices cancellation
-        while not self._queue:
-            self._ready = trio.Event()
-            await self._ready.wait()
-        if self._lost:
-            lost, self._lost = self._lost, 0
-            return EventsLost(lost)
-        return self._queue.popleft()
+EventStream = LossyQueue[Event | SerfEvent, EventsLost]
+"""One subscriber's events (see :meth:`Node.events`): a subscriber that falls behind loses the
+oldest events it has not read, and receives an :class:`EventsLost` saying how many before the
+next one, instead of a silent gap."""
 
 
 def parse_seed(seed: str, default_port: int) -> tuple[str | None, str, int]:
@@ -436,7 +407,7 @@ class Node:
 
     def events(self) -> EventStream:
         """Subscribe to events from now on (membership, user messages, isolation)."""
-        stream = EventStream(self._event_buffer)
+        stream = EventStream(self._event_buffer, EventsLost)
         self._subscribers.add(stream)
         return stream
 
@@ -690,7 +661,7 @@ class Node:
 
     def _publish(self, event: Event | SerfEvent) -> None:
         for subscriber in list(self._subscribers):
-            subscriber._put(event)
+            subscriber.put(event)
 
     async def _run_timers(self) -> None:
         engine, serf = self.engine, self._serf
