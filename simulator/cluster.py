@@ -7,11 +7,12 @@ parameters.  Every node keeps one live timer entry at its engine's ``next_deadli
 whose sequence number is no longer the node's is stale and skipped.  A node is woken only by
 its deadline or by something delivered to it.
 
-The engines are driven as the trio runtime drives them (``swim/node.py``): datagrams to
-``receive_datagram``, inbound streams parsed with ``StreamReader`` and handed to
-``handle_stream`` (whose reply travels back), outcomes of outbound streams to
-``stream_finished`` (a cut path times out at the request's deadline, a stopped peer refuses),
-``tick`` at each deadline.  The simulator makes no protocol decision.
+Each node is a :class:`~swim.stack.MemberStack` (with a Serf layer when the cluster has tags),
+driven as the trio runtime drives it (``swim/node.py``): datagrams to ``receive_datagram``,
+the bytes of inbound streams to an ``incoming()`` reader and ``answer`` (whose reply travels
+back), outcomes of outbound streams to ``stream_finished`` (a cut path times out at the
+request's deadline, a stopped peer refuses), ``tick`` at each deadline, and the seeds to
+``rejoin`` when the stack asks for them.  The simulator makes no protocol decision.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ from swim import wire
 from swim.config import Config
 from swim.engine import Engine, StreamRequest
 from swim.events import (
-    Event,
-    Isolated,
     JoinCompleted,
     LeaveCompleted,
     MemberAlive,
@@ -64,6 +63,7 @@ from swim.events import (
     MemberUpdated,
 )
 from swim.members import Address
+from swim.stack import UNREADABLE_REPLY, MemberStack, RejoinDue, StackEvent
 
 if TYPE_CHECKING:
     from simulator.faults import Fault
@@ -77,7 +77,7 @@ SYN_TIMEOUT = 1.0
 DATA_TIMEOUT = 0.2
 """TCP's minimum retransmission timeout for lost data (Linux's ``TCP_RTO_MIN``)."""
 REJOIN_INTERVAL = 5.0
-"""The trio runtime's first wait between rejoin attempts while isolated (it doubles to 60 s)."""
+"""The first wait between rejoin attempts while isolated (the trio runtime's default)."""
 RETRIES = 6
 """Retransmissions of one segment before TCP gives up (Linux's ``tcp_syn_retries``); the
 doubling timeouts outlast any stream deadline by then."""
@@ -126,18 +126,19 @@ class _Stream:
     """One outbound stream: who asked (which engine: a restart makes a new one) and whether
     its outcome was delivered already."""
 
-    __slots__ = ("client", "done", "engine", "request")
+    __slots__ = ("client", "done", "request", "stack")
 
     def __init__(self, client: SimNode, request: StreamRequest) -> None:
         self.client = client
-        self.engine = client.engine
+        self.stack = client.stack
         self.request = request
         self.done = False
 
 
 class SimNode:
-    """One member's process and host: its engine (replaced on restart), address, state,
-    traffic counters.  Counters add up over every incarnation of the process."""
+    """One member's process and host: its member stack and engine (replaced on restart),
+    address, state, traffic counters.  Counters add up over every incarnation of the
+    process."""
 
     __slots__ = (
         "address",
@@ -154,11 +155,11 @@ class SimNode:
         "name",
         "paused",
         "position",
-        "rejoin",
         "running",
         "seconds",
         "seeds",
         "slow",
+        "stack",
         "started_at",
         "stream_bytes_in",
         "stream_bytes_out",
@@ -174,6 +175,7 @@ class SimNode:
         self.tag = name.encode() + b"\0"
         self.address = address
         self.position = position
+        self.stack: MemberStack | None = None
         self.engine: Engine | None = None
         self.instance = -1
         self.running = False
@@ -183,7 +185,6 @@ class SimNode:
         self.backlog: list[tuple[Any, ...]] = []
         self.backlog_bytes = 0
         self.seeds: list[Address] = []
-        self.rejoin: tuple[int, float] | None = None  # (join id awaited, next wait) if isolated
         self.timer_seq = -1
         self.timer_at = math.inf
         self.health = 0
@@ -274,7 +275,7 @@ class Cluster:
                 self._start(node, warm=False, seeds=seeds)
             for node in self.nodes.values():
                 if node is not first:
-                    self._engine(node).join(node.seeds, 0.0)
+                    self._stack(node).join(node.seeds, 0.0)
                     self._flush(node)
 
     # ------------------------------------------------------------------ queries
@@ -428,8 +429,7 @@ class Cluster:
                         node.timer_seq, node.timer_at = -1, math.inf
                     continue
                 # the node's next timer replaces this entry at the root: one sift, not two
-                engine = node.engine
-                engine.tick(now)
+                node.stack.tick(now)
                 deadline = flush(node, False)
                 if deadline is None or not node.running:
                     pop(heap)  # still the root: whatever was pushed meanwhile comes later
@@ -496,24 +496,25 @@ class Cluster:
         node.datagrams_in += 1
         node.bytes_in += len(data)
         self.trace.datagram(now, source.tag, node.tag, data)
-        node.engine.receive_datagram(data, source_address, now)
+        node.stack.receive_datagram(data, source_address, now)
         self._flush(node)
 
     def _flush(self, node: SimNode, arm: bool = True) -> float | None:
-        """Carry out what ``node``'s engine asked for and re-arm its timer; with ``arm``
+        """Carry out what ``node``'s stack asked for and re-arm its timer; with ``arm``
         False, return the new deadline for the caller to arm (None: no timer needed)."""
-        engine = node.engine
-        assert engine is not None
+        stack = node.stack
+        assert stack is not None
+        engine = stack.engine
         datagrams = engine.take_datagrams()
         if datagrams:
             self._send(node, datagrams)
         requests = engine.take_stream_requests()
         for request in requests:
             self._open_stream(node, request)
-        events = engine.take_events()
+        events = stack.take_events()
         if events:
             self._on_events(node, events)
-            if not node.running or node.engine is not engine:
+            if not node.running or node.stack is not stack:
                 return None
         health = engine.health_score
         if health != node.health:
@@ -652,23 +653,22 @@ class Cluster:
             return
         if self._cut_between(client, server) or self._hold(server, entry, late, 0):
             return
-        engine = server.engine
+        stack = server.stack
+        assert stack is not None
         server.streams_in += 1
         server.stream_bytes_in += len(request.data)
         self.trace.record(self.now, "stream", client.name, server.name, request.data)
-        try:
-            message = wire.StreamReader(engine.wire_options).receive_data(request.data)
-        except wire.DecodeError:
-            message = None
+        incoming = stack.incoming()
+        incoming.receive_data(request.data)
         reply = None
-        if message is not None:
-            reply = engine.handle_stream(message, client.address, self.now)
+        if incoming.message is not None:
+            reply = stack.answer(incoming, client.address, self.now)
             self._flush(server)
         if stream.done or not request.expects_reply:
             return
         if reply is None:
             back = self.now + self._one_way(server, client, 0)
-            self._outcome(back, stream, None, "the reply could not be read")
+            self._outcome(back, stream, None, UNREADABLE_REPLY)
             return
         server.stream_bytes_out += len(reply)
         self._outcome(self.now + self._one_way(server, client, len(reply)), stream, reply, None)
@@ -676,10 +676,10 @@ class Cluster:
     def _finish(self, entry: tuple[Any, ...], late: bool) -> None:
         _, _, _, stream, reply, error = entry
         client = stream.client
-        engine = stream.engine
+        stack = stream.stack
         if stream.done:
             return
-        if not client.running or client.engine is not engine:
+        if not client.running or client.stack is not stack:
             stream.done = True
             return
         server = self._by_address.get(stream.request.address)
@@ -688,23 +688,21 @@ class Cluster:
         if self._hold(client, entry, late, 0):
             return
         stream.done = True
-        message = None
+        incoming = None
         if reply is not None:
             client.stream_bytes_in += len(reply)
-            try:
-                message = wire.StreamReader(engine.wire_options).receive_data(reply)
-            except wire.DecodeError:
-                message = None
-            if message is None:
-                error = "the reply could not be read"
+            incoming = stack.incoming()
+            incoming.receive_data(reply)
+            if incoming.message is None:
+                error = UNREADABLE_REPLY
         request_id = str(stream.request.stream_id)
         self.trace.record(self.now, "stream-done", client.name, request_id, (error or "").encode())
-        engine.stream_finished(stream.request.stream_id, message, self.now, error=error)
+        stack.stream_finished(stream.request.stream_id, incoming, self.now, error=error)
         self._flush(client)
 
     # ------------------------------------------------------------------ events
 
-    def _on_events(self, node: SimNode, events: list[Event]) -> None:
+    def _on_events(self, node: SimNode, events: Sequence[StackEvent]) -> None:
         now = self.now
         metrics = self.metrics
         for event in events:
@@ -725,28 +723,17 @@ class Cluster:
                 )
             elif isinstance(event, LeaveCompleted):
                 self._stop(node)
-            elif isinstance(event, Isolated) and node.rejoin is None:
-                self._rejoin(node, node.instance, REJOIN_INTERVAL)
-            elif isinstance(event, JoinCompleted):
-                if not event.joined:
-                    counts = metrics.event_counts
-                    counts["join-failed"] = counts.get("join-failed", 0) + 1
-                if node.rejoin is not None and node.rejoin[0] == event.join_id:
-                    wait = node.rejoin[1]
-                    retry = functools.partial(
-                        self._rejoin, node, node.instance, min(2 * wait, 60.0)
-                    )
-                    self.at(now + wait, retry)
+            elif isinstance(event, RejoinDue):
+                self.at(now, functools.partial(self._rejoin, node, self._stack(node)))
+            elif isinstance(event, JoinCompleted) and not event.joined:
+                counts = metrics.event_counts
+                counts["join-failed"] = counts.get("join-failed", 0) + 1
 
-    def _rejoin(self, node: SimNode, instance: int, wait: float) -> None:
-        """What the trio runtime does while its engine reports isolation: join through the
-        seeds, wait for the outcome, sleep ``wait`` (doubling up to 60 s), and again."""
-        engine = node.engine
-        if node.instance != instance or not node.running or engine is None or not engine.isolated:
-            node.rejoin = None
-            return
-        node.rejoin = (engine.join(node.seeds, self.now), wait)
-        self._flush(node)
+    def _rejoin(self, node: SimNode, stack: MemberStack) -> None:
+        """Answer the stack's request to try its seeds again (unless it was replaced since)."""
+        if node.running and node.stack is stack:
+            stack.rejoin(node.seeds, self.now)
+            self._flush(node)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -780,12 +767,15 @@ class Cluster:
         return node
 
     @staticmethod
-    def _engine(node: SimNode) -> Engine:
-        if node.engine is None:
+    def _stack(node: SimNode) -> MemberStack:
+        if node.stack is None:
             raise SimulationError(f"node {node.name!r} has never run")
-        return node.engine
+        return node.stack
 
-    def _new_engine(self, node: SimNode, meta: bytes) -> Engine:
+    def _engine(self, node: SimNode) -> Engine:
+        return self._stack(node).engine
+
+    def _new_stack(self, node: SimNode, meta: bytes) -> MemberStack:
         node.instance += 1
         label = f"{node.name}:{node.instance}"
         keyring = None
@@ -796,14 +786,21 @@ class Cluster:
                 [self._key], nonce_source=lambda: prefix + next(counter).to_bytes(8, "big")
             )
         rng = self.random_for(f"engine:{label}")
-        return Engine(
-            node.name, node.address, self.config, rng, meta=meta, keyring=keyring, now=self.now
+        return MemberStack(
+            node.name,
+            node.address,
+            self.config,
+            rng,
+            meta=meta,
+            keyring=keyring,
+            now=self.now,
+            rejoin_interval=REJOIN_INTERVAL,
         )
 
     def _start(self, node: SimNode, warm: bool, seeds: list[Address], meta: bytes = b"") -> None:
-        node.engine = self._new_engine(node, meta)
+        node.stack = self._new_stack(node, meta)
+        node.engine = node.stack.engine
         node.seeds = seeds
-        node.rejoin = None
         node.running = True
         node.leaving = node.paused = False
         node.slow = 0.0
@@ -885,7 +882,7 @@ class Cluster:
         self._start(node, warm=False, seeds=seed_addresses, meta=meta)
         self.metrics.added(node.name, self.now)
         if seed_addresses:
-            self._engine(node).join(seed_addresses, self.now)
+            self._stack(node).join(seed_addresses, self.now)
         self._flush(node)
         return node.name
 
@@ -923,7 +920,7 @@ class Cluster:
         seeds = self._seeds(name)
         self._start(node, warm=False, seeds=seeds, meta=meta)
         if seeds:
-            self._engine(node).join(seeds, self.now)
+            self._stack(node).join(seeds, self.now)
         self._flush(node)
 
     def leave(self, name: str) -> None:
@@ -934,7 +931,7 @@ class Cluster:
         self._note("leave", name)
         node.leaving = True
         self.metrics.departed(name, self.now, crashed=False)
-        self._engine(node).leave(self.now)
+        self._stack(node).leave(self.now)
         self._flush(node)
 
     def pause(self, name: str, duration: float) -> None:
@@ -954,8 +951,7 @@ class Cluster:
             return
         self._note("resume", node.name)
         node.paused = False
-        engine = self._engine(node)
-        engine.tick(self.now)
+        self._stack(node).tick(self.now)
         self._flush(node)
         backlog, node.backlog, node.backlog_bytes = node.backlog, [], 0
         for entry in backlog:

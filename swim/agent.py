@@ -27,7 +27,6 @@ from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.logs import SafeFormatter, printable
 from swim.members import MemberState, ip_bytes, name_problem
 from swim.node import (
-    UNREADABLE_REPLY,
     AdvertiseError,
     BindError,
     Delivered,
@@ -59,6 +58,7 @@ from swim.serf.layer import (
     SerfUserEvent,
 )
 from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState, format_address
+from swim.stack import UNREADABLE_REPLY
 from swim.toplevel import describe
 from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from swim import wire
 from swim.config import Config
@@ -36,6 +37,20 @@ class Counters:
     members_refused: int = 0
 
 
+class Delegate(Protocol):
+    """What a layer above the engine (the Serf layer) hears and adds, as memberlist's
+    ``Delegate`` and ``EventDelegate`` do together."""
+
+    def notify(self, event: Event) -> None:
+        """An engine event, as it happens (membership changes, user messages, ...)."""
+
+    def local_state(self, join: bool) -> bytes:
+        """The layer's part of our push-pull state."""
+
+    def merge_remote_state(self, data: bytes, join: bool) -> None:
+        """A peer's part of its push-pull state."""
+
+
 @dataclass(slots=True, eq=False)
 class Context:
     """The engine's shared state; each part takes what it needs from here."""
@@ -48,13 +63,17 @@ class Context:
     counters: Counters = field(default_factory=Counters)
     events: list[Event] = field(default_factory=list)
     quiet: bool = False
-    """While taking a view everyone already shares (``assume_converged``): no news, no events."""
+    """While taking a view everyone already shares (``assume_converged``): no news, and no
+    events for the driver (the delegate still hears of every member)."""
+    delegate: Delegate | None = None
 
     @property
     def now(self) -> float:
         return self.timers.now
 
     def emit(self, event: Event) -> None:
-        """Report ``event`` to the driver."""
+        """Tell the delegate of ``event`` at once, and report it to the driver."""
+        if self.delegate is not None:
+            self.delegate.notify(event)
         if not self.quiet:
             self.events.append(event)

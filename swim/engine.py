@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from swim import wire
 from swim.awareness import Awareness
 from swim.config import Config
-from swim.context import Context
+from swim.context import Context, Delegate
 from swim.events import (
     Event,
     Isolated,
@@ -151,9 +151,6 @@ class Engine:
         meta: bytes = b"",
         keyring: wire.Keyring | None = None,
         now: float = 0.0,
-        timers: Timers | None = None,
-        local_state: Callable[[bool], bytes] | None = None,
-        merge_remote_state: Callable[[bytes, bool], None] | None = None,
     ) -> None:
         problem = name_problem(name)
         if problem is not None:
@@ -173,21 +170,14 @@ class Engine:
         me = Entry(
             name, ip_bytes(host), port, (host, port), meta, config.vsn, 1, MemberState.ALIVE, now
         )
-        if timers is None:
-            timers = Timers(now)
-        self._timers = timers
+        self._timers = timers = Timers(now)
         self._table = MemberTable(me, rng)
         self._ctx = ctx = Context(config, rng, timers, self._table, self.wire_options)
         self._awareness = Awareness(config.awareness_max_multiplier, enabled=config.lifeguard)
         self._gossip = Gossip(ctx)
         self._prober = Prober(ctx, self._gossip, self._awareness, self._open_ping, self._on_suspect)
         self._anti_entropy = AntiEntropy(
-            ctx,
-            self._apply_states,
-            self._open_exchange,
-            self._running,
-            local_state=local_state,
-            merge_remote_state=merge_remote_state,
+            ctx, self._apply_states, self._open_exchange, self._running
         )
         self._replays = (
             wire.ReplayFilter(config.replay_window)
@@ -235,6 +225,19 @@ class Engine:
         return self._timers.next_deadline()
 
     # ------------------------------------------------------------------ queries
+
+    @property
+    def timers(self) -> Timers:
+        """Every pending timer; a layer above schedules its own here, so that one
+        :meth:`tick` and one :meth:`next_deadline` serve both."""
+        return self._timers
+
+    def attach(self, delegate: Delegate) -> None:
+        """Let ``delegate`` hear every event as it happens and add its state to push-pulls
+        (the Serf layer attaches itself)."""
+        if self._ctx.delegate is not None:
+            raise RuntimeError("this engine has a delegate already")
+        self._ctx.delegate = delegate
 
     @property
     def local_member(self) -> Member:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import trio
 
@@ -30,10 +30,8 @@ from swim.config import Config
 from swim.engine import Engine, StreamRequest
 from swim.events import (
     Event,
-    Isolated,
     JoinCompleted,
     LeaveCompleted,
-    Reconnected,
     UserMessage,
 )
 from swim.members import Address, Member, peer_address
@@ -43,11 +41,19 @@ from swim.serf.layer import (
     QueryAck,
     QueryAnswer,
     QueryDone,
+    QueryOptions,
     Serf,
     SerfEvent,
     SerfQuery,
 )
-from swim.wire import serf as serf_wire
+from swim.stack import (
+    UNREADABLE_REPLY,
+    IncomingStream,
+    IsolationLimitReached,
+    MemberStack,
+    RejoinDue,
+    StackEvent,
+)
 
 log = logging.getLogger("swim.node")
 T = TypeVar("T")
@@ -75,11 +81,6 @@ class JoinError(Exception):
         return "; ".join(f"{seed}: {why}" for seed, why in self.failures.items()) or (
             "no seeds given"
         )
-
-
-UNREADABLE_REPLY = "the reply could not be read (likely an encryption key or label mismatch)"
-"""Why a stream to a member failed when the member answered nothing this node can decode or
-closed the connection at once: what a member with another key or label does."""
 
 
 class BindError(OSError):
@@ -263,10 +264,9 @@ class Node:
         self._tags = None if tags is None else dict(tags)
         self._keyring_file = keyring_file
         self._coalescing = (user_coalesce_period, user_quiescent_period)
-        self._serf: Serf | None = None
         self._queries: dict[int, QueryResult] = {}
         self.runtime_stats = RuntimeStats()
-        self._engine: Engine | None = None
+        self._stack: MemberStack | None = None
         self._udp: trio.socket.SocketType | None = None
         self._listener: trio.SocketListener | None = None
         self._background = Background()
@@ -277,7 +277,6 @@ class Node:
         self._left = trio.Event()
         self._leave_timed_out = False
         self._seeds: list[str] = []
-        self._rejoin_scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -307,44 +306,25 @@ class Node:
         self._udp, self._listener = await _bind_udp_and_tcp(host, port)
         bound_port = self._udp.getsockname()[1]
         advertise = self._advertise or (_advertise_host(host), bound_port)
-        now = trio.current_time()
-        meta = self._meta
-        if self._tags is not None:
-            meta = serf_wire.encode_tags(self._tags, self.config.meta_max_size)
-        self._engine = Engine(
+        self._stack = MemberStack(
             self._name,
             advertise,
             self.config,
             self._rng,
-            meta=meta,
+            meta=self._meta,
+            tags=self._tags,
             keyring=self._keyring,
-            now=now,
-            local_state=None if self._tags is None else self._serf_local_state,
-            merge_remote_state=None if self._tags is None else self._serf_merge,
+            now=trio.current_time(),
+            coalesce_period=self._coalescing[0],
+            quiescent_period=self._coalescing[1],
+            rejoin_interval=self._rejoin_interval,
+            exit_when_isolated=self._exit_when_isolated,
         )
-        if self._tags is not None:
-            self._serf = Serf(
-                self._engine,
-                self._tags,
-                self._rng,
-                now,
-                reconnect_timeout=self.config.reconnect_timeout,
-                coalesce_period=self._coalescing[0],
-                quiescent_period=self._coalescing[1],
-            )
         nursery = self._background.nursery
         nursery.start_soon(self._receive_datagrams)
         nursery.start_soon(self._run_timers)
         nursery.start_soon(self._serve_streams)
         log.info("node %s listening on %s:%d", self._name, host, bound_port)
-
-    def _serf_local_state(self, join: bool) -> bytes:
-        assert self._serf is not None
-        return self._serf.local_state(join)
-
-    def _serf_merge(self, data: bytes, join: bool) -> None:
-        assert self._serf is not None
-        self._serf.merge_remote_state(data, join)
 
     def _close_sockets(self) -> None:
         if self._udp is not None:
@@ -356,9 +336,14 @@ class Node:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
+        return self.stack.engine
+
+    @property
+    def stack(self) -> MemberStack:
+        """The member stack this node drives (sans-IO: engine, Serf layer, policies)."""
+        if self._stack is None:
             raise RuntimeError("the node is not running; use it inside `async with Node(...)`")
-        return self._engine
+        return self._stack
 
     @property
     def name(self) -> str:
@@ -393,9 +378,10 @@ class Node:
     @property
     def serf(self) -> Serf:
         """The Serf layer (present when the node was given ``tags``)."""
-        if self._serf is None:
+        serf = self.stack.serf
+        if serf is None:
             raise RuntimeError("this node runs without the Serf layer; pass tags={} to Node")
-        return self._serf
+        return serf
 
     def stats(self) -> dict[str, int]:
         """The engine's and the runtime's counters."""
@@ -432,25 +418,18 @@ class Node:
         for attempt in range(max(1, attempts)):
             if attempt:
                 await trio.sleep(backoff * 2 ** (attempt - 1))
-            if self._serf is not None:
-                self._serf.ignore_old_events = not replay
-            try:
-                joined, failures = await self._join_once(seeds)
-            finally:
-                if self._serf is not None:
-                    self._serf.ignore_old_events = False
+            joined, failures = await self._join_once(seeds, replay)
             if joined:
-                if self._serf is not None:
-                    self._serf.joined(trio.current_time())
-                    await self._flush()
                 return joined
         raise JoinError(failures)
 
-    async def _join_once(self, seeds: Sequence[str]) -> tuple[int, dict[str, str]]:
-        """One join attempt: how many seeds answered, and why each other one failed (in the
-        order the seeds were given; a seed that resolved to several addresses names each)."""
-        failed: dict[str, list[tuple[str, str]]] = {seed: [] for seed in seeds}
+    async def _resolve_seeds(
+        self, seeds: Sequence[str]
+    ) -> tuple[dict[Address, str], dict[str, str]]:
+        """Every address the seeds resolve to (once each, with the seed it came from), and
+        why each seed that resolved to none did not."""
         targets: dict[Address, str] = {}
+        failures: dict[str, str] = {}
         default_port = self.address[1]
         for seed in seeds:
             try:
@@ -458,12 +437,21 @@ class Node:
                 for address in await _resolve(host, port):
                     targets.setdefault(address, seed)
             except (ValueError, OSError) as exc:
-                failed[seed].append((seed, str(exc)))
+                failures[seed] = str(exc)
+        return targets, failures
+
+    async def _join_once(self, seeds: Sequence[str], replay: bool) -> tuple[int, dict[str, str]]:
+        """One join attempt: how many seeds answered, and why each other one failed (in the
+        order the seeds were given; a seed that resolved to several addresses names each)."""
+        failed: dict[str, list[tuple[str, str]]] = {seed: [] for seed in seeds}
+        targets, unresolved = await self._resolve_seeds(seeds)
+        for seed, why in unresolved.items():
+            failed[seed].append((seed, why))
         joined = 0
         if targets:
             done = trio.Event()
             results: list[JoinCompleted] = []
-            join_id = self.engine.join(list(targets), trio.current_time())
+            join_id = self.stack.join(list(targets), trio.current_time(), replay=replay)
             self._joins[join_id] = (done, results)
             await self._flush()
             await done.wait()
@@ -480,10 +468,7 @@ class Node:
     async def leave(self, timeout: float = 5.0) -> bool:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out.
         Returns False when it may not have reached everyone (the timeout passed first)."""
-        if self._serf is not None:
-            self._serf.leave(trio.current_time(), timeout)
-        else:
-            self.engine.leave(trio.current_time(), timeout)
+        self.stack.leave(trio.current_time(), timeout)
         await self._flush()
         with trio.move_on_after(timeout + 1.0):
             await self._left.wait()
@@ -526,54 +511,22 @@ class Node:
         await self._flush()
 
     async def query(
-        self,
-        name: str,
-        payload: bytes = b"",
-        *,
-        nodes: Sequence[str] = (),
-        tags: Mapping[str, str] | None = None,
-        request_ack: bool = False,
-        relay_factor: int = 0,
-        timeout: float | None = None,
+        self, name: str, payload: bytes = b"", **options: Unpack[QueryOptions]
     ) -> QueryResult:
-        """Ask the members (those the filters pick) and collect acks and answers until the
-        query's timeout (Serf's default when None)."""
-        result = await self.start_query(
-            name,
-            payload,
-            nodes=nodes,
-            tags=tags,
-            request_ack=request_ack,
-            relay_factor=relay_factor,
-            timeout=timeout,
-        )
+        """Ask the members (those ``nodes`` and ``tags`` pick) and collect acks and answers
+        until the query's ``timeout`` (Serf's default when None); see
+        :class:`~swim.serf.layer.QueryOptions`."""
+        result = await self.start_query(name, payload, **options)
         await result.done.wait()
         return result
 
     async def start_query(
-        self,
-        name: str,
-        payload: bytes = b"",
-        *,
-        nodes: Sequence[str] = (),
-        tags: Mapping[str, str] | None = None,
-        request_ack: bool = False,
-        relay_factor: int = 0,
-        timeout: float | None = None,
+        self, name: str, payload: bytes = b"", **options: Unpack[QueryOptions]
     ) -> QueryResult:
         """Send a query as :meth:`query` does, but return once it is out: the result fills
         as acks and answers arrive (see :meth:`QueryResult.arrivals`).  Raises
         :class:`~swim.serf.layer.SerfError` when the query cannot be sent."""
-        query_id = self.serf.query(
-            name,
-            payload,
-            trio.current_time(),
-            nodes=nodes,
-            tags=tags,
-            request_ack=request_ack,
-            relay_factor=relay_factor,
-            timeout=timeout,
-        )
+        query_id = self.serf.query(name, payload, trio.current_time(), **options)
         result = QueryResult()
         self._queries[query_id] = result
         await self._flush()
@@ -592,66 +545,59 @@ class Node:
     # ------------------------------------------------------------------ plumbing
 
     async def _flush(self, wake_timers: bool = True) -> None:
-        """Carry out what the engine asked for, and let the timer task re-read its deadline
+        """Carry out what the stack asked for, and let the timer task re-read its deadline
         (an input may have brought it closer)."""
-        engine, serf = self.engine, self._serf
+        stack = self.stack
         assert self._udp is not None
-        now = trio.current_time()
         while True:
-            events = engine.take_events()
+            events = stack.take_events()
             for event in events:
-                if serf is not None:
-                    serf.handle(event, now)  # may queue broadcasts: taken in this same pass
                 self._deliver(event)
-            serf_events = serf.take_events() if serf is not None else []
-            for serf_event in serf_events:
-                self._deliver_serf(serf_event)
-            datagrams = engine.take_datagrams()
+            datagrams = stack.take_datagrams()
             for address, data in datagrams:
                 try:
                     await self._udp.sendto(data, address)
                 except OSError as exc:
                     self.runtime_stats.send_errors += 1
                     log.debug("cannot send to %s: %s", address, exc)
-            for request in engine.take_stream_requests():
+            for request in stack.take_stream_requests():
                 self._background.nursery.start_soon(self._outbound_stream, request)
-            if not (events or serf_events or datagrams):
+            if not (events or datagrams):
                 break
         if wake_timers:
             self._wakeup.set()
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: StackEvent) -> None:
+        nursery = self._background.nursery
         if isinstance(event, JoinCompleted):
-            done, results = self._joins.pop(event.join_id)
-            results.append(event)
-            done.set()
-            return
-        if isinstance(event, LeaveCompleted):
+            waiting = self._joins.pop(event.join_id, None)
+            if waiting is not None:  # a rejoin's joins are the stack's own
+                waiting[1].append(event)
+                waiting[0].set()
+                return
+        elif isinstance(event, LeaveCompleted):
             self._leave_timed_out = event.timed_out
             self._left.set()
             return
-        if isinstance(event, UserMessage) and self._on_message is not None:
+        elif isinstance(event, RejoinDue):
+            nursery.start_soon(self._rejoin)
+            return
+        elif isinstance(event, IsolationLimitReached):
+            nursery.start_soon(self._give_up, event)
+            return
+        elif isinstance(event, QueryAck | QueryAnswer | QueryDone):
+            result = self._queries.get(event.query_id)
+            if result is not None:
+                if isinstance(event, QueryDone):
+                    del self._queries[event.query_id]
+                result._add(event)
+            return
+        elif isinstance(event, UserMessage) and self._on_message is not None:
             try:
                 self._on_message(event.payload, event.source)
             except Exception:
                 log.exception("the message handler raised; the message is dropped")
-        if isinstance(event, Isolated):
-            self._background.nursery.start_soon(self._while_isolated)
-        elif isinstance(event, Reconnected) and self._rejoin_scope is not None:
-            self._rejoin_scope.cancel()  # a peer was heard from: stop retrying at once
-            self._rejoin_scope = None
-        self._publish(event)
-
-    def _deliver_serf(self, event: SerfEvent) -> None:
-        if isinstance(event, QueryAck | QueryAnswer | QueryDone):
-            result = self._queries.get(event.query_id)
-            if result is None:
-                return
-            if isinstance(event, QueryDone):
-                del self._queries[event.query_id]
-            result._add(event)
-            return
-        if isinstance(event, KeyringChanged) and self._keyring_file is not None:
+        elif isinstance(event, KeyringChanged) and self._keyring_file is not None:
             assert self._keyring is not None
             try:
                 self._keyring.save(self._keyring_file)
@@ -664,22 +610,18 @@ class Node:
             subscriber.put(event)
 
     async def _run_timers(self) -> None:
-        engine, serf = self.engine, self._serf
+        stack = self.stack
         while True:
-            deadlines = [engine.next_deadline(), serf.next_deadline() if serf else None]
-            deadline = min((d for d in deadlines if d is not None), default=math.inf)
-            with trio.move_on_at(deadline):
+            deadline = stack.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            now = trio.current_time()
-            engine.tick(now)
-            if serf is not None:
-                serf.tick(now)
+            stack.tick(trio.current_time())
             await self._flush(wake_timers=False)
 
     async def _receive_datagrams(self) -> None:
         assert self._udp is not None
-        engine = self.engine
+        stack = self.stack
         while True:
             try:
                 data, source = await self._udp.recvfrom(RECEIVE_BUFFER)
@@ -687,7 +629,7 @@ class Node:
                 log.debug("receive error: %s", exc)
                 continue
             self._guarded(
-                engine.receive_datagram,
+                stack.receive_datagram,
                 data,
                 peer_address(source[0], source[1]),
                 trio.current_time(),
@@ -748,46 +690,41 @@ class Node:
         peer = stream.socket.getpeername()
         source = peer_address(peer[0], peer[1])
         with trio.move_on_after(self.config.tcp_timeout):
-            message = await self._read_message(stream, first)
-            if message is None:
+            incoming = await self._read_stream(stream, first)
+            if incoming.error is not None:
+                self.runtime_stats.stream_errors += 1
+                log.debug("dropped a stream: %s", incoming.error)
                 return
-            reply = self._guarded(self.engine.handle_stream, message, source, trio.current_time())
+            reply = self._guarded(self.stack.answer, incoming, source, trio.current_time())
             await self._flush()
             if reply is not None:
                 await stream.send_all(reply)
 
-    async def _read_message(
-        self, stream: trio.SocketStream, first: bytes = b""
-    ) -> wire.StreamMessage | None:
-        reader = wire.StreamReader(self.engine.wire_options)
+    async def _read_stream(self, stream: trio.SocketStream, first: bytes = b"") -> IncomingStream:
+        """Read one message off ``stream``; past :data:`LARGE_STREAM` bytes, decode in a worker
+        thread."""
+        incoming = self.stack.incoming()
         received = len(first)
-        try:
-            if first:
-                message = reader.receive_data(first)
-                if message is not None:
-                    return message
-            while True:
-                try:
-                    chunk = await stream.receive_some(RECEIVE_BUFFER)
-                except trio.BrokenResourceError:
-                    chunk = b""
-                if not chunk:
-                    return reader.end_of_stream()
-                received += len(chunk)
-                if received > LARGE_STREAM:
-                    message = await trio.to_thread.run_sync(reader.receive_data, chunk)
-                else:
-                    message = reader.receive_data(chunk)
-                if message is not None:
-                    return message
-        except wire.DecodeError as exc:
-            self.runtime_stats.stream_errors += 1
-            log.debug("dropped a stream: %s", exc.reason)
-            return None
+        if first and incoming.receive_data(first):
+            return incoming
+        while True:
+            try:
+                chunk = await stream.receive_some(RECEIVE_BUFFER)
+            except trio.BrokenResourceError:
+                chunk = b""
+            if not chunk:
+                incoming.end_of_stream()
+                return incoming
+            received += len(chunk)
+            if received > LARGE_STREAM:
+                done = await trio.to_thread.run_sync(incoming.receive_data, chunk)
+            else:
+                done = incoming.receive_data(chunk)
+            if done:
+                return incoming
 
     async def _outbound_stream(self, request: StreamRequest) -> None:
-        engine = self.engine
-        reply: wire.StreamMessage | None = None
+        incoming: IncomingStream | None = None
         error: str | None = None
         with trio.move_on_at(request.deadline) as scope:
             try:
@@ -796,49 +733,36 @@ class Node:
                 async with stream:
                     await stream.send_all(request.data)
                     if request.expects_reply:
-                        reply = await self._read_message(stream)
-                        if reply is None:
-                            error = UNREADABLE_REPLY
+                        incoming = await self._read_stream(stream)
             except OSError as exc:
                 error = _describe(exc)
             except trio.BrokenResourceError as exc:
                 error = f"connection lost: {exc}"
         if scope.cancelled_caught:
             error = "timed out"
+        if error is None and incoming is not None and incoming.message is None:
+            log.debug("reply from %s unreadable: %s", request.address, incoming.error)
+            error = UNREADABLE_REPLY
         pending = self._reliable.pop(request.stream_id, None)
         if pending is not None:
             pending[1].append(error)
             pending[0].set()
-        engine.stream_finished(request.stream_id, reply, trio.current_time(), error=error)
+        self.stack.stream_finished(request.stream_id, incoming, trio.current_time(), error=error)
         await self._flush()
 
-    async def _while_isolated(self) -> None:
-        """Keep trying to rejoin through the seeds (resolved again each time) until a peer is
-        heard from; with ``exit_when_isolated``, give up as soon as that long has passed (not
-        at the end of a retry wait, which grows to a minute)."""
-        if self._rejoin_scope is not None:
-            return
-        started = trio.current_time()
+    async def _rejoin(self) -> None:
+        """Answer the stack's :class:`RejoinDue`: resolve the seeds again and try them."""
+        targets: dict[Address, str] = {}
+        if self._seeds:
+            targets, failures = await self._resolve_seeds(self._seeds)
+            if failures:
+                log.info("rejoin: %s", JoinError(failures).reasons)
+        self.stack.rejoin(list(targets), trio.current_time())
+        await self._flush()
+
+    async def _give_up(self, event: IsolationLimitReached) -> None:
         limit = self._exit_when_isolated
-        give_up_at = math.inf if limit is None else started + limit
-        scope = self._rejoin_scope = trio.CancelScope()
-        with scope:
-            with trio.move_on_at(give_up_at):
-                delay = self._rejoin_interval
-                while self.engine.isolated:
-                    if self._seeds:
-                        joined, failures = await self._join_once(self._seeds)
-                        if not joined:
-                            log.info("rejoin failed: %s", JoinError(failures).reasons)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 60.0)
-            if self.engine.isolated:
-                raise IsolatedError(
-                    f"isolated for {trio.current_time() - started:.0f} s "
-                    f"(exit_when_isolated={limit})"
-                )
-        if self._rejoin_scope is scope:
-            self._rejoin_scope = None
+        raise IsolatedError(f"isolated for {event.isolated_for:.0f} s (exit_when_isolated={limit})")
 
 
 def _describe(exc: OSError) -> str:

@@ -85,16 +85,11 @@ class AntiEntropy:
         apply: ApplyStates,
         open_exchange: OpenExchange,
         running: Callable[[], bool],
-        *,
-        local_state: Callable[[bool], bytes] | None,
-        merge_remote_state: Callable[[bytes, bool], None] | None,
     ) -> None:
         self._ctx = ctx
         self._apply = apply
         self._open_exchange = open_exchange
         self._running = running
-        self._local_state = local_state
-        self._merge_remote_state = merge_remote_state
         self.seeds: list[Address] = []
         self._merges: collections.deque[_Merge] = collections.deque()
         self._body_cache: tuple[tuple[int, bool, bytes], bytes] | None = None
@@ -250,7 +245,8 @@ class AntiEntropy:
         """Our side of a push-pull, encoded (and compressed): kept until the view changes,
         since a steady cluster sends the same state exchange after exchange."""
         ctx = self._ctx
-        user_state = self._local_state(join) if self._local_state is not None else b""
+        delegate = ctx.delegate
+        user_state = delegate.local_state(join) if delegate is not None else b""
         key = (ctx.table.version, join, user_state)
         cached = self._body_cache
         if cached is not None and cached[0] == key:
@@ -319,8 +315,9 @@ class AntiEntropy:
         merge.admissions = self._apply(remote.states[start:end], merge.admissions, merge.introducer)
         if end < len(remote.states):
             return False
-        if remote.user_state and self._merge_remote_state is not None:
-            self._merge_remote_state(remote.user_state, remote.join)
+        delegate = self._ctx.delegate
+        if remote.user_state and delegate is not None:
+            delegate.merge_remote_state(remote.user_state, remote.join)
         return True
 
     def _incompatible(self, remote: list[wire.PushNodeState]) -> str | None:

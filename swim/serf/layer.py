@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import base64
 import enum
-import heapq
 import logging
 import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar, Unpack
 
 from swim import wire
 from swim.engine import Engine, MetadataTooLarge
@@ -33,6 +32,7 @@ from swim.events import (
     UserMessage,
 )
 from swim.members import Address, Member, MemberState, ip_bytes, ip_text, name_problem
+from swim.timers import TimerKind
 from swim.wire import serf as msg
 from swim.wire.crypto import KeyringError
 
@@ -248,16 +248,32 @@ class SerfError(Exception):
     """A Serf operation was refused; the message says why."""
 
 
+class QueryOptions(TypedDict, total=False):
+    """Which members a query asks, and how (the keywords of every ``query`` call)."""
+
+    nodes: Sequence[str]
+    """Only these members answer (none: every member)."""
+    tags: Mapping[str, str]
+    """Only members whose tag matches each regular expression answer."""
+    request_ack: bool
+    """Ask each member that receives the query to acknowledge it."""
+    relay_factor: int
+    """Members that also relay each answer back (0 to 255)."""
+    timeout: float | None
+    """How long answers are collected (Serf's default, by cluster size, when None)."""
+
+
 class Serf:
-    """Serf on top of one engine.  Feed it the engine's events with :meth:`handle`, call
-    :meth:`tick` by :meth:`next_deadline`, take what it produced with :meth:`take_events`."""
+    """Serf on top of one engine: it attaches itself as the engine's delegate (hearing its
+    events as they happen and adding its state to push-pulls) and schedules on the engine's
+    timers, so driving the engine drives it too.  Take what it produced with
+    :meth:`take_events`."""
 
     def __init__(
         self,
         engine: Engine,
         tags: Mapping[str, str],
         rng: random.Random,
-        now: float,
         *,
         reconnect_timeout: float = 24 * 3600.0,
         tombstone_timeout: float = 24 * 3600.0,
@@ -274,7 +290,7 @@ class Serf:
         cluster's past user events are not delivered again to a joining node."""
         self._coalesce_until = self._quiet_until = 0.0
         self._rng = rng
-        self._now = now
+        self._timers = engine.timers
         self.tags = dict(tags)
         self._reconnect_timeout = reconnect_timeout
         self._tombstone_timeout = tombstone_timeout
@@ -297,31 +313,28 @@ class Serf:
             msg.SerfMessageType.RELAY: RELAY_SIZE_LIMIT,
         }
         self._open_queries: dict[int, _OpenQuery] = {}
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._timer_serial = 0
         self._leaving = False
         self._out: list[SerfEvent] = []
-        self._schedule(now + REAP_INTERVAL, self._reap)
+        self._schedule(self._now + REAP_INTERVAL, TimerKind.SERF_REAP, self._reap)
         self._on_node_join(engine.local_member)
+        engine.attach(self)
 
-    # ------------------------------------------------------------------ driver interface
+    # ------------------------------------------------------------------ the engine's delegate
+
+    @property
+    def _now(self) -> float:
+        return self._timers.now
+
+    def _advance(self, now: float) -> None:
+        self._timers.now = max(self._timers.now, now)
 
     def take_events(self) -> list[SerfEvent]:
+        """Serf's own events since the last call; the list is handed over and cleared."""
         out, self._out = self._out, []
         return out
 
-    def next_deadline(self) -> float | None:
-        return self._timers[0][0] if self._timers else None
-
-    def tick(self, now: float) -> None:
-        self._now = max(self._now, now)
-        while self._timers and self._timers[0][0] <= now:
-            _, _, action = heapq.heappop(self._timers)
-            action()
-
-    def handle(self, event: Event, now: float) -> None:
-        """Take one engine event: membership changes and user messages."""
-        self._now = max(self._now, now)
+    def notify(self, event: Event) -> None:
+        """Hear one engine event as it happens: membership changes and user messages."""
         if isinstance(event, MemberJoined):
             self._on_node_join(event.member)
         elif isinstance(event, MemberUpdated):
@@ -392,7 +405,7 @@ class Serf:
 
     def joined(self, now: float) -> None:
         """Announce ourselves after a successful join (Serf's ``broadcastJoin``)."""
-        self._now = max(self._now, now)
+        self._advance(now)
         if self._leaving:  # joining again after a leave, as the engine allows
             self._leaving = False
             me = self._members[self.engine.name]
@@ -405,7 +418,7 @@ class Serf:
     def leave(self, now: float, timeout: float = BROADCAST_TIMEOUT) -> None:
         """Leave as Serf does: a leave intent first, so that others record ``left`` rather
         than ``failed``; then the engine's leave once the intent is out (or ``timeout``)."""
-        self._now = max(self._now, now)
+        self._advance(now)
         if self._leaving:
             return
         self._leaving = True
@@ -421,13 +434,13 @@ class Serf:
 
         if self.engine.alive_count() > 1:
             self._broadcast(msg.encode_serf(intent), on_done=leave_engine)
-            self._schedule(now + timeout, leave_engine)
+            self._schedule(now + timeout, TimerKind.SERF_LEAVE, leave_engine)
         else:
             leave_engine()
 
     def user_event(self, name: str, payload: bytes, coalesce: bool, now: float) -> None:
         """Send a user event to every member; raises :class:`SerfError` past the size limit."""
-        self._now = max(self._now, now)
+        self._advance(now)
         size = len(name.encode()) + len(payload)
         limit = min(self._event_size_limit, msg.USER_EVENT_SIZE_LIMIT)
         if size > limit:
@@ -454,7 +467,7 @@ class Serf:
 
     def force_leave(self, name: str, prune: bool, now: float) -> None:
         """Tell the cluster a failed member has left for good (``serf force-leave``)."""
-        self._now = max(self._now, now)
+        self._advance(now)
         member = self._members.get(name)
         if member is None:
             raise SerfError(f"no member named {name!r}")
@@ -469,26 +482,20 @@ class Serf:
         scale = math.ceil(math.log10(self.engine.live_count() + 1))
         return self.engine.config.gossip_interval * QUERY_TIMEOUT_MULT * scale
 
-    def query(
-        self,
-        name: str,
-        payload: bytes,
-        now: float,
-        *,
-        nodes: Sequence[str] = (),
-        tags: Mapping[str, str] | None = None,
-        request_ack: bool = False,
-        relay_factor: int = 0,
-        timeout: float | None = None,
-    ) -> int:
+    def query(self, name: str, payload: bytes, now: float, **options: Unpack[QueryOptions]) -> int:
         """Ask every member (or those the filters pick); acks and answers arrive as
         :class:`QueryAck` and :class:`QueryAnswer` events until :class:`QueryDone`."""
-        self._now = max(self._now, now)
+        self._advance(now)
+        timeout = options.get("timeout")
         timeout = self.default_query_timeout() if timeout is None else timeout
+        relay_factor = options.get("relay_factor", 0)
+        if not 0 <= relay_factor <= 255:
+            raise SerfError(f"relay_factor={relay_factor} must be between 0 and 255")
         filters = []
+        nodes = options.get("nodes", ())
         if nodes:
             filters.append(msg.encode_node_filter(nodes))
-        for tag, expr in (tags or {}).items():
+        for tag, expr in options.get("tags", {}).items():
             filters.append(msg.encode_tag_filter(tag, expr))
         me = self.engine.local_member
         query = msg.Query(
@@ -500,7 +507,7 @@ class Serf:
             name=name,
             payload=payload,
             filters=tuple(filters),
-            flags=msg.QUERY_FLAG_ACK if request_ack else 0,
+            flags=msg.QUERY_FLAG_ACK if options.get("request_ack", False) else 0,
             relay_factor=relay_factor,
             timeout_ns=int(timeout * 1e9),
         )
@@ -510,14 +517,16 @@ class Serf:
         self.query_clock.time += 1
         open_query = _OpenQuery(query.id, query.ltime, now + timeout)
         self._open_queries[query.ltime] = open_query
-        self._schedule(now + timeout, lambda: self._finish_query(query.ltime))
+        self._schedule(
+            now + timeout, TimerKind.SERF_QUERY, lambda: self._finish_query(query.ltime), name
+        )
         self._on_query(query)
         self._broadcast(raw)
         return query.id
 
     def respond(self, query: SerfQuery, payload: bytes, now: float) -> None:
         """Answer ``query`` (raises :class:`SerfError` when it is too late or too large)."""
-        self._now = max(self._now, now)
+        self._advance(now)
         if now > query.deadline:
             raise SerfError(f"the query {query.name!r} timed out; it can no longer be answered")
         answer = msg.QueryResponse(query.ltime, query.id, self.engine.name, 0, payload)
@@ -605,7 +614,12 @@ class Serf:
             self.stats.intents_refused += 1
             return False
         self._intents[name] = (kind, ltime, self._now)
-        self._schedule(self._now + RECENT_INTENT_TIMEOUT, lambda: self._expire_intent(name))
+        self._schedule(
+            self._now + RECENT_INTENT_TIMEOUT,
+            TimerKind.SERF_INTENT,
+            lambda: self._expire_intent(name),
+            name,
+        )
         return True
 
     def _expire_intent(self, name: str) -> None:
@@ -626,7 +640,7 @@ class Serf:
         self._out.append(MemberReaped(name))
 
     def _reap(self) -> None:
-        self._schedule(self._now + REAP_INTERVAL, self._reap)
+        self._schedule(self._now + REAP_INTERVAL, TimerKind.SERF_REAP, self._reap)
         for name in list(self._members):
             if name == self.engine.name:
                 continue  # we never forget ourselves: we may join again
@@ -709,7 +723,12 @@ class Serf:
         if known is None or event.ltime > known.ltime:
             self._coalesced[event.name] = event
         self._quiet_until = self._now + self._quiescent_period
-        self._schedule(min(self._coalesce_until, self._quiet_until), self._flush_coalesced)
+        self._schedule(
+            min(self._coalesce_until, self._quiet_until),
+            TimerKind.SERF_COALESCE,
+            self._flush_coalesced,
+            event.name,
+        )
 
     def _flush_coalesced(self) -> None:
         if self._coalesced and self._now >= min(self._coalesce_until, self._quiet_until):
@@ -869,9 +888,10 @@ class Serf:
     def _broadcast(self, raw: bytes, on_done: Callable[[], None] | None = None) -> None:
         self.engine.broadcast(raw, self._now, on_done=on_done)
 
-    def _schedule(self, deadline: float, action: Callable[[], None]) -> None:
-        self._timer_serial += 1
-        heapq.heappush(self._timers, (deadline, self._timer_serial, action))
+    def _schedule(
+        self, deadline: float, kind: TimerKind, action: Callable[[], None], subject: str = ""
+    ) -> None:
+        self._timers.schedule(deadline, kind, action, subject)
 
 
 def _tags(meta: bytes) -> dict[str, str]:

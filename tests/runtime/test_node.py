@@ -26,7 +26,6 @@ from swim.events import (
 from swim.members import MemberState
 from swim.node import (
     FIRST_BYTES_TIMEOUT,
-    UNREADABLE_REPLY,
     BindError,
     EventsLost,
     IsolatedError,
@@ -35,6 +34,7 @@ from swim.node import (
     SendError,
     parse_seed,
 )
+from swim.stack import UNREADABLE_REPLY
 
 FAST = Config.local(compression=False)
 LOOPBACK = "127.0.0.1"

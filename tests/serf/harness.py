@@ -3,17 +3,29 @@ time), and a simulated cluster of Serf layers on the engine harness's virtual ne
 
 from __future__ import annotations
 
-import math
 import random
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from swim import wire
 from swim.config import Config
-from swim.engine import Engine
 from swim.events import Event, UserMessage
 from swim.members import Address
-from swim.serf.layer import Serf, SerfEvent, SerfMember, Status
+from swim.serf.layer import (
+    KeyringChanged,
+    MemberReaped,
+    QueryAck,
+    QueryAnswer,
+    QueryDone,
+    Serf,
+    SerfEvent,
+    SerfMember,
+    SerfQuery,
+    SerfUserEvent,
+    Status,
+)
+from swim.stack import MemberStack
 from swim.wire import serf as msg
 from tests.swim.conftest import ME, RELAY, VSN, address_of
 from tests.swim.harness import Cluster
@@ -28,6 +40,18 @@ QUIET = Config.lan(
 """LAN timing, except that the engine never probes, pushes or reconnects on its own within a
 test's time span: only gossip runs (membership news and the Serf layer's broadcasts), and no
 peer is ever suspected for failing to answer a probe that the test does not answer."""
+
+
+SERF_EVENTS = (
+    SerfUserEvent,
+    SerfQuery,
+    QueryAck,
+    QueryAnswer,
+    QueryDone,
+    MemberReaped,
+    KeyringChanged,
+)
+ENGINE_EVENTS = typing.get_args(Event)
 
 
 def ip4(host: str) -> bytes:
@@ -50,7 +74,7 @@ def peer_alive(
 
 
 class Layer:
-    """A Serf layer named ``me`` at :data:`ME` over its own engine, driven by hand.
+    """A Serf layer named ``me`` at :data:`ME`, in its own member stack, driven by hand.
 
     ``peers`` alive members ``p0, p1, ...`` (at ``address_of(i)``) are known from the start.
     Serf events are collected in :attr:`events`; :meth:`sent` decodes what went out.
@@ -72,57 +96,43 @@ class Layer:
         event_size_limit: int = msg.DEFAULT_USER_EVENT_SIZE_LIMIT,
     ) -> None:
         self.now = now
-        self.engine = Engine(
+        self.stack = MemberStack(
             name,
             address,
-            config,
+            config.replace(reconnect_timeout=reconnect_timeout),
             random.Random(seed),
-            meta=msg.encode_tags(tags or {}),
+            tags=tags or {},
             keyring=keyring,
             now=now,
-            local_state=self._local_state,
-            merge_remote_state=self._merge_remote_state,
-        )
-        self.serf = Serf(
-            self.engine,
-            tags or {},
-            random.Random(seed + 1),
-            now,
-            reconnect_timeout=reconnect_timeout,
             tombstone_timeout=tombstone_timeout,
             event_size_limit=event_size_limit,
         )
+        self.engine = self.stack.engine
+        assert self.stack.serf is not None
+        self.serf = self.stack.serf
         self.events: list[SerfEvent] = []
         self.engine_events: list[Event] = []
         for index in range(peers):
             self.add_peer(f"p{index}", index)
         self.engine.take_datagrams()
 
-    def _local_state(self, join: bool) -> bytes:
-        return self.serf.local_state(join)
-
-    def _merge_remote_state(self, data: bytes, join: bool) -> None:
-        self.serf.merge_remote_state(data, join)
-
     # ------------------------------------------------------------------ inputs
 
     def pump(self) -> list[SerfEvent]:
-        """Hand the engine's events to the layer; the Serf events that came out."""
-        while True:
-            events = self.engine.take_events()
-            if not events:
-                break
-            for event in events:
-                self.serf.handle(event, self.now)
-            self.engine_events.extend(events)
-        out = self.serf.take_events()
+        """Take the stack's events; the Serf events among them."""
+        out: list[SerfEvent] = []
+        for event in self.stack.take_events():
+            if isinstance(event, SERF_EVENTS):
+                out.append(event)
+            elif isinstance(event, ENGINE_EVENTS):
+                self.engine_events.append(event)
         self.events.extend(out)
         return out
 
     def feed(self, *messages: wire.Message, source: Address = RELAY) -> list[SerfEvent]:
         """Deliver memberlist messages to the engine, as one packet from ``source``."""
         packet = wire.encode_packet([wire.encode(m) for m in messages], self.engine.wire_options)
-        self.engine.receive_datagram(packet, source, self.now)
+        self.stack.receive_datagram(packet, source, self.now)
         return self.pump()
 
     def add_peer(
@@ -148,13 +158,15 @@ class Layer:
         return self.receive_raw(msg.encode_serf(message))
 
     def receive_raw(self, payload: bytes) -> list[SerfEvent]:
-        self.serf.handle(UserMessage(payload, ("10.9.9.9", 1)), self.now)
+        """A Serf message arrives, as the engine hands one over."""
+        self.stack.engine.timers.now = max(self.stack.engine.timers.now, self.now)
+        self.serf.notify(UserMessage(payload, ("10.9.9.9", 1)))
         return self.pump()
 
     def at(self, now: float) -> list[SerfEvent]:
-        """Move to ``now`` and run the layer's timers (not the engine's)."""
+        """Move to ``now`` and run every timer due by then."""
         self.now = now
-        self.serf.tick(now)
+        self.stack.tick(now)
         return self.pump()
 
     # ------------------------------------------------------------------ outputs
@@ -185,19 +197,11 @@ class Layer:
         out = self.sent_memberlist()
         end = self.now + seconds
         while True:
-            deadline = min(
-                (
-                    d
-                    for d in (self.engine.next_deadline(), self.serf.next_deadline())
-                    if d is not None
-                ),
-                default=math.inf,
-            )
-            if deadline > end:
+            deadline = self.stack.next_deadline()
+            if deadline is None or deadline > end:
                 break
             self.now = deadline
-            self.engine.tick(deadline)
-            self.serf.tick(deadline)
+            self.stack.tick(deadline)
             self.pump()
             out += self.sent_memberlist()
         self.now = end
@@ -229,80 +233,31 @@ def serf_messages(
 
 @dataclass
 class SerfCluster(Cluster):
-    """The engine harness's virtual network, with a Serf layer over every engine."""
-
-    serfs: dict[str, Serf] = field(default_factory=dict)
-    serf_events: dict[str, list[SerfEvent]] = field(default_factory=dict)
+    """The engine harness's virtual network, with a Serf layer in every member."""
 
     def add_serf(self, name: str, tags: Mapping[str, str] | None = None) -> Serf:
-        holder: list[Serf] = []
+        self.add(name, tags=tags or {})
+        return self.serf(name)
 
-        def local_state(join: bool) -> bytes:
-            return holder[0].local_state(join)
-
-        def merge_remote_state(data: bytes, join: bool) -> None:
-            holder[0].merge_remote_state(data, join)
-
-        engine = self.add(
-            name,
-            meta=msg.encode_tags(tags or {}),
-            local_state=local_state,
-            merge_remote_state=merge_remote_state,
-        )
-        serf = Serf(engine, tags or {}, random.Random(f"{self.seed}-serf-{name}"), self.now)
-        holder.append(serf)
-        self.serfs[name] = serf
-        self.serf_events[name] = []
+    def serf(self, name: str) -> Serf:
+        serf = self.stack(name).serf
+        assert serf is not None
         return serf
 
     def join(self, name: str, seed: str) -> None:
-        """``name`` joins through ``seed``, and announces itself once the join is done."""
-        engine = self.by_name(name)
-        engine.join([self.by_name(seed).local_member.address], self.now)
-        self._flush(engine)
-        self.run_for(0.1)
-        self.serfs[name].joined(self.now)
-        self._flush(engine)
-
-    def flush(self, name: str) -> None:
-        """Carry out what ``name``'s engine and layer were just asked to do."""
-        self._flush(self.by_name(name))
+        """``name`` joins through ``seed`` (and announces itself once the join is done)."""
+        stack = self.stack(name)
+        stack.join([self.by_name(seed).local_member.address], self.now)
+        self._flush(stack)
 
     def crash(self, name: str) -> None:
         self.down.add(self.by_name(name).local_member.address)
 
-    def _flush(self, engine: Engine) -> None:
-        serf = self.serfs.get(engine.name)
-        if serf is not None:
-            while events := engine.take_events():
-                for event in events:
-                    serf.handle(event, self.now)
-                self.events[engine.name].extend(events)
-            self.serf_events[engine.name].extend(serf.take_events())
-        super()._flush(engine)
-
-    def run_until(self, end: float) -> None:
-        """Run engines and Serf layers alike until ``end``."""
-        while True:
-            live = [
-                (name, serf)
-                for name, serf in self.serfs.items()
-                if self.by_name(name).local_member.address not in self.down
-            ]
-            upcoming = [d for _, serf in live if (d := serf.next_deadline()) is not None]
-            stop = max(self.now, min([end, *upcoming]))
-            super().run_until(stop)
-            for name, serf in live:
-                deadline = serf.next_deadline()
-                if deadline is not None and deadline <= self.now:
-                    serf.tick(self.now)
-                    self._flush(self.by_name(name))
-            if stop >= end:
-                return
-
     def statuses(self, name: str) -> dict[str, str]:
-        return {m.name: m.status.value for m in self.serfs[name].members()}
+        return {m.name: m.status.value for m in self.serf(name).members()}
 
     def taken(self, name: str) -> list[SerfEvent]:
-        out, self.serf_events[name] = self.serf_events[name], []
-        return out
+        """The Serf events ``name`` saw since the last call."""
+        events = self.events[name]
+        self.events[name] = [e for e in events if not isinstance(e, SERF_EVENTS)]
+        return [e for e in events if isinstance(e, SERF_EVENTS)]

@@ -798,14 +798,14 @@ def test_simulated_leave_reads_left_crash_reads_failed_and_force_leave_spreads()
     cluster = simulated("a", "b", "c", "d")
     everyone = {n: "alive" for n in "abcd"}
     assert all(cluster.statuses(n) == everyone for n in "abcd")
-    cluster.serfs["d"].leave(cluster.now)
+    cluster.serf("d").leave(cluster.now)
     cluster.flush("d")
     cluster.run_for(3.0)
     assert {cluster.statuses(n)["d"] for n in "abc"} == {"left"}
     cluster.crash("c")
     cluster.run_for(30.0)
     assert {cluster.statuses(n)["c"] for n in "ab"} == {"failed"}
-    cluster.serfs["a"].force_leave("c", False, cluster.now)
+    cluster.serf("a").force_leave("c", False, cluster.now)
     cluster.flush("a")
     cluster.run_for(2.0)
     assert cluster.statuses("b")["c"] == "left"
@@ -815,18 +815,18 @@ def test_simulated_events_and_queries_reach_every_member_once() -> None:
     cluster = simulated("a", "b", "c")
     for name in "abc":
         cluster.taken(name)
-    cluster.serfs["b"].user_event("deploy", b"v3", False, cluster.now)
+    cluster.serf("b").user_event("deploy", b"v3", False, cluster.now)
     cluster.flush("b")
     cluster.run_for(2.0)
     for name in "abc":
         assert cluster.taken(name) == [SerfUserEvent(1, "deploy", b"v3", False)]
-    qid = cluster.serfs["a"].query("uptime", b"", cluster.now, request_ack=True, timeout=3.0)
+    qid = cluster.serf("a").query("uptime", b"", cluster.now, request_ack=True, timeout=3.0)
     cluster.flush("a")
     cluster.run_for(0.5)
     for name in "bc":
         (incoming,) = cluster.taken(name)
         assert isinstance(incoming, SerfQuery) and incoming.id == qid
-        cluster.serfs[name].respond(incoming, name.encode(), cluster.now)
+        cluster.serf(name).respond(incoming, name.encode(), cluster.now)
         cluster.flush(name)
     cluster.run_for(3.0)
     got = cluster.taken("a")
@@ -843,6 +843,6 @@ def test_simulated_join_replays_status_times_from_push_pull() -> None:
     cluster.add_serf("late")
     cluster.join("late", "a")
     cluster.run_for(1.0)
-    times = {m.name: m.status_ltime for m in cluster.serfs["a"].members()}
-    late = {m.name: m.status_ltime for m in cluster.serfs["late"].members()}
+    times = {m.name: m.status_ltime for m in cluster.serf("a").members()}
+    late = {m.name: m.status_ltime for m in cluster.serf("late").members()}
     assert late["b"] == times["b"] > 0

@@ -15,18 +15,17 @@ SOURCE = ("10.9.9.9", 1)
 
 def layer(coalesce: float = 3.0, quiescent: float = 1.0) -> Serf:
     engine = Engine("me", ("10.0.0.1", 7946), Config.local(), random.Random(1))
-    return Serf(
-        engine, {}, random.Random(2), 0.0, coalesce_period=coalesce, quiescent_period=quiescent
-    )
+    return Serf(engine, {}, random.Random(2), coalesce_period=coalesce, quiescent_period=quiescent)
 
 
 def arrive(serf: Serf, now: float, ltime: int, name: str, coalesce: bool = True) -> None:
     event = msg.UserEvent(ltime, name, f"v{ltime}".encode(), coalesce)
-    serf.handle(UserMessage(msg.encode_serf(event), SOURCE), now)
+    serf.engine.timers.now = now
+    serf.notify(UserMessage(msg.encode_serf(event), SOURCE))
 
 
 def delivered(serf: Serf, now: float) -> list[tuple[str, int]]:
-    serf.tick(now)
+    serf.engine.tick(now)
     return [(e.name, e.ltime) for e in serf.take_events() if isinstance(e, SerfUserEvent)]
 
 

@@ -122,12 +122,12 @@ def trace(seed: int) -> str:
     digest = hashlib.sha256()
     original = cluster._flush
 
-    def recording(engine):  # type: ignore[no-untyped-def]
-        datagrams = engine.take_datagrams()
+    def recording(stack):  # type: ignore[no-untyped-def]
+        datagrams = stack.engine._gossip.datagrams
         for destination, data in datagrams:
-            digest.update(repr((round(cluster.now, 9), engine.name, destination)).encode() + data)
-        engine._gossip.datagrams = datagrams
-        original(engine)
+            name = stack.engine.name
+            digest.update(repr((round(cluster.now, 9), name, destination)).encode() + data)
+        original(stack)
 
     cluster._flush = recording  # type: ignore[method-assign]
     cluster.down.add(cluster.by_name("n5").local_member.address)

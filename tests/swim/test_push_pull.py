@@ -169,9 +169,10 @@ def test_the_state_a_node_sends_always_matches_its_view() -> None:
         step()
         for _ in range(8):
             cluster.run_for(7.5)
-            for address, engine in cluster.engines.items():
+            for address, stack in cluster.stacks.items():
                 if address in cluster.down:
                     continue
+                engine = stack.engine
                 reply = engine.handle_stream(wire.PushPull(), asker, cluster.now)
                 assert reply is not None
                 sent = wire.StreamReader(engine.wire_options).receive_data(reply)
