@@ -28,7 +28,7 @@ import math
 import random
 import time as wallclock
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from simulator.metrics import (
     Metrics,
@@ -64,9 +64,6 @@ from swim.events import (
 )
 from swim.members import Address
 from swim.stack import UNREADABLE_REPLY, MemberStack, RejoinDue, StackEvent
-
-if TYPE_CHECKING:
-    from simulator.faults import Fault
 
 PORT = 7946
 SOCKET_BUFFER_BYTES = 212_992
@@ -116,6 +113,20 @@ _EVENT_KINDS: dict[type, str] = {
     MemberLeft: "left",
 }
 _MEMBER_EVENTS = (MemberJoined, MemberUpdated, MemberSuspect, MemberAlive, MemberFailed, MemberLeft)
+
+
+class Scheduled(Protocol):
+    """What :meth:`Cluster.schedule` applies at its time (the faults of
+    :mod:`simulator.faults`, and any object of this shape)."""
+
+    @property
+    def at(self) -> float:
+        """When it happens, in virtual seconds."""
+        ...
+
+    def apply(self, cluster: Cluster) -> None:
+        """Make it happen now."""
+        ...
 
 
 class SimulationError(RuntimeError):
@@ -1026,7 +1037,7 @@ class Cluster:
             self.at(self.now + duration, lambda: self.network.remove_link(rule_id))
         return rule_id
 
-    def schedule(self, *faults: Fault) -> None:
+    def schedule(self, *faults: Scheduled) -> None:
         """Apply each fault at its time."""
         for fault in faults:
             self.at(fault.at, functools.partial(fault.apply, self))

@@ -11,27 +11,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from simulator.cluster import Cluster
+from simulator.cluster import Cluster, Scheduled
 
 
 class ScheduleError(ValueError):
     """A fault description cannot be read; the message names the field and the fix."""
 
 
-class Fault(Protocol):
-    """Anything a cluster can apply at a time."""
-
-    @property
-    def at(self) -> float:
-        """When it happens, in virtual seconds."""
-        ...
-
-    def apply(self, cluster: Cluster) -> None:
-        """Make it happen now."""
-        ...
+class Fault(Scheduled, Protocol):
+    """Anything a cluster can apply at a time, and describe as plain data."""
 
     def to_dict(self) -> dict[str, Any]:
         """A plain description that :func:`from_dict` reads back."""

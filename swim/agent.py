@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from swim import wire
+from swim import keys, wire
 from swim.background import Background
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
@@ -48,7 +48,6 @@ from swim.rpc import (
     parse_rpc_addr,
     serve_rpc,
 )
-from swim.serf import keys
 from swim.serf.layer import (
     INTERNAL_PREFIX,
     LEAVE_PROPAGATE_DELAY,

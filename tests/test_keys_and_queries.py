@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from swim import keys
 from swim.agent import RunningAgent
 from swim.node import Node
 from swim.rpc import RpcClient, RpcConnectionError, RpcError, RpcKeyError, RpcQueryRecord
-from swim.serf import keys
 from swim.serf.layer import QueryAnswer, SerfQuery
 from swim.wire import Keyring
 from swim.wire import serf as msg
