@@ -8,6 +8,7 @@ gracefully.  Its RPC endpoint speaks Serf's protocol (:mod:`swim.rpc`), so ``ser
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -308,6 +309,7 @@ class NodeBackend:
 
     def stats(self) -> dict[str, dict[str, str]]:
         node = self._node
+        statistics = node.statistics()
         members = node.serf.members()
         counts = {status: 0 for status in ("alive", "leaving", "left", "failed")}
         for member in members:
@@ -323,8 +325,9 @@ class NodeBackend:
                 "event_time": str(node.serf.event_clock.time),
                 "query_time": str(node.serf.query_clock.time),
                 "encrypted": str(node.engine.wire_options.keyring is not None).lower(),
+                **_strings(*filter(None, [statistics.serf])),
             },
-            "memberlist": {name: str(value) for name, value in node.stats().items()},
+            "memberlist": _strings(statistics.engine, statistics.runtime),
         }
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
@@ -377,6 +380,15 @@ async def _key_operation(operation: Awaitable[keys.KeyResult]) -> RpcKeyResult:
         return _rpc_key_result(await operation)
     except keys.KeyOperationError as exc:
         raise RpcKeyError(str(exc), _rpc_key_result(exc.result)) from None
+
+
+def _strings(*snapshots: object) -> dict[str, str]:
+    """Counter snapshots as the string map Serf's stats reply carries."""
+    return {
+        name: str(value)
+        for snapshot in snapshots
+        for name, value in dataclasses.asdict(snapshot).items()  # type: ignore[call-overload]
+    }
 
 
 def _rpc_key_result(result: keys.KeyResult) -> RpcKeyResult:

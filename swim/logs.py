@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from typing import TypeVar
 
 REPORT_INTERVAL = 10.0
 """Seconds between two log lines about the same kind of refused input."""
@@ -29,6 +31,16 @@ class Throttle:
             return None
         self._next[kind] = now + self._interval
         return self._held.pop(kind, 0)
+
+
+S = TypeVar("S")
+
+
+def bump(snapshot: S, counter: str) -> S:
+    """``snapshot`` (a frozen dataclass of counters) with one more ``counter``: components
+    whose counters change rarely keep their statistics as an immutable snapshot and replace it
+    on each count, so that :meth:`statistics` hands it out as it is."""
+    return dataclasses.replace(snapshot, **{counter: getattr(snapshot, counter) + 1})  # type: ignore[type-var]
 
 
 def held_back(count: int) -> str:

@@ -9,7 +9,6 @@ block does.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import logging
 import math
@@ -27,13 +26,14 @@ import trio
 from swim import wire
 from swim.background import Background
 from swim.config import Config
-from swim.engine import Engine, StreamRequest
+from swim.engine import Engine, Statistics, StreamRequest
 from swim.events import (
     Event,
     JoinCompleted,
     LeaveCompleted,
     UserMessage,
 )
+from swim.logs import bump
 from swim.members import Address, Member, peer_address
 from swim.queues import LossyQueue
 from swim.serf.layer import (
@@ -45,6 +45,7 @@ from swim.serf.layer import (
     Serf,
     SerfEvent,
     SerfQuery,
+    SerfStatistics,
 )
 from swim.stack import (
     UNREADABLE_REPLY,
@@ -153,8 +154,8 @@ class QueryResult:
         self._arrived = trio.Event()
 
 
-@dataclass(slots=True)
-class RuntimeStats:
+@dataclass(frozen=True, slots=True)
+class RuntimeStatistics:
     """The runtime's own counters, beside the engine's."""
 
     inbound_streams: int = 0
@@ -163,6 +164,16 @@ class RuntimeStats:
     stream_errors: int = 0
     send_errors: int = 0
     internal_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """A snapshot of a node's counters (see :meth:`Node.statistics`): the engine's, the
+    runtime's and, with tags, the Serf layer's."""
+
+    engine: Statistics
+    runtime: RuntimeStatistics
+    serf: SerfStatistics | None
 
 
 Delivered = Event | SerfEvent | EventsLost
@@ -265,7 +276,7 @@ class Node:
         self._keyring_file = keyring_file
         self._coalescing = (user_coalesce_period, user_quiescent_period)
         self._queries: dict[int, QueryResult] = {}
-        self.runtime_stats = RuntimeStats()
+        self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
         self._udp: trio.socket.SocketType | None = None
         self._listener: trio.SocketListener | None = None
@@ -383,13 +394,15 @@ class Node:
             raise RuntimeError("this node runs without the Serf layer; pass tags={} to Node")
         return serf
 
-    def stats(self) -> dict[str, int]:
-        """The engine's and the runtime's counters."""
-        out = dataclasses.asdict(self.engine.statistics())
-        out.update(
-            {name: getattr(self.runtime_stats, name) for name in self.runtime_stats.__slots__}
+    def statistics(self) -> NodeStatistics:
+        """The node's counters as they stand now."""
+        serf = self.stack.serf
+        return NodeStatistics(
+            self.engine.statistics(), self._runtime, serf.statistics() if serf else None
         )
-        return out
+
+    def _count(self, counter: str) -> None:
+        self._runtime = bump(self._runtime, counter)
 
     def events(self) -> EventStream:
         """Subscribe to events from now on (membership, user messages, isolation)."""
@@ -558,7 +571,7 @@ class Node:
                 try:
                     await self._udp.sendto(data, address)
                 except OSError as exc:
-                    self.runtime_stats.send_errors += 1
+                    self._count("send_errors")
                     log.debug("cannot send to %s: %s", address, exc)
             for request in stack.take_stream_requests():
                 self._background.nursery.start_soon(self._outbound_stream, request)
@@ -642,7 +655,7 @@ class Node:
         try:
             return handler(*args)
         except Exception:
-            self.runtime_stats.internal_errors += 1
+            self._count("internal_errors")
             log.exception("internal error handling input from the network; input dropped")
             return None
 
@@ -657,13 +670,13 @@ class Node:
                 if first is None:
                     return
                 if self._stream_slots.value == 0:
-                    self.runtime_stats.inbound_streams_refused += 1
+                    self._count("inbound_streams_refused")
                     return
                 async with self._stream_slots:
-                    self.runtime_stats.inbound_streams += 1
+                    self._count("inbound_streams")
                     await self._answer_stream(stream, first)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.runtime_stats.stream_errors += 1  # the peer went away mid-stream
+                self._count("stream_errors")  # the peer went away mid-stream
                 log.debug("inbound stream failed: %s", exc)
 
     async def _first_bytes(self, stream: trio.SocketStream) -> bytes | None:
@@ -683,7 +696,7 @@ class Node:
             finally:
                 self._silent_streams.pop(serial, None)
             return first or None
-        self.runtime_stats.inbound_streams_silent += 1
+        self._count("inbound_streams_silent")
         return None
 
     async def _answer_stream(self, stream: trio.SocketStream, first: bytes) -> None:
@@ -692,7 +705,7 @@ class Node:
         with trio.move_on_after(self.config.tcp_timeout):
             incoming = await self._read_stream(stream, first)
             if incoming.error is not None:
-                self.runtime_stats.stream_errors += 1
+                self._count("stream_errors")
                 log.debug("dropped a stream: %s", incoming.error)
                 return
             reply = self._guarded(self.stack.answer, incoming, source, trio.current_time())

@@ -31,6 +31,7 @@ from swim.events import (
     MemberUpdated,
     UserMessage,
 )
+from swim.logs import bump
 from swim.members import Address, Member, MemberState, ip_bytes, ip_text, name_problem
 from swim.timers import TimerKind
 from swim.wire import serf as msg
@@ -223,9 +224,9 @@ class _Recent(Generic[T]):
                 self.slots[index] = None
 
 
-@dataclass(slots=True)
-class SerfStats:
-    """Counters of what the layer refused."""
+@dataclass(frozen=True, slots=True)
+class SerfStatistics:
+    """What the Serf layer refused, since it started (see :meth:`Serf.statistics`)."""
 
     messages_dropped: int = 0
     """Serf messages that were malformed or over Serf's size limits."""
@@ -305,7 +306,7 @@ class Serf:
             lambda event: len(event[0]) + len(event[1]), RECENT_EVENTS_BUDGET
         )
         self._queries_seen = _Recent[int]()
-        self.stats = SerfStats()
+        self._statistics = SerfStatistics()
         self._inbound_limits: dict[int, int] = {
             msg.SerfMessageType.USER_EVENT: msg.USER_EVENT_SIZE_LIMIT,
             msg.SerfMessageType.QUERY: msg.QUERY_SIZE_LIMIT,
@@ -327,6 +328,10 @@ class Serf:
 
     def _advance(self, now: float) -> None:
         self._timers.now = max(self._timers.now, now)
+
+    def statistics(self) -> SerfStatistics:
+        """The layer's counters as they stand now."""
+        return self._statistics
 
     def take_events(self) -> list[SerfEvent]:
         """Serf's own events since the last call; the list is handed over and cleared."""
@@ -611,7 +616,7 @@ class Serf:
         if known is not None and known[1] >= ltime:
             return False
         if known is None and (len(self._intents) >= MAX_INTENTS or name_problem(name)):
-            self.stats.intents_refused += 1
+            self._statistics = bump(self._statistics, "intents_refused")
             return False
         self._intents[name] = (kind, ltime, self._now)
         self._schedule(
@@ -692,7 +697,7 @@ class Serf:
             self._broadcast(payload)
 
     def _drop(self, why: str) -> None:
-        self.stats.messages_dropped += 1
+        self._statistics = bump(self._statistics, "messages_dropped")
         log.debug("dropped a Serf message: %s", why)
 
     def _on_user_event(self, event: msg.UserEvent) -> bool:
@@ -703,7 +708,7 @@ class Serf:
             event.ltime, (event.name, event.payload), self.event_clock.time
         )
         if sighting is Sighting.REFUSED:
-            self.stats.events_refused += 1
+            self._statistics = bump(self._statistics, "events_refused")
         if sighting is not Sighting.NEW:
             return False
         delivered = SerfUserEvent(event.ltime, event.name, event.payload, event.coalesce)
@@ -741,7 +746,7 @@ class Serf:
             return False
         sighting = self._queries_seen.record(query.ltime, query.id, self.query_clock.time)
         if sighting is Sighting.REFUSED:
-            self.stats.events_refused += 1
+            self._statistics = bump(self._statistics, "events_refused")
         if sighting is not Sighting.NEW:
             return False
         regossip = not query.flags & msg.QUERY_FLAG_NO_BROADCAST

@@ -379,9 +379,9 @@ async def test_junk_datagrams_and_streams_are_dropped_and_counted(
                 await stream.send_eof()
                 with trio.fail_after(15):
                     assert await stream.receive_some(100) == b""
-        stats = node.stats()
-        assert stats["decode_errors"] >= 6
-        assert stats["stream_errors"] >= 3
+        statistics = node.statistics()
+        assert statistics.engine.decode_errors >= 6
+        assert statistics.runtime.stream_errors >= 3
 
 
 async def test_leaving_the_block_releases_every_socket(
@@ -442,7 +442,7 @@ async def test_peers_that_vanish_mid_stream_do_not_take_the_node_down(
             with trio.fail_after(5):
                 data, _ = await sender.recvfrom(65_536)
         assert wire.decode_packet(data, wire.WireOptions())[0] == wire.Ack(seq_no=9)
-        assert node.runtime_stats.internal_errors == 0
+        assert node.statistics().runtime.internal_errors == 0
 
 
 async def test_inbound_streams_beyond_the_cap_are_refused(
@@ -459,8 +459,8 @@ async def test_inbound_streams_beyond_the_cap_are_refused(
                 await extra.send_all(b"\x06")
                 with trio.fail_after(0.5):  # closed at once, long before the 1 s deadline
                     assert await extra.receive_some(10) == b""
-        assert node.runtime_stats.inbound_streams_refused == 1
-        assert node.runtime_stats.inbound_streams == 1
+        assert node.statistics().runtime.inbound_streams_refused == 1
+        assert node.statistics().runtime.inbound_streams == 1
 
 
 async def test_silent_connections_take_no_slot_and_joins_get_through(
@@ -479,8 +479,8 @@ async def test_silent_connections_take_no_slot_and_joins_get_through(
             with trio.fail_after(FIRST_BYTES_TIMEOUT + 1):  # closed once their time is up
                 assert await stream.receive_some(10) == b""
             await stream.aclose()
-        assert seed.runtime_stats.inbound_streams_silent == 6
-        assert seed.runtime_stats.inbound_streams_refused == 0
+        assert seed.statistics().runtime.inbound_streams_silent == 6
+        assert seed.statistics().runtime.inbound_streams_refused == 0
         nursery.cancel_scope.cancel()
 
 
@@ -493,6 +493,6 @@ async def test_past_the_bound_on_silent_connections_the_oldest_is_closed_first(
         await trio.sleep(0.01)
         with trio.fail_after(0.1):
             assert [await stream.receive_some(10) for stream in silent[:2]] == [b"", b""]
-        assert node.runtime_stats.inbound_streams_silent == 2
+        assert node.statistics().runtime.inbound_streams_silent == 2
         for stream in silent:
             await stream.aclose()

@@ -28,7 +28,7 @@ def test_a_user_event_over_serfs_limit_is_dropped_unread() -> None:
     queued = layer.engine.queued_broadcasts
     assert layer.receive(huge) == []
     assert layer.engine.queued_broadcasts == queued  # not passed on either
-    assert layer.serf.stats.messages_dropped == 1
+    assert layer.serf.statistics().messages_dropped == 1
     fits = msg.UserEvent(6, "deploy", bytes(msg.USER_EVENT_SIZE_LIMIT - 100))
     assert len(layer.receive(fits)) == 1
 
@@ -38,7 +38,7 @@ def test_queries_and_responses_over_serfs_limits_are_dropped() -> None:
     assert layer.receive(query(payload=bytes(msg.QUERY_SIZE_LIMIT))) == []
     response = msg.QueryResponse(3, 1, "p0", 0, bytes(msg.QUERY_RESPONSE_SIZE_LIMIT))
     assert layer.receive(response) == []
-    assert layer.serf.stats.messages_dropped == 2
+    assert layer.serf.statistics().messages_dropped == 2
 
 
 def test_a_relay_forwards_only_query_responses() -> None:
@@ -60,7 +60,7 @@ def test_distinct_events_at_one_lamport_time_are_bounded() -> None:
     for i in range(MAX_SAME_LTIME + 10):
         delivered += len(layer.receive(msg.UserEvent(7, f"e{i}", b"")))
     assert delivered == MAX_SAME_LTIME
-    assert layer.serf.stats.events_refused == 10
+    assert layer.serf.statistics().events_refused == 10
 
 
 def test_remembered_events_stay_within_their_byte_budget() -> None:
@@ -95,7 +95,7 @@ def test_intents_about_unknown_members_are_bounded_and_need_valid_names() -> Non
     for i in range(MAX_INTENTS + 5):
         layer.receive(msg.JoinIntent(10, f"ghost-{i}"))
     layer.receive(msg.JoinIntent(10, "bad\nname"))
-    assert layer.serf.stats.intents_refused == 6
+    assert layer.serf.statistics().intents_refused == 6
 
 
 def test_at_max_members_the_longest_departed_member_makes_room() -> None:
