@@ -27,14 +27,15 @@ import itertools
 import math
 import random
 import time as wallclock
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, Unpack
 
 from simulator.metrics import (
     Metrics,
     NodeTraffic,
     Observation,
     Results,
+    SerfMetrics,
     SpreadCurve,
     TrafficSummary,
     detection_bound,
@@ -63,6 +64,16 @@ from swim.events import (
     MemberUpdated,
 )
 from swim.members import Address
+from swim.serf.layer import (
+    QueryAck,
+    QueryAnswer,
+    QueryDone,
+    QueryOptions,
+    Serf,
+    SerfError,
+    SerfQuery,
+    SerfUserEvent,
+)
 from swim.stack import UNREADABLE_REPLY, MemberStack, RejoinDue, StackEvent
 
 PORT = 7946
@@ -230,8 +241,11 @@ class Cluster:
     the join storm.  ``profile`` picks the engine timers (lan, wan, local) and the default
     link; ``config`` and ``link`` override them (``compress`` applies to the profile's config
     only).  ``encrypt`` gives every node the same AES key with deterministic nonces.
-    ``keep_trace`` keeps every trace record (small runs only).  ``progress`` is called with
-    the virtual time now and then while running.
+    ``serf`` gives every node a Serf layer (tags, user events, queries), which coalesces user
+    events over ``coalesce_period`` / ``quiescent_period`` when they are set (as a Serf agent
+    does: 3 s / 1 s); with ``answer_queries`` every member answers every query it is asked
+    with its name.  ``keep_trace`` keeps every trace record (small runs only).  ``progress`` is
+    called with the virtual time now and then while running.
     """
 
     def __init__(
@@ -245,6 +259,10 @@ class Cluster:
         encrypt: bool = False,
         compress: bool = True,
         start: str = "converged",
+        serf: bool = False,
+        coalesce_period: float = 0.0,
+        quiescent_period: float = 0.0,
+        answer_queries: bool = True,
         keep_trace: bool = False,
         progress: Callable[[float], None] | None = None,
     ) -> None:
@@ -260,6 +278,10 @@ class Cluster:
         self.network = Network(link or PROFILE_LINKS[profile], self.random_for("network"))
         self.trace = Trace(keep=keep_trace)
         self.metrics = Metrics(self)
+        self.serf_metrics = SerfMetrics()
+        self._serf = serf
+        self._coalescing = (coalesce_period, quiescent_period)
+        self._answer_queries = answer_queries
         self.now = 0.0
         self.progress = progress
         self.network_counts = dict.fromkeys(
@@ -302,6 +324,13 @@ class Cluster:
     def engine(self, name: str) -> Engine:
         """``name``'s current (or last) engine."""
         return self._engine(self._node(name))
+
+    def serf(self, name: str) -> Serf:
+        """``name``'s current (or last) Serf layer."""
+        serf = self._stack(self._node(name)).serf
+        if serf is None:
+            raise SimulationError(f"node {name!r} runs no Serf layer; make the cluster serf=True")
+        return serf
 
     def view(self, name: str) -> dict[str, str]:
         """``name``'s view from its engine: member -> state."""
@@ -378,6 +407,8 @@ class Cluster:
             traffic=TrafficSummary.of(traffic),
             network=dict(self.network_counts),
             events=dict(metrics.event_counts),
+            user_events=self.serf_metrics.user_events(),
+            queries=self.serf_metrics.queries(),
             max_health=max((s for t in metrics.health.values() for _, s in t), default=0),
             unhealthy_node_seconds=metrics.unhealthy_seconds(self.now),
             extra=dict(extra or {}),
@@ -739,6 +770,23 @@ class Cluster:
             elif isinstance(event, JoinCompleted) and not event.joined:
                 counts = metrics.event_counts
                 counts["join-failed"] = counts.get("join-failed", 0) + 1
+            elif isinstance(event, SerfUserEvent):
+                self.serf_metrics.event_delivered(node.name, event.name, event.ltime, now)
+            elif isinstance(event, SerfQuery):
+                if self._answer_queries:
+                    self.at(now, functools.partial(self._answer, node, self._stack(node), event))
+            elif isinstance(event, QueryAck | QueryAnswer):
+                answered = isinstance(event, QueryAnswer)
+                self.serf_metrics.query_arrival(node.name, event.query_id, answered, now)
+            elif isinstance(event, QueryDone):
+                self.serf_metrics.query_done(node.name, event.query_id, now)
+
+    def _answer(self, node: SimNode, stack: MemberStack, query: SerfQuery) -> None:
+        """Answer ``query`` with our name, as a query handler would."""
+        if node.running and node.stack is stack and stack.serf is not None:
+            with contextlib.suppress(SerfError):  # timed out meanwhile (a paused node)
+                stack.serf.respond(query, node.name.encode(), self.now)
+            self._flush(node)
 
     def _rejoin(self, node: SimNode, stack: MemberStack) -> None:
         """Answer the stack's request to try its seeds again (unless it was replaced since)."""
@@ -786,7 +834,9 @@ class Cluster:
     def _engine(self, node: SimNode) -> Engine:
         return self._stack(node).engine
 
-    def _new_stack(self, node: SimNode, meta: bytes) -> MemberStack:
+    def _new_stack(
+        self, node: SimNode, meta: bytes, tags: Mapping[str, str] | None = None
+    ) -> MemberStack:
         node.instance += 1
         label = f"{node.name}:{node.instance}"
         keyring = None
@@ -804,12 +854,22 @@ class Cluster:
             rng,
             meta=meta,
             keyring=keyring,
+            tags=tags if tags is not None else ({} if self._serf else None),
             now=self.now,
+            coalesce_period=self._coalescing[0],
+            quiescent_period=self._coalescing[1],
             rejoin_interval=REJOIN_INTERVAL,
         )
 
-    def _start(self, node: SimNode, warm: bool, seeds: list[Address], meta: bytes = b"") -> None:
-        node.stack = self._new_stack(node, meta)
+    def _start(
+        self,
+        node: SimNode,
+        warm: bool,
+        seeds: list[Address],
+        meta: bytes = b"",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        node.stack = self._new_stack(node, meta, tags)
         node.engine = node.stack.engine
         node.seeds = seeds
         node.running = True
@@ -878,11 +938,15 @@ class Cluster:
     # ------------------------------------------------------------------ faults
 
     def add_node(
-        self, name: str | None = None, seeds: Sequence[str] | None = None, meta: bytes = b""
+        self,
+        name: str | None = None,
+        seeds: Sequence[str] | None = None,
+        meta: bytes = b"",
+        tags: Mapping[str, str] | None = None,
     ) -> str:
         """Start a new member now and join it through ``seeds`` (default: up to three random
-        running members); ``meta`` is its metadata from the start (a Serf node's encoded
-        tags), so its join already carries it.  Returns its name."""
+        running members); ``meta`` (or, with a Serf layer, ``tags``) is its metadata from the
+        start, so its join already carries it.  Returns its name."""
         node = self._create(name or self._new_name())
         self._note("join", node.name)
         seed_addresses = (
@@ -890,12 +954,51 @@ class Cluster:
             if seeds is not None
             else self._seeds(node.name)
         )
-        self._start(node, warm=False, seeds=seed_addresses, meta=meta)
+        self._start(node, warm=False, seeds=seed_addresses, meta=meta, tags=tags)
         self.metrics.added(node.name, self.now)
         if seed_addresses:
             self._stack(node).join(seed_addresses, self.now)
         self._flush(node)
         return node.name
+
+    def user_event(
+        self, name: str, event: str, payload: bytes = b"", coalesce: bool = True
+    ) -> None:
+        """``name`` sends a Serf user event to every member (a Serf-enabled cluster)."""
+        serf = self._running_serf(name)
+        ltime = serf.event_clock.time
+        self._note("user-event", name, event)
+        serf.user_event(event, payload, coalesce, self.now)
+        members = len(self.metrics.members)
+        self.serf_metrics.event_sent(
+            event, ltime, name, self.now, coalesce=coalesce, members=members
+        )
+        self._flush(self._node(name))
+
+    def query(
+        self, name: str, query: str, payload: bytes = b"", **options: Unpack[QueryOptions]
+    ) -> int:
+        """``name`` asks a Serf query (a Serf-enabled cluster); returns its id.  What it
+        collects is in the results' ``queries``."""
+        serf = self._running_serf(name)
+        self._note("query", name, query)
+        query_id = serf.query(query, payload, self.now, **options)
+        members = len(self.metrics.members)
+        self.serf_metrics.query_sent(name, query_id, query, self.now, members)
+        self._flush(self._node(name))
+        return query_id
+
+    def set_tags(self, name: str, tags: Mapping[str, str]) -> None:
+        """``name`` advertises new Serf tags (a Serf-enabled cluster)."""
+        serf = self._running_serf(name)
+        self._note("tags", name, repr(sorted(tags.items())))
+        serf.set_tags(tags, self.now)
+        self._flush(self._node(name))
+
+    def _running_serf(self, name: str) -> Serf:
+        if not self._node(name).running:
+            raise SimulationError(f"node {name!r} is not running; restart it first")
+        return self.serf(name)
 
     def command(self, name: str, action: Callable[[Engine, float], object]) -> None:
         """Call ``action(engine, now)`` on ``name``'s running engine (``send``,
@@ -917,10 +1020,16 @@ class Cluster:
         self.metrics.departed(name, self.now, crashed=not node.leaving)
         self._stop(node)
 
-    def restart(self, name: str, new_address: bool = False, meta: bytes = b"") -> None:
+    def restart(
+        self,
+        name: str,
+        new_address: bool = False,
+        meta: bytes = b"",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Start ``name`` again with a fresh engine (incarnation 1; it refutes stale news
         itself) and join it through running members; a running node is crashed first.
-        ``meta`` is its metadata from the start, as for :meth:`add_node`."""
+        ``meta`` or ``tags`` are its metadata from the start, as for :meth:`add_node`."""
         node = self._node(name)
         self.crash(name)
         if new_address:
@@ -929,7 +1038,7 @@ class Cluster:
             self._by_address[node.address] = node
         self._note("restart", name, f"{node.address[0]}:{node.address[1]}")
         seeds = self._seeds(name)
-        self._start(node, warm=False, seeds=seeds, meta=meta)
+        self._start(node, warm=False, seeds=seeds, meta=meta, tags=tags)
         if seeds:
             self._stack(node).join(seeds, self.now)
         self._flush(node)

@@ -263,9 +263,72 @@ class Churn(_Plain):
         schedule_next()
 
 
+@dataclass(frozen=True, slots=True)
+class UserEvent(_Plain):
+    """``node`` sends a Serf user event (a Serf-enabled cluster)."""
+
+    kind: ClassVar[str] = "user-event"
+    at: float
+    node: str
+    name: str
+    payload: str = ""
+    coalesce: bool = False
+
+    def apply(self, cluster: Cluster) -> None:
+        if cluster.is_running(self.node):
+            cluster.user_event(self.node, self.name, self.payload.encode(), self.coalesce)
+
+
+@dataclass(frozen=True, slots=True)
+class Query(_Plain):
+    """``node`` asks a Serf query of every member (a Serf-enabled cluster); ``timeout`` 0
+    takes Serf's default."""
+
+    kind: ClassVar[str] = "query"
+    at: float
+    node: str
+    name: str
+    payload: str = ""
+    timeout: float = 0.0
+
+    def apply(self, cluster: Cluster) -> None:
+        if cluster.is_running(self.node):
+            timeout = self.timeout or None
+            cluster.query(self.node, self.name, self.payload.encode(), timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Tags(_Plain):
+    """``node`` advertises new Serf tags (a Serf-enabled cluster)."""
+
+    kind: ClassVar[str] = "tags"
+    at: float
+    node: str
+    tags: tuple[tuple[str, str], ...]
+
+    def apply(self, cluster: Cluster) -> None:
+        if cluster.is_running(self.node):
+            cluster.set_tags(self.node, dict(self.tags))
+
+
 FAULTS: dict[str, type[Any]] = {
     kind.kind: kind
-    for kind in (Crash, Restart, Leave, Join, Split, OneWay, Repair, LinkChange, Pause, Slow, Churn)
+    for kind in (
+        Crash,
+        Restart,
+        Leave,
+        Join,
+        Split,
+        OneWay,
+        Repair,
+        LinkChange,
+        Pause,
+        Slow,
+        Churn,
+        UserEvent,
+        Query,
+        Tags,
+    )
 }
 """Every fault type by its ``kind`` name."""
 

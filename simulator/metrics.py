@@ -119,6 +119,45 @@ class SpreadCurve:
 
 
 @dataclass(frozen=True, slots=True)
+class UserEventReport:
+    """How one Serf user event reached the members running when it was sent."""
+
+    name: str
+    ltime: int
+    sender: str
+    sent_at: float
+    coalesce: bool
+    """It may be coalesced away by a newer event of its name (then some never deliver it)."""
+    members: int
+    """Members running when it was sent, the sender included: who should deliver it."""
+    delays: tuple[float, ...]
+    """Seconds after ``sent_at`` at which each member delivered it, sorted."""
+    duplicates: int
+    """Deliveries beyond the first at some member (Serf delivers each event once)."""
+
+    @property
+    def reach(self) -> float:
+        return len(self.delays) / max(1, self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryReport:
+    """What one Serf query collected before it timed out."""
+
+    name: str
+    sender: str
+    sent_at: float
+    members: int
+    """Members running when it was sent, the sender included."""
+    acks: int
+    answers: int
+    answer_delays: tuple[float, ...]
+    """Seconds after ``sent_at`` at which each answer arrived, sorted."""
+    done_at: float | None
+    """When it timed out (None: not yet)."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeTraffic:
     """What one node sent and received over the run (all its incarnations together)."""
 
@@ -190,6 +229,10 @@ class Results:
     """The worst local health score any node reached."""
     unhealthy_node_seconds: float
     """Node-seconds spent with a health score above 0."""
+    user_events: tuple[UserEventReport, ...] = ()
+    """Each Serf user event sent (Serf-enabled clusters)."""
+    queries: tuple[QueryReport, ...] = ()
+    """Each Serf query sent (Serf-enabled clusters)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Scenario-specific figures."""
 
@@ -480,3 +523,101 @@ class Metrics:
                 if score > 0:
                     total += end - start
         return total
+
+
+class _UserEvent:
+    __slots__ = ("coalesce", "delivered", "duplicates", "key", "members", "sender", "sent_at")
+
+    def __init__(
+        self, key: tuple[str, int], sender: str, sent_at: float, coalesce: bool, members: int
+    ) -> None:
+        self.key = key
+        self.coalesce = coalesce
+        self.sender = sender
+        self.sent_at = sent_at
+        self.members = members
+        self.delivered: dict[str, float] = {}
+        self.duplicates = 0
+
+
+class _Query:
+    __slots__ = ("acks", "answers", "done_at", "members", "name", "sender", "sent_at")
+
+    def __init__(self, name: str, sender: str, sent_at: float, members: int) -> None:
+        self.name = name
+        self.sender = sender
+        self.sent_at = sent_at
+        self.members = members
+        self.acks = 0
+        self.answers: list[float] = []
+        self.done_at: float | None = None
+
+
+class SerfMetrics:
+    """What Serf-enabled runs measure: how user events spread and what queries collect."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, int], _UserEvent] = {}
+        self._queries: dict[tuple[str, int], _Query] = {}  # (asker, query id)
+
+    def event_sent(
+        self, name: str, ltime: int, sender: str, now: float, *, coalesce: bool, members: int
+    ) -> None:
+        key = (name, ltime)
+        self._events.setdefault(key, _UserEvent(key, sender, now, coalesce, members))
+
+    def event_delivered(self, observer: str, name: str, ltime: int, now: float) -> None:
+        event = self._events.get((name, ltime))
+        if event is None:
+            return
+        if observer in event.delivered:
+            event.duplicates += 1
+        else:
+            event.delivered[observer] = now
+
+    def query_sent(self, asker: str, query_id: int, name: str, now: float, members: int) -> None:
+        self._queries[(asker, query_id)] = _Query(name, asker, now, members)
+
+    def query_arrival(self, asker: str, query_id: int, answer: bool, now: float) -> None:
+        query = self._queries.get((asker, query_id))
+        if query is None:
+            return
+        if answer:
+            query.answers.append(now)
+        else:
+            query.acks += 1
+
+    def query_done(self, asker: str, query_id: int, now: float) -> None:
+        query = self._queries.get((asker, query_id))
+        if query is not None:
+            query.done_at = now
+
+    def user_events(self) -> tuple[UserEventReport, ...]:
+        return tuple(
+            UserEventReport(
+                name=e.key[0],
+                ltime=e.key[1],
+                sender=e.sender,
+                sent_at=e.sent_at,
+                coalesce=e.coalesce,
+                members=e.members,
+                delays=tuple(sorted(t - e.sent_at for t in e.delivered.values())),
+                duplicates=e.duplicates,
+            )
+            for e in self._events.values()
+        )
+
+    def queries(self) -> tuple[QueryReport, ...]:
+        return tuple(
+            QueryReport(
+                name=q.name,
+                sender=q.sender,
+                sent_at=q.sent_at,
+                members=q.members,
+                acks=q.acks,
+                answers=len(q.answers),
+                answer_delays=tuple(sorted(t - q.sent_at for t in q.answers)),
+                done_at=q.done_at,
+            )
+            for q in self._queries.values()
+        )

@@ -51,6 +51,7 @@ def summary(results: Results, wall_seconds: float) -> str:
             f"network repaired at {repair.repaired_at:.1f} s: one view again "
             f"{_delay(repair.agreed_after)}"
         )
+    lines += _serf_lines(results)
     traffic = results.traffic
     lines.append(
         f"per node: {traffic.datagrams_per_node_second:.2f} datagrams/s, "
@@ -72,3 +73,33 @@ def summary(results: Results, wall_seconds: float) -> str:
     verdict = "agree" if results.agreed else "do not agree"
     lines.append(f"views at the end: {verdict} ({results.running} running)")
     return "\n".join(lines)
+
+
+def _serf_lines(results: Results) -> list[str]:
+    """How Serf user events spread and what queries collected, when there were any."""
+    lines = []
+    events = [e for e in results.user_events if not e.coalesce]
+    if results.user_events:
+        whole = sum(e.reach >= 1.0 for e in events)
+        halves = sorted(t for e in events if (t := _time_to(e.delays, e.members, 0.5)) is not None)
+        duplicates = sum(e.duplicates for e in results.user_events)
+        median = f", half the members within +{halves[len(halves) // 2]:.2f} s" if halves else ""
+        coalescable = len(results.user_events) - len(events)
+        lines.append(
+            f"user events: {len(events)} sent, {whole} reached every member running when sent"
+            f"{median}; {duplicates} delivered twice; {coalescable} coalescable ones"
+        )
+    queries = results.queries
+    if queries:
+        answered = sum(q.answers for q in queries)
+        asked = sum(q.members for q in queries)
+        lines.append(
+            f"queries: {len(queries)} asked, {answered} answers from {asked} members asked "
+            f"({answered / max(1, asked):.0%})"
+        )
+    return lines
+
+
+def _time_to(delays: tuple[float, ...], members: int, fraction: float) -> float | None:
+    needed = max(1, int(fraction * members + 0.999999))
+    return delays[needed - 1] if len(delays) >= needed else None

@@ -19,12 +19,15 @@ from simulator.faults import (
     Leave,
     OneWay,
     Pause,
+    Query,
     ScheduleError,
     Slow,
     Split,
+    UserEvent,
 )
 from simulator.metrics import Results
 from simulator.network import PROFILE_LINKS, Link
+from swim.serf.layer import AGENT_COALESCE_PERIOD, AGENT_QUIESCENT_PERIOD
 
 Params = dict[str, float | str]
 
@@ -37,6 +40,8 @@ class Scenario:
     summary: str
     defaults: Mapping[str, float | str]
     build: Callable[[Sequence[str], float, Params], list[Fault]]
+    serf: bool = False
+    """Every node runs the Serf layer (coalescing user events as a Serf agent does)."""
 
 
 def _number(params: Params, name: str) -> float:
@@ -125,6 +130,36 @@ def _pause(names: Sequence[str], duration: float, params: Params) -> list[Fault]
     return [Pause(_number(params, "at"), names[-1], _number(params, "for"))]
 
 
+def _serf(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    """User events every `every` seconds and queries every `query_every` seconds, from
+    members in turn, until `settle` seconds before the end; a split of the cluster into halves
+    at `split_at` for `split_for` seconds; the last member crashing at `crash_at` and coming
+    back 10 s later; and a burst of five coalescable "deploy" events at `burst_at`."""
+    every, query_every = _number(params, "every"), _number(params, "query_every")
+    end = duration - _number(params, "settle")
+    faults: list[Fault] = []
+    time, index = 1.0, 0
+    while every > 0 and time <= end:
+        faults.append(UserEvent(time, names[index % len(names)], f"event-{index}"))
+        time, index = time + every, index + 1
+    time, index = 2.0, 0
+    while query_every > 0 and time <= end:
+        faults.append(Query(time, names[(index * 7) % len(names)], f"query-{index}"))
+        time, index = time + query_every, index + 1
+    burst = _number(params, "burst_at")
+    if burst > 0:
+        faults += [
+            UserEvent(burst + i * 0.1, names[0], "deploy", f"v{i}", coalesce=True) for i in range(5)
+        ]
+    split_at, split_for = _number(params, "split_at"), _number(params, "split_for")
+    if split_for > 0:
+        faults.append(Split.halves(split_at, names, split_for))
+    crash_at = _number(params, "crash_at")
+    if crash_at > 0:
+        faults.append(Crash(crash_at, names[-1], restart_after=10.0))
+    return faults
+
+
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
@@ -182,6 +217,24 @@ SCENARIOS: dict[str, Scenario] = {
             {"at": 10.0, "for": 10.0},
             _pause,
         ),
+        Scenario(
+            "serf",
+            "Serf layers on every member: a user event every `every` s and a query every "
+            "`query_every` s until `settle` s before the end, a split into halves at "
+            "`split_at` for `split_for` s, the last member crashing at `crash_at` (back 10 s "
+            "later), five coalescable events at `burst_at`: reach of events, answers",
+            {
+                "every": 2.0,
+                "query_every": 10.0,
+                "settle": 40.0,
+                "split_at": 30.0,
+                "split_for": 15.0,
+                "crash_at": 60.0,
+                "burst_at": 20.0,
+            },
+            _serf,
+            serf=True,
+        ),
     )
 }
 """Every scenario by name."""
@@ -220,9 +273,11 @@ def build_cluster(
     encrypt: bool = False,
     compress: bool = True,
     start: str = "converged",
+    serf: bool = False,
     progress: Callable[[float], None] | None = None,
 ) -> Cluster:
-    """A cluster on the profile's default link, with ``loss`` on every path."""
+    """A cluster on the profile's default link, with ``loss`` on every path (and Serf layers
+    that coalesce user events as a Serf agent does, with ``serf``)."""
     if profile not in PROFILE_LINKS:
         raise ScheduleError(f"profile={profile!r} is unknown; choose lan, wan or local")
     link: Link = PROFILE_LINKS[profile].replace(loss=loss)
@@ -234,6 +289,9 @@ def build_cluster(
         encrypt=encrypt,
         compress=compress,
         start=start,
+        serf=serf,
+        coalesce_period=AGENT_COALESCE_PERIOD if serf else 0.0,
+        quiescent_period=AGENT_QUIESCENT_PERIOD if serf else 0.0,
         progress=progress,
     )
 
@@ -320,6 +378,7 @@ def prepare(
         encrypt=encrypt,
         compress=compress,
         start=start,
+        serf=found.serf,
         progress=progress,
     )
     faults = [*found.build(cluster.names(), duration, resolved), *(schedule or [])]

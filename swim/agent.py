@@ -50,6 +50,8 @@ from swim.rpc import (
     serve_rpc,
 )
 from swim.serf.layer import (
+    AGENT_COALESCE_PERIOD,
+    AGENT_QUIESCENT_PERIOD,
     INTERNAL_PREFIX,
     LEAVE_PROPAGATE_DELAY,
     MemberReaped,
@@ -64,11 +66,6 @@ from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key
 
 log = logging.getLogger("swim.agent")
-
-
-USER_COALESCE_PERIOD = 3.0
-USER_QUIESCENT_PERIOD = 1.0
-"""A Serf agent coalesces user events that allow it: the newest of a burst, 3 s at most."""
 
 
 LOG_LEVELS = {
@@ -531,8 +528,8 @@ async def _start_node(
         keyring=keyring,
         keyring_file=options.keyring_file,
         tags=options.tags,
-        user_coalesce_period=USER_COALESCE_PERIOD,
-        user_quiescent_period=USER_QUIESCENT_PERIOD,
+        user_coalesce_period=AGENT_COALESCE_PERIOD,
+        user_quiescent_period=AGENT_QUIESCENT_PERIOD,
     )
     host, port = options.bind
     try:

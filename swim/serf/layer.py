@@ -57,6 +57,10 @@ REAP_INTERVAL = 15.0
 BROADCAST_TIMEOUT = 5.0
 LEAVE_PROPAGATE_DELAY = 1.0
 QUERY_TIMEOUT_MULT = 16
+AGENT_COALESCE_PERIOD = 3.0
+AGENT_QUIESCENT_PERIOD = 1.0
+"""A Serf agent coalesces user events that allow it: the newest of a burst, 3 s at most, once
+1 s passes without another (the Serf library's default is not to coalesce)."""
 INTERNAL_PREFIX = "_serf_"
 
 
