@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "swim.gossip": STACK,
     "swim.probe": STACK,
     "swim.pushpull": STACK,
+    "swim.state": STACK,
     "swim.engine": STACK,
     "swim.serf": STACK,
     "swim.stack": STACK,
