@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from simulator.cluster import Cluster
 from simulator.faults import (
@@ -296,37 +296,25 @@ def build_cluster(
     )
 
 
+class PlayOptions(TypedDict, total=False):
+    """How a scenario is played, beside its name, size, seed and length (see :func:`run`)."""
+
+    profile: str
+    loss: float | None
+    params: Mapping[str, float | str] | None
+    schedule: Sequence[Fault] | None
+    encrypt: bool
+    compress: bool
+    start: str
+    progress: Callable[[float], None] | None
+
+
 def run(
-    scenario: str,
-    *,
-    nodes: int,
-    seed: int,
-    duration: float,
-    profile: str = "lan",
-    loss: float | None = None,
-    params: Mapping[str, float | str] | None = None,
-    schedule: Sequence[Fault] | None = None,
-    encrypt: bool = False,
-    compress: bool = True,
-    start: str = "converged",
-    progress: Callable[[float], None] | None = None,
+    scenario: str, *, nodes: int, seed: int, duration: float, **options: Unpack[PlayOptions]
 ) -> tuple[Cluster, Results]:
     """Play ``scenario`` (plus any extra ``schedule``) on a fresh cluster for ``duration``
     virtual seconds; returns the cluster (to look further) and its results."""
-    play = prepare(
-        scenario,
-        nodes=nodes,
-        seed=seed,
-        duration=duration,
-        profile=profile,
-        loss=loss,
-        params=params,
-        schedule=schedule,
-        encrypt=encrypt,
-        compress=compress,
-        start=start,
-        progress=progress,
-    )
+    play = prepare(scenario, nodes=nodes, seed=seed, duration=duration, **options)
     play.cluster.run_until(duration)
     return play.cluster, play.results()
 
@@ -346,19 +334,7 @@ class Play:
 
 
 def prepare(
-    scenario: str,
-    *,
-    nodes: int,
-    seed: int,
-    duration: float,
-    profile: str = "lan",
-    loss: float | None = None,
-    params: Mapping[str, float | str] | None = None,
-    schedule: Sequence[Fault] | None = None,
-    encrypt: bool = False,
-    compress: bool = True,
-    start: str = "converged",
-    progress: Callable[[float], None] | None = None,
+    scenario: str, *, nodes: int, seed: int, duration: float, **options: Unpack[PlayOptions]
 ) -> Play:
     """What :func:`run` plays, before it runs: so that a run stopped early can still report
     what it measured."""
@@ -367,9 +343,12 @@ def prepare(
         raise ScheduleError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     if nodes < 2:
         raise ScheduleError(f"nodes={nodes}: a cluster needs at least 2 members")
-    resolved = resolve_params(found, params or {})
+    resolved = resolve_params(found, options.get("params") or {})
+    loss = options.get("loss")
     if loss is None:
         loss = FLAKY_LOSS if scenario == "flaky" else 0.0
+    profile = options.get("profile", "lan")
+    encrypt, compress = options.get("encrypt", False), options.get("compress", True)
     cluster = build_cluster(
         nodes=nodes,
         seed=seed,
@@ -377,11 +356,12 @@ def prepare(
         loss=loss,
         encrypt=encrypt,
         compress=compress,
-        start=start,
+        start=options.get("start", "converged"),
         serf=found.serf,
-        progress=progress,
+        progress=options.get("progress"),
     )
-    faults = [*found.build(cluster.names(), duration, resolved), *(schedule or [])]
+    schedule = options.get("schedule") or []
+    faults = [*found.build(cluster.names(), duration, resolved), *schedule]
     cluster.schedule(*faults)
     extra: dict[str, Any] = {
         "scenario": scenario,
