@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-import trio
+import anyio
+import sniffio
+from anyio.abc import TaskGroup, TaskStatus
 
 from swim import keys, wire
 from swim.background import Background
@@ -269,7 +271,7 @@ class RunningAgent:
 class NodeBackend:
     """What the RPC endpoint drives: this agent's node and Serf layer."""
 
-    def __init__(self, node: Node, shutdown: trio.Event, nursery: trio.Nursery) -> None:
+    def __init__(self, node: Node, shutdown: anyio.Event, nursery: TaskGroup) -> None:
         self._node = node
         self._shutdown = shutdown
         self._nursery = nursery
@@ -287,7 +289,7 @@ class NodeBackend:
 
     async def _shut_down_after_reply(self) -> None:
         # the RPC reply goes out once leave() returns; Serf's agent also lingers a moment
-        await trio.sleep(LEAVE_PROPAGATE_DELAY)
+        await anyio.sleep(LEAVE_PROPAGATE_DELAY)
         self._shutdown.set()
 
     async def force_leave(self, node: str, prune: bool) -> None:
@@ -313,7 +315,7 @@ class NodeBackend:
             counts[member.status.value] += 1
         return {
             "agent": {"name": node.name},
-            "runtime": {"implementation": "shoal (Python, trio)"},
+            "runtime": {"implementation": f"shoal (Python, {sniffio.current_async_library()})"},
             "serf": {
                 "members": str(len(members)),
                 "failed": str(counts["failed"]),
@@ -445,7 +447,7 @@ def _rpc_event(event: Delivered, node: Node) -> RpcEvent | None:
 async def run_agent(
     options: AgentOptions,
     *,
-    task_status: trio.TaskStatus[RunningAgent] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[RunningAgent] = anyio.TASK_STATUS_IGNORED,
     handle_signals: bool = True,
 ) -> None:
     """Run the agent until a signal, an RPC ``leave`` or cancellation; leave on the way out
@@ -460,7 +462,7 @@ async def run_agent(
     if too_big is not None:
         raise AgentError(f"-tag: {too_big}")
     rpc_host, rpc_port = parse_rpc_addr(options.rpc_addr, any_port=True)
-    shutdown = trio.Event()
+    shutdown = anyio.Event()
     async with AsyncExitStack() as stack:
         snapshot = _open_snapshot(options)
         if snapshot is not None:
@@ -495,7 +497,7 @@ async def run_agent(
         await shutdown.wait()
         if node.engine.local_member.state is not MemberState.LEFT:
             log.info("leaving the cluster")
-            with trio.move_on_after(config.leave_timeout + 2.0):
+            with anyio.move_on_after(config.leave_timeout + 2.0):
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
@@ -508,7 +510,7 @@ def _open_snapshot(options: AgentOptions) -> Snapshot | None:
         return Snapshot(
             options.snapshot,
             rejoin_after_leave=options.rejoin_after_leave,
-            clock=trio.current_time,
+            clock=anyio.current_time,
         )
     except SnapshotError as exc:
         raise AgentError(
@@ -585,14 +587,14 @@ async def _forward_events(node: Node, backend: NodeBackend, snapshot: Snapshot |
 
 async def _flush_snapshot(snapshot: Snapshot, node: Node) -> None:
     while True:
-        await trio.sleep(FLUSH_INTERVAL)
+        await anyio.sleep(FLUSH_INTERVAL)
         serf = node.serf
         snapshot.clocks(serf.clock.time, serf.event_clock.time, serf.query_clock.time)
         snapshot.flush()
 
 
-async def _wait_for_signal(shutdown: trio.Event) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _wait_for_signal(shutdown: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("caught %s: leaving gracefully", signal.Signals(signum).name)
             shutdown.set()
@@ -607,5 +609,5 @@ def main(args: argparse.Namespace) -> int:
     # one record, one line: names and strings from the network are escaped, never raw
     handler.setFormatter(SafeFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
     logging.basicConfig(level=LOG_LEVELS[options.log_level.lower()], handlers=[handler])
-    trio.run(run_agent, options)
+    anyio.run(run_agent, options, backend="trio")
     return 0

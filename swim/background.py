@@ -1,4 +1,4 @@
-"""The nursery behind an object's ``async with``: its background tasks live and die with it."""
+"""The task group behind an object's ``async with``: its background tasks live and die with it."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import sys
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 
 
 class Background:
-    """Opens a nursery when its owner is entered and cancels and closes it when the owner
-    exits.
+    """Opens a task group (a nursery, in trio's words) when its owner is entered and cancels
+    and closes it when the owner exits; on trio and asyncio alike.
 
     The owner's tasks are an implementation detail, so one error comes out as itself rather
     than inside an ``ExceptionGroup`` (the block's own error is re-raised by the block, an
@@ -24,10 +25,10 @@ class Background:
     """
 
     def __init__(self) -> None:
-        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
-        self._nursery: trio.Nursery | None = None
+        self._manager: AbstractAsyncContextManager[TaskGroup] | None = None
+        self._nursery: TaskGroup | None = None
 
-    async def __aenter__(self) -> trio.Nursery:
+    async def __aenter__(self) -> TaskGroup:
         return await self.open()
 
     async def __aexit__(
@@ -39,15 +40,15 @@ class Background:
         return await self.close(exc_type, exc, traceback)
 
     @property
-    def nursery(self) -> trio.Nursery:
+    def nursery(self) -> TaskGroup:
         """The open nursery; an error before the owner is entered or after it exits."""
         if self._nursery is None:
             raise RuntimeError("not running: use the object in `async with` first")
         return self._nursery
 
-    async def open(self) -> trio.Nursery:
+    async def open(self) -> TaskGroup:
         """Open the nursery (from the owner's ``__aenter__``)."""
-        self._manager = trio.open_nursery()
+        self._manager = anyio.create_task_group()
         self._nursery = await self._manager.__aenter__()
         return self._nursery
 

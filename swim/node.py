@@ -1,4 +1,4 @@
-"""The trio runtime: a real member on real sockets.
+"""The runtime: a real member on real sockets, under trio or asyncio alike (AnyIO).
 
 :class:`Node` binds UDP and TCP on one port and moves bytes and time between the sockets and an
 :class:`~swim.engine.Engine`; every protocol decision is the engine's.  Structured concurrency
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-import trio
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, UDPSocket
 
 from swim import wire
 from swim.background import Background
@@ -124,9 +125,9 @@ class QueryResult:
 
     acks: list[str] = field(default_factory=list)
     answers: dict[str, bytes] = field(default_factory=dict)
-    done: trio.Event = field(default_factory=trio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
     _arrivals: list[QueryAck | QueryAnswer] = field(default_factory=list)
-    _arrived: trio.Event = field(default_factory=trio.Event)
+    _arrived: anyio.Event = field(default_factory=anyio.Event)
 
     async def arrivals(self) -> AsyncIterator[QueryAck | QueryAnswer]:
         """Every ack and answer in the order they came, waiting for more until the query is
@@ -151,7 +152,7 @@ class QueryResult:
         if not isinstance(event, QueryDone):
             self._arrivals.append(event)
         self._arrived.set()
-        self._arrived = trio.Event()
+        self._arrived = anyio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +264,8 @@ class Node:
         self._keyring = keyring
         self._on_message = on_message
         self._event_buffer = event_buffer
-        self._stream_slots = trio.Semaphore(max_inbound_streams)
-        self._silent_streams: collections.OrderedDict[int, trio.CancelScope] = (
+        self._stream_slots = anyio.Semaphore(max_inbound_streams)
+        self._silent_streams: collections.OrderedDict[int, anyio.CancelScope] = (
             collections.OrderedDict()
         )  # inbound streams waiting for their first bytes, oldest first
         self._max_silent_streams = 4 * max_inbound_streams
@@ -278,14 +279,15 @@ class Node:
         self._queries: dict[int, QueryResult] = {}
         self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
-        self._udp: trio.socket.SocketType | None = None
-        self._listener: trio.SocketListener | None = None
+        self._udp: UDPSocket | None = None
+        self._sending = anyio.Lock()
+        self._listener: SocketListener | None = None
         self._background = Background()
-        self._wakeup = trio.Event()
+        self._wakeup = anyio.Event()
         self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
-        self._joins: dict[int, tuple[trio.Event, list[JoinCompleted]]] = {}
-        self._reliable: dict[int, tuple[trio.Event, list[str | None]]] = {}
-        self._left = trio.Event()
+        self._joins: dict[int, tuple[anyio.Event, list[JoinCompleted]]] = {}
+        self._reliable: dict[int, tuple[anyio.Event, list[str | None]]] = {}
+        self._left = anyio.Event()
         self._leave_timed_out = False
         self._seeds: list[str] = []
 
@@ -297,7 +299,7 @@ class Node:
             await self._start()
         except BaseException:
             await self._background.abort()
-            self._close_sockets()
+            await self._close_sockets()
             raise
         return self
 
@@ -310,12 +312,12 @@ class Node:
         try:
             return await self._background.close(exc_type, exc, traceback)
         finally:
-            self._close_sockets()
+            await self._close_sockets()
 
     async def _start(self) -> None:
         host, port = self._bind
         self._udp, self._listener = await _bind_udp_and_tcp(host, port)
-        bound_port = self._udp.getsockname()[1]
+        bound_port = self._udp.extra(SocketAttribute.local_port)
         advertise = self._advertise or (_advertise_host(host), bound_port)
         self._stack = MemberStack(
             self._name,
@@ -325,7 +327,7 @@ class Node:
             meta=self._meta,
             tags=self._tags,
             keyring=self._keyring,
-            now=trio.current_time(),
+            now=anyio.current_time(),
             coalesce_period=self._coalescing[0],
             quiescent_period=self._coalescing[1],
             rejoin_interval=self._rejoin_interval,
@@ -337,11 +339,11 @@ class Node:
         nursery.start_soon(self._serve_streams)
         log.info("node %s listening on %s:%d", self._name, host, bound_port)
 
-    def _close_sockets(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._listener is not None:
-            self._listener.socket.close()
+    async def _close_sockets(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for resource in (self._udp, self._listener):
+                if resource is not None:
+                    await resource.aclose()
 
     # ------------------------------------------------------------------ queries
 
@@ -430,7 +432,7 @@ class Node:
         failures: dict[str, str] = {}
         for attempt in range(max(1, attempts)):
             if attempt:
-                await trio.sleep(backoff * 2 ** (attempt - 1))
+                await anyio.sleep(backoff * 2 ** (attempt - 1))
             joined, failures = await self._join_once(seeds, replay)
             if joined:
                 return joined
@@ -462,9 +464,9 @@ class Node:
             failed[seed].append((seed, why))
         joined = 0
         if targets:
-            done = trio.Event()
+            done = anyio.Event()
             results: list[JoinCompleted] = []
-            join_id = self.stack.join(list(targets), trio.current_time(), replay=replay)
+            join_id = self.stack.join(list(targets), anyio.current_time(), replay=replay)
             self._joins[join_id] = (done, results)
             await self._flush()
             await done.wait()
@@ -481,26 +483,26 @@ class Node:
     async def leave(self, timeout: float = 5.0) -> bool:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out.
         Returns False when it may not have reached everyone (the timeout passed first)."""
-        self.stack.leave(trio.current_time(), timeout)
+        self.stack.leave(anyio.current_time(), timeout)
         await self._flush()
-        with trio.move_on_after(timeout + 1.0):
+        with anyio.move_on_after(timeout + 1.0):
             await self._left.wait()
         return self._left.is_set() and not self._leave_timed_out
 
     async def update_metadata(self, meta: bytes) -> None:
         """Advertise new metadata (raises ``MetadataTooLarge`` past ``meta_max_size``)."""
-        self.engine.update_meta(meta, trio.current_time())
+        self.engine.update_meta(meta, anyio.current_time())
         await self._flush()
 
     async def send(self, name: str, data: bytes) -> None:
         """Send ``data`` to the member ``name`` in one datagram (best effort)."""
-        self.engine.send(name, data, trio.current_time())
+        self.engine.send(name, data, anyio.current_time())
         await self._flush()
 
     async def send_reliable(self, name: str, data: bytes) -> None:
         """Send ``data`` to the member ``name`` over TCP; raises :class:`SendError` on failure."""
-        stream_id = self.engine.send_reliable(name, data, trio.current_time())
-        done = trio.Event()
+        stream_id = self.engine.send_reliable(name, data, anyio.current_time())
+        done = anyio.Event()
         outcome: list[str | None] = []
         self._reliable[stream_id] = (done, outcome)
         await self._flush()
@@ -510,17 +512,17 @@ class Node:
 
     async def user_event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
         """Send a Serf user event to every member (``serf event``)."""
-        self.serf.user_event(name, payload, coalesce, trio.current_time())
+        self.serf.user_event(name, payload, coalesce, anyio.current_time())
         await self._flush()
 
     async def set_tags(self, tags: Mapping[str, str]) -> None:
         """Replace this node's Serf tags."""
-        self.serf.set_tags(tags, trio.current_time())
+        self.serf.set_tags(tags, anyio.current_time())
         await self._flush()
 
     async def force_leave(self, name: str, prune: bool = False) -> None:
         """Mark a failed member as left for good, cluster-wide (``serf force-leave``)."""
-        self.serf.force_leave(name, prune, trio.current_time())
+        self.serf.force_leave(name, prune, anyio.current_time())
         await self._flush()
 
     async def query(
@@ -539,7 +541,7 @@ class Node:
         """Send a query as :meth:`query` does, but return once it is out: the result fills
         as acks and answers arrive (see :meth:`QueryResult.arrivals`).  Raises
         :class:`~swim.serf.layer.SerfError` when the query cannot be sent."""
-        query_id = self.serf.query(name, payload, trio.current_time(), **options)
+        query_id = self.serf.query(name, payload, anyio.current_time(), **options)
         result = QueryResult()
         self._queries[query_id] = result
         await self._flush()
@@ -547,12 +549,12 @@ class Node:
 
     async def respond(self, query: SerfQuery, payload: bytes) -> None:
         """Answer a query received as a :class:`~swim.serf.layer.SerfQuery` event."""
-        self.serf.respond(query, payload, trio.current_time())
+        self.serf.respond(query, payload, anyio.current_time())
         await self._flush()
 
     async def broadcast(self, data: bytes) -> None:
         """Piggyback ``data`` on gossip to random members (see :meth:`Engine.broadcast`)."""
-        self.engine.broadcast(data, trio.current_time())
+        self.engine.broadcast(data, anyio.current_time())
         await self._flush()
 
     # ------------------------------------------------------------------ plumbing
@@ -567,12 +569,14 @@ class Node:
             for event in events:
                 self._deliver(event)
             datagrams = stack.take_datagrams()
-            for address, data in datagrams:
-                try:
-                    await self._udp.sendto(data, address)
-                except OSError as exc:
-                    self._count("send_errors")
-                    log.debug("cannot send to %s: %s", address, exc)
+            if datagrams:
+                async with self._sending:  # one writer at a time, as AnyIO's sockets require
+                    for address, data in datagrams:
+                        try:
+                            await self._udp.sendto(data, *address)
+                        except OSError as exc:
+                            self._count("send_errors")
+                            log.debug("cannot send to %s: %s", address, exc)
             for request in stack.take_stream_requests():
                 self._background.nursery.start_soon(self._outbound_stream, request)
             if not (events or datagrams):
@@ -626,10 +630,10 @@ class Node:
         stack = self.stack
         while True:
             deadline = stack.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            with anyio.move_on_at(math.inf if deadline is None else deadline):
                 await self._wakeup.wait()
-            self._wakeup = trio.Event()
-            stack.tick(trio.current_time())
+            self._wakeup = anyio.Event()
+            stack.tick(anyio.current_time())
             await self._flush(wake_timers=False)
 
     async def _receive_datagrams(self) -> None:
@@ -637,7 +641,7 @@ class Node:
         stack = self.stack
         while True:
             try:
-                data, source = await self._udp.recvfrom(RECEIVE_BUFFER)
+                data, source = await self._udp.receive()
             except OSError as exc:  # e.g. ICMP port unreachable reported on Linux
                 log.debug("receive error: %s", exc)
                 continue
@@ -645,7 +649,7 @@ class Node:
                 stack.receive_datagram,
                 data,
                 peer_address(source[0], source[1]),
-                trio.current_time(),
+                anyio.current_time(),
             )
             await self._flush()
 
@@ -661,9 +665,9 @@ class Node:
 
     async def _serve_streams(self) -> None:
         assert self._listener is not None
-        await trio.serve_listeners(self._handle_stream, [self._listener])
+        await self._listener.serve(self._handle_stream)
 
-    async def _handle_stream(self, stream: trio.SocketStream) -> None:
+    async def _handle_stream(self, stream: SocketStream) -> None:
         async with stream:
             try:
                 first = await self._first_bytes(stream)
@@ -675,45 +679,48 @@ class Node:
                 async with self._stream_slots:
                     self._count("inbound_streams")
                     await self._answer_stream(stream, first)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 self._count("stream_errors")  # the peer went away mid-stream
                 log.debug("inbound stream failed: %s", exc)
 
-    async def _first_bytes(self, stream: trio.SocketStream) -> bytes | None:
+    async def _first_bytes(self, stream: SocketStream) -> bytes | None:
         """The stream's first bytes, or None when it stays silent past
         :data:`FIRST_BYTES_TIMEOUT` or closes first.  Past the bound on streams waiting at
         once, the one that has waited longest is closed: a joiner writes at once, so only a
         flood of newer silent connections could push it out."""
         self._stream_serial += 1
         serial = self._stream_serial
-        with trio.move_on_after(min(FIRST_BYTES_TIMEOUT, self.config.tcp_timeout)) as scope:
+        with anyio.move_on_after(min(FIRST_BYTES_TIMEOUT, self.config.tcp_timeout)) as scope:
             self._silent_streams[serial] = scope
             if len(self._silent_streams) > self._max_silent_streams:
                 _, oldest = self._silent_streams.popitem(last=False)
                 oldest.cancel()
             try:
-                first = await stream.receive_some(RECEIVE_BUFFER)
+                return await stream.receive(RECEIVE_BUFFER)
+            except anyio.EndOfStream:
+                return None
             finally:
                 self._silent_streams.pop(serial, None)
-            return first or None
         self._count("inbound_streams_silent")
         return None
 
-    async def _answer_stream(self, stream: trio.SocketStream, first: bytes) -> None:
-        peer = stream.socket.getpeername()
+    async def _answer_stream(self, stream: SocketStream, first: bytes) -> None:
+        peer = stream.extra(SocketAttribute.remote_address, None)
+        if not isinstance(peer, tuple):
+            return  # the peer is gone already
         source = peer_address(peer[0], peer[1])
-        with trio.move_on_after(self.config.tcp_timeout):
+        with anyio.move_on_after(self.config.tcp_timeout):
             incoming = await self._read_stream(stream, first)
             if incoming.error is not None:
                 self._count("stream_errors")
                 log.debug("dropped a stream: %s", incoming.error)
                 return
-            reply = self._guarded(self.stack.answer, incoming, source, trio.current_time())
+            reply = self._guarded(self.stack.answer, incoming, source, anyio.current_time())
             await self._flush()
             if reply is not None:
-                await stream.send_all(reply)
+                await stream.send(reply)
 
-    async def _read_stream(self, stream: trio.SocketStream, first: bytes = b"") -> IncomingStream:
+    async def _read_stream(self, stream: SocketStream, first: bytes = b"") -> IncomingStream:
         """Read one message off ``stream``; past :data:`LARGE_STREAM` bytes, decode in a worker
         thread."""
         incoming = self.stack.incoming()
@@ -722,15 +729,13 @@ class Node:
             return incoming
         while True:
             try:
-                chunk = await stream.receive_some(RECEIVE_BUFFER)
-            except trio.BrokenResourceError:
-                chunk = b""
-            if not chunk:
+                chunk = await stream.receive(RECEIVE_BUFFER)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
                 incoming.end_of_stream()
                 return incoming
             received += len(chunk)
             if received > LARGE_STREAM:
-                done = await trio.to_thread.run_sync(incoming.receive_data, chunk)
+                done = await anyio.to_thread.run_sync(incoming.receive_data, chunk)
             else:
                 done = incoming.receive_data(chunk)
             if done:
@@ -739,17 +744,17 @@ class Node:
     async def _outbound_stream(self, request: StreamRequest) -> None:
         incoming: IncomingStream | None = None
         error: str | None = None
-        with trio.move_on_at(request.deadline) as scope:
+        with anyio.move_on_at(request.deadline) as scope:
             try:
                 host, port = request.address
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await anyio.connect_tcp(host, port)
                 async with stream:
-                    await stream.send_all(request.data)
+                    await stream.send(request.data)
                     if request.expects_reply:
                         incoming = await self._read_stream(stream)
             except OSError as exc:
                 error = _describe(exc)
-            except trio.BrokenResourceError as exc:
+            except anyio.BrokenResourceError as exc:
                 error = f"connection lost: {exc}"
         if scope.cancelled_caught:
             error = "timed out"
@@ -760,7 +765,7 @@ class Node:
         if pending is not None:
             pending[1].append(error)
             pending[0].set()
-        self.stack.stream_finished(request.stream_id, incoming, trio.current_time(), error=error)
+        self.stack.stream_finished(request.stream_id, incoming, anyio.current_time(), error=error)
         await self._flush()
 
     async def _rejoin(self) -> None:
@@ -770,7 +775,7 @@ class Node:
             targets, failures = await self._resolve_seeds(self._seeds)
             if failures:
                 log.info("rejoin: %s", JoinError(failures).reasons)
-        self.stack.rejoin(list(targets), trio.current_time())
+        self.stack.rejoin(list(targets), anyio.current_time())
         await self._flush()
 
     async def _give_up(self, event: IsolationLimitReached) -> None:
@@ -779,9 +784,9 @@ class Node:
 
 
 def _describe(exc: OSError) -> str:
-    """The underlying reason of a connection failure ("Connection refused"), which trio keeps
-    in the cause of its own "all attempts to connect ... failed" (and words as "Error
-    connecting to ('10.0.0.1', 7946): ...": the address is said already)."""
+    """The underlying reason of a connection failure ("Connection refused"), which the async
+    framework keeps in the cause of its own "all attempts to connect ... failed" (and words as
+    "Error connecting to ('10.0.0.1', 7946): ...": the address is said already)."""
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         cause = cause.exceptions[0]
@@ -812,19 +817,19 @@ def _bind_failure(host: str, port: int, cause: OSError) -> str:
 
 async def _bind_udp_and_tcp(
     host: str, port: int, attempts: int = 20
-) -> tuple[trio.socket.SocketType, trio.SocketListener]:
+) -> tuple[UDPSocket, SocketListener]:
     """A UDP socket and a TCP listener on the same port (port 0: a free one for both)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
     for _ in range(attempts):
-        udp = trio.socket.socket(family, socket.SOCK_DGRAM)
+        udp = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            await udp.bind((host, port))
+            udp.bind((host, port))
             bound = udp.getsockname()[1]
-            tcp = trio.socket.socket(family, socket.SOCK_STREAM)
+            tcp = socket.socket(family, socket.SOCK_STREAM)
             try:
                 tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                await tcp.bind((host, bound))
+                tcp.bind((host, bound))
                 tcp.listen(128)
             except OSError as exc:
                 tcp.close()
@@ -835,7 +840,7 @@ async def _bind_udp_and_tcp(
             if port != 0 or exc.errno != errno.EADDRINUSE:
                 break
             continue  # port 0: UDP got a free port that TCP has taken; try another
-        return udp, trio.SocketListener(tcp)
+        return await UDPSocket.from_socket(udp), await SocketListener.from_socket(tcp)
     assert last_error is not None
     raise BindError(host, port, last_error)
 
@@ -863,7 +868,7 @@ def _advertise_host(bind_host: str) -> str:
 async def _resolve(host: str, port: int) -> list[Address]:
     """Every A and AAAA address of ``host`` (an IP literal resolves to itself)."""
     try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise OSError(f"cannot resolve {host!r}: {exc.strerror}") from None
     addresses: list[Address] = []

@@ -12,7 +12,7 @@ import collections
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-import trio
+import anyio
 
 T = TypeVar("T")
 L = TypeVar("L")
@@ -29,7 +29,7 @@ class LossyQueue(Generic[T, L]):
         self._lost_marker = lost
         self._items: collections.deque[T] = collections.deque()
         self._lost = 0
-        self._ready = trio.Event()
+        self._ready = anyio.Event()
 
     def put(self, item: T) -> None:
         """Add ``item``, dropping the oldest unread one when full; never blocks."""
@@ -46,9 +46,9 @@ class LossyQueue(Generic[T, L]):
         return self
 
     async def __anext__(self) -> T | L:
-        await trio.lowlevel.checkpoint()  # a busy queue still yields and notices cancellation
+        await anyio.lowlevel.checkpoint()  # a busy queue still yields and notices cancellation
         while not self._items:
-            self._ready = trio.Event()
+            self._ready = anyio.Event()
             await self._ready.wait()
         if self._lost:
             lost, self._lost = self._lost, 0
