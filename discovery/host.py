@@ -34,15 +34,17 @@ from discovery.lifecycle import DrainReport, Kind, Lifecycle, Work
 from discovery.records import DEFAULT_WEIGHT, ServiceRecord, check_name, check_size, write_tags
 from swim.background import Background
 from swim.events import Isolated, Reconnected
+from swim.logs import bump
 from swim.node import EventStream, JoinError, Node
 from swim.serf.layer import Serf
 
 log = logging.getLogger("discovery.host")
 
 
-@dataclass(slots=True)
-class MetadataServerStats:
-    """The metadata service's counters: what it answered and what it dropped."""
+@dataclass(frozen=True, slots=True)
+class MetadataServerStatistics:
+    """A snapshot of the metadata service's counters: what it answered and what it dropped
+    (see :meth:`ServiceHost.statistics`)."""
 
     answered: int = 0
     unknown_service: int = 0
@@ -90,7 +92,7 @@ class ServiceHost:
         self._slots = trio.Semaphore(max_connections)
         self._request_timeout = request_timeout
         self._cancel_grace = cancel_grace
-        self.stats = MetadataServerStats()
+        self._statistics = MetadataServerStatistics()
         self._lifecycle = Lifecycle(node.name)
         self._registrations: dict[str, _Registration] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
@@ -312,6 +314,10 @@ class ServiceHost:
 
     # ------------------------------------------------------------------ metadata service
 
+    def statistics(self) -> MetadataServerStatistics:
+        """The metadata service's counters as they stand now."""
+        return self._statistics
+
     async def _serve_metadata(self, listener: trio.SocketListener) -> None:
         async with listener:
             await trio.serve_listeners(self._answer, [listener])
@@ -320,19 +326,19 @@ class ServiceHost:
         """One request, one answer; bad input is dropped and counted, never raised."""
         async with stream:
             if self._slots.value == 0:
-                self.stats.refused += 1
+                self._statistics = bump(self._statistics, "refused")
                 return
             async with self._slots:
                 with trio.move_on_after(self._request_timeout) as scope:
                     try:
                         await self._answer_one(stream)
                     except ProtocolError as exc:
-                        self.stats.bad_requests += 1
+                        self._statistics = bump(self._statistics, "bad_requests")
                         log.debug("dropped a metadata request: %s", exc.reason)
                     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.stats.broken += 1
+                        self._statistics = bump(self._statistics, "broken")
                 if scope.cancelled_caught:
-                    self.stats.timeouts += 1
+                    self._statistics = bump(self._statistics, "timeouts")
 
     async def _answer_one(self, stream: trio.SocketStream) -> None:
         """Read one request and answer it, sealed with the node's keyring when it has one."""
@@ -349,12 +355,12 @@ class ServiceHost:
             raise ProtocolError("a sealed request needs a nonce for its answer to echo")
         registration = self._registrations.get(request.service)
         if registration is None:
-            self.stats.unknown_service += 1
+            self._statistics = bump(self._statistics, "unknown_service")
             reply: dict[str, Any] = {
                 "error": f"service {request.service!r} is not registered on this node"
             }
         else:
-            self.stats.answered += 1
+            self._statistics = bump(self._statistics, "answered")
             reply = {"revision": registration.record.revision, "metadata": registration.metadata}
         if request.nonce:
             reply["nonce"] = request.nonce

@@ -77,17 +77,17 @@ async def test_metadata_is_fetched_on_demand_and_refetched_after_a_change(
         await host.register("web", 8080, metadata={"zone": "eu", "features": ["gzip"]})
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
-            assert host.stats.answered == 0  # nothing fetched until asked
+            assert host.statistics().answered == 0  # nothing fetched until asked
             assert await discovery.metadata(web) == {"zone": "eu", "features": ["gzip"]}
             assert await discovery.metadata(web) == {"zone": "eu", "features": ["gzip"]}
-            assert host.stats.answered == 1  # the second came from the cache
+            assert host.statistics().answered == 1  # the second came from the cache
             watch = discovery.watch("web")
             await next_change(watch)  # the instance as it is now
             revision = await host.update_metadata("web", {"zone": "us"})
             change = await next_change(watch)
             assert change.kind is ChangeKind.CHANGED and change.instance.revision == revision
             assert await discovery.metadata(change.instance) == {"zone": "us"}
-            assert host.stats.answered == 2
+            assert host.statistics().answered == 2
             assert await discovery.resolve("web", metadata={"zone": "us"}) == [change.instance]
             with pytest.raises(NoInstances, match="none has metadata"):
                 await discovery.resolve("web", metadata={"zone": "eu"})
@@ -131,8 +131,8 @@ async def test_the_metadata_service_drops_bad_input_and_keeps_answering(
             await unknown.send_all(struct.pack(">I", len(body)) + body)
             reply = await unknown.receive_some(1000)
             assert b"not registered" in reply
-        assert (host.stats.bad_requests, host.stats.timeouts) == (3, 1)
-        assert host.stats.unknown_service == 1
+        stats = host.statistics()
+        assert (stats.bad_requests, stats.timeouts, stats.unknown_service) == (3, 1, 1)
         async with Discovery(a) as discovery:
             (web,) = discovery.instances("web")
             assert await discovery.metadata(web) == {"zone": "eu"}
@@ -164,7 +164,7 @@ async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refus
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
             assert await discovery.metadata(web) == secret
-        assert host.stats.answered == 1
+        assert host.statistics().answered == 1
         seal = FrameSeal(wire.Keyring([key]), b"core")
         nonce = bytes(NONCE_BYTES)
         request = {"service": "web", "revision": 0, "nonce": nonce}
@@ -178,7 +178,8 @@ async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refus
         assert await exchange(host.metadata_port, plaintext) == b""  # closed, no answer
         no_nonce = seal.frame({"service": "web", "revision": 0}, Direction.REQUEST)
         assert await exchange(host.metadata_port, no_nonce) == b""
-        assert (host.stats.answered, host.stats.bad_requests) == (2, 2)
+        stats = host.statistics()
+        assert (stats.answered, stats.bad_requests) == (2, 2)
 
 
 async def test_a_client_in_an_encrypted_cluster_refuses_a_plaintext_answer(
