@@ -3,21 +3,21 @@ in the simulator's virtual time.
 
 The decisions are discovery's own, unchanged: each client's :class:`~discovery.catalog.Catalog`
 is fed from its simulated engine's member list, a :class:`~discovery.balancer.Strategy` and
-:class:`~discovery.failover.CallPlan` choose every attempt, and each instance's
-:class:`~discovery.lifecycle.Lifecycle` accepts, refuses and drains its requests.  This module
-only carries them through virtual time on a :class:`~simulator.cluster.Cluster`, as
-:class:`~discovery.client.Discovery` and :class:`~discovery.host.ServiceHost` carry them
-through trio:
+:class:`~discovery.failover.CallPlan` choose every attempt, and each instance's drain is its
+:class:`~discovery.lifecycle.Lifecycle`, the state machine :meth:`~discovery.host.ServiceHost.
+drain` drives over trio.  This module only carries them through virtual time on a
+:class:`~simulator.cluster.Cluster`, as :class:`~discovery.client.Discovery` and
+:class:`~discovery.host.ServiceHost` carry them through trio:
 
 - an instance is a node whose memberlist metadata is its Serf tags with the service record
   (``svc.<service>``) from the start of its process, as a Serf agent's tags are, so its join
-  carries them (a restarted instance starts with them again); a drain adds ``svc-draining=1``
-  with ``update_meta``;
+  carries them (a restarted instance starts with them again); announcing a drain adds
+  ``svc-draining=1`` with ``update_meta``;
 - a client's catalog is brought up to date from its own engine's member list just before each
   attempt, which is when :class:`~discovery.client.Discovery` reads its catalog too (it applies
   membership events as they come, and nothing reads the catalog in between);
-- a drain runs :meth:`~discovery.host.ServiceHost.drain`'s steps: announce draining, refuse new
-  requests, wait for those in flight until the drain timeout, cut off what remains, leave.
+- cutting off a request closes it without an answer at once; a leave is over when the cluster
+  has stopped the node.
 
 How a call spends virtual time (a deliberately simple model; calls draw no randomness from the
 cluster, so they do not disturb the protocol's own): an attempt reaches its instance half a
@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from discovery import lifecycle
 from discovery.balancer import LeastOutstanding, RoundRobin, Strategy, Weighted
 from discovery.balancer import Random as RandomStrategy
 from discovery.catalog import Catalog, Change, ChangeKind, Health, Instance, lookup
@@ -443,12 +444,15 @@ class _Drain:
 class _Process:
     """One run of an instance's process: its lifecycle and the requests it works on."""
 
-    __slots__ = ("drain", "lifecycle", "requests")
+    __slots__ = ("drain", "lifecycle", "name", "requests", "wake_at")
 
     def __init__(self, name: str) -> None:
+        self.name = name
         self.lifecycle = Lifecycle(name)
         self.requests: dict[int, _Attempt] = {}
         self.drain: _Drain | None = None
+        self.wake_at: float | None = None
+        """When the lifecycle is next due a tick, once scheduled."""
 
 
 class _Call:
@@ -616,47 +620,66 @@ class _Run:
         self.down -= 1
 
     def _drain(self, fault: DrainInstance) -> None:
-        """ServiceHost.drain: announce, refuse new work, wait for what is in flight."""
         process = self._serving(fault)
-        deadline = process.lifecycle.drain(self.cluster.now, fault.timeout)
         process.drain = self.drains[fault.instance] = _Drain(fault)
-        meta = self._tags(draining=True)
-        self.cluster.command(fault.instance, lambda engine, now: engine.update_meta(meta, now))
         self._went_down(fault.instance, "drain")
-        if process.lifecycle.idle:
-            self._leave(fault.instance, process)
-        else:
-            self.cluster.at(deadline, functools.partial(self._drain_deadline, fault, process))
+        process.lifecycle.drain(self.cluster.now, fault.timeout)
+        self._drive(process)
 
-    def _drain_deadline(self, fault: DrainInstance, process: _Process) -> None:
-        if process.lifecycle.phase is Phase.DRAINING:
-            self._leave(fault.instance, process)
+    def _drive(self, process: _Process) -> None:
+        """Carry out what the instance's lifecycle asks for, as ServiceHost.drain does over
+        trio, and wake the lifecycle at its next deadline."""
+        cluster, life = self.cluster, process.lifecycle
+        while actions := life.take_actions():
+            for action in actions:
+                match action:
+                    case lifecycle.Announce():
+                        self._announce(process.name)
+                        life.announced(cluster.now)
+                    case lifecycle.CutOff(work):
+                        back = cluster.now + self.calls.round_trip / 2
+                        for each in work:
+                            self._answer_at(back, process.requests.pop(each.id), CUT_OFF)
+                            life.end(each, cluster.now)
+                    case lifecycle.Leave():
+                        cluster.leave(process.name)
+                        cluster.at(cluster.now, functools.partial(self._await_stop, process))
+                    case lifecycle.Finished(report):
+                        self._stopped(process, report)
+        deadline = life.next_deadline()
+        if deadline is not None and deadline != process.wake_at:
+            process.wake_at = deadline
+            cluster.at(deadline, functools.partial(self._wake, process))
 
-    def _leave(self, name: str, process: _Process) -> None:
-        """Cut off what is still in flight, and leave the cluster."""
-        back = self.cluster.now + self.calls.round_trip / 2
-        for work in process.lifecycle.leave():
-            process.lifecycle.end(work)
-            self._answer_at(back, process.requests.pop(work.id), CUT_OFF)
-        self.cluster.leave(name)
-        self.cluster.at(self.cluster.now, functools.partial(self._await_stop, name, process))
+    def _announce(self, name: str) -> None:
+        """The draining tag, by gossip: a metadata update, which goes out at once."""
+        meta = self._tags(draining=True)
+        self.cluster.command(name, lambda engine, now: engine.update_meta(meta, now))
 
-    def _await_stop(self, name: str, process: _Process) -> None:
-        """Once the leave has gone out and the node stopped: the drain's report."""
+    def _wake(self, process: _Process) -> None:
+        process.lifecycle.tick(self.cluster.now)
+        self._drive(process)
+
+    def _await_stop(self, process: _Process) -> None:
+        """The leave is over once it has gone out and the cluster has stopped the node."""
         cluster = self.cluster
-        if cluster.is_running(name):
-            cluster.at(cluster.now + LEAVE_POLL, functools.partial(self._await_stop, name, process))
+        if cluster.is_running(process.name):
+            cluster.at(cluster.now + LEAVE_POLL, functools.partial(self._await_stop, process))
             return
-        del self.processes[name]
-        drain = process.drain
+        process.lifecycle.left(cluster.now, ok=True)
+        self._drive(process)
+
+    def _stopped(self, process: _Process, report: DrainReport) -> None:
+        """The drain is over: record how it went, and restart the instance if it should."""
+        name, drain, now = process.name, process.drain, self.cluster.now
         assert drain is not None
-        report = process.lifecycle.stopped(cluster.now, left=True)
+        del self.processes[name]
         self.drain_outcomes.append(
             DrainOutcome(name, report, drain.refused, len(drain.saw), drain.chosen)
         )
-        self.fault_log.append(FaultRecord(cluster.now, name, "stopped"))
+        self.fault_log.append(FaultRecord(now, name, "stopped"))
         if drain.fault.restart_after is not None:
-            self._restart_at(cluster.now + drain.fault.restart_after, name)
+            self._restart_at(now + drain.fault.restart_after, name)
 
     # ------------------------------------------------------------------ clients
 
@@ -740,18 +763,16 @@ class _Run:
             self._answer_at(back, attempt, NOT_ACCEPTING)
             return
         process.requests[work.id] = attempt
-        done = functools.partial(self._served, name, process, work)
-        cluster.at(cluster.now + calls.service_time, done)
+        cluster.at(cluster.now + calls.service_time, functools.partial(self._served, process, work))
 
-    def _served(self, name: str, process: _Process, work: Work) -> None:
+    def _served(self, process: _Process, work: Work) -> None:
         """The instance finished a request, unless it crashed or cut it off meanwhile."""
         attempt = process.requests.pop(work.id, None)
         if attempt is None:
             return
-        process.lifecycle.end(work)
+        process.lifecycle.end(work, self.cluster.now)
         self._answer_at(self.cluster.now + self.calls.round_trip / 2, attempt, None)
-        if process.lifecycle.phase is Phase.DRAINING and process.lifecycle.idle:
-            self._leave(name, process)
+        self._drive(process)
 
     def _answer_at(self, when: float, attempt: _Attempt, error: str | None) -> None:
         self.cluster.at(when, functools.partial(self._answer, attempt, error))
