@@ -33,7 +33,7 @@ from discovery.catalog import (
     UnknownService,
     lookup,
 )
-from discovery.failover import FailoverPolicy
+from discovery.failover import Done, FailoverPolicy, GiveUp, Lookup, Try
 from discovery.introspection import (
     NONCE_BYTES,
     Direction,
@@ -298,35 +298,40 @@ class Discovery:
         (``retry_on``) mark it locally unavailable and try another, within the failover
         policy's retry budget and ``timeout``.  Raises :class:`UnknownService` or
         :class:`NoInstances` when there is nothing to try, and
-        :class:`~discovery.failover.CallFailed` listing every attempt when all failed."""
+        :class:`~discovery.failover.CallFailed` listing every attempt when all failed.  The
+        decisions are :class:`~discovery.failover.CallPlan`'s; this loop carries them out."""
 
-        async def candidates() -> list[Instance]:
-            return await self.resolve(
-                service, group=group, version=version, cluster=cluster, metadata=metadata
-            )
+        async def found() -> list[Instance] | LookupError:
+            try:
+                return await self.resolve(
+                    service, group=group, version=version, cluster=cluster, metadata=metadata
+                )
+            except LookupError as exc:
+                return exc
 
         now = trio.current_time()
         deadline = None if timeout is None else now + timeout
-        plan = self.failover.plan(service, now, deadline)
-        pool = await candidates()
+        plan = self.failover.plan(service, self.strategy, now, deadline)
         while True:
-            instance = plan.next(pool, self.strategy, trio.current_time())
-            if instance is None:
-                raise plan.error()
-            self.strategy.started(instance)
-            try:
-                with trio.move_on_at(math.inf if deadline is None else deadline):
-                    return await request(instance)
-                plan.failed(instance, "deadline passed", trio.current_time(), mark=False)
-            except retry_on as exc:
-                log.info("call to %s failed: %s", instance, _describe(exc))
-                plan.failed(instance, _describe(exc), trio.current_time())
-            finally:
-                self.strategy.finished(instance)
-            try:
-                pool = await candidates()  # gossip may have news since the last attempt
-            except LookupError:
-                pool = []
+            match plan.step:
+                case Lookup():
+                    plan.resolved(await found(), trio.current_time())
+                case Try(instance):
+                    try:
+                        with trio.move_on_at(math.inf if deadline is None else deadline):
+                            result = await request(instance)
+                            plan.finished(trio.current_time())
+                        plan.tick(trio.current_time())  # gives up if the deadline cut it short
+                    except retry_on as exc:
+                        log.info("call to %s failed: %s", instance, _describe(exc))
+                        plan.failed(_describe(exc), trio.current_time())
+                    except BaseException:  # not the instance's failure: the caller's to handle
+                        plan.finished(trio.current_time())
+                        raise
+                case Done():
+                    return result
+                case GiveUp(error):
+                    raise error
 
     # ------------------------------------------------------------------ feeding the catalogs
 
