@@ -48,9 +48,7 @@ async def test_a_registered_service_is_discovered_on_another_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         async with Discovery(b) as discovery:
             watch = discovery.watch("web")
             await host.register("web", 8080, group="blue", version="1.2")
@@ -71,9 +69,7 @@ async def test_metadata_is_fetched_on_demand_and_refetched_after_a_change(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         await host.register("web", 8080, metadata={"zone": "eu", "features": ["gzip"]})
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
@@ -157,9 +153,7 @@ async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refus
     key = bytes(range(16))
     secret = {"vault": "eu-secret-7"}
     async with cluster() as c:
-        a, host = await c.host("a", core, keyring=wire.Keyring([key]))
-        b = await c.node("b", core, keyring=wire.Keyring([key]))
-        await b.join([seed_of(a)])
+        host, b = await c.pair(core, key=key)
         await host.register("web", 8080, metadata=secret)
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
@@ -238,9 +232,7 @@ async def test_draining_waits_for_requests_in_flight_then_leaves(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         await host.register("web", 8080)
         finished: list[str] = []
 
@@ -275,9 +267,7 @@ async def test_draining_cuts_off_what_outlasts_the_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         outcome: list[str] = []
 
         async def stuck() -> None:
@@ -308,14 +298,12 @@ async def test_bootstrap_from_the_cache_with_the_cluster_unreachable(
 ) -> None:
     cache = tmp_path / "discovery.json"
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         port, server = await echo_server(c.nursery, "a")
         await host.register("echo", port, group="blue")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
         async with Discovery(b, cache_file=cache) as discovery:
             await discovery.resolve("echo", wait=10)
-        seed = seed_of(a)
+        seed = seed_of(host.node)
         c.crash("b")
         # a new process: the only seed does not answer
         lonely, lonely_host = await c.host("lonely")
@@ -342,17 +330,15 @@ async def test_cached_entries_are_confirmed_by_gossip(
 ) -> None:
     cache = tmp_path / "discovery.json"
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         await host.register("web", 8080)
-        b = await c.node("b")
-        await b.join([seed_of(a)])
-        async with Discovery(b, cache_file=cache):
-            pass
+        async with Discovery(b, cache_file=cache) as discovery:
+            await discovery.resolve("web", wait=10)
         fresh = await c.node("fresh")
         async with Discovery(fresh, cache_file=cache) as discovery:
             watch = discovery.watch("web")
             assert (await next_change(watch)).instance.stale
-            await fresh.join([seed_of(a)])
+            await fresh.join([seed_of(host.node)])
             change = await next_change(watch)
             assert change.kind is ChangeKind.CHANGED and not change.instance.stale
 
@@ -361,10 +347,8 @@ async def test_fail_fast_at_start_up_or_wait_lazily(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         await host.register("web", 8080)
-        b = await c.node("b")
-        await b.join([seed_of(a)])
         async with Discovery(b) as discovery:
             await discovery.require(["web"], timeout=10)
             with pytest.raises(MissingServices) as error:
@@ -457,9 +441,7 @@ async def test_a_watcher_that_falls_behind_is_told_how_many_changes_it_lost(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         async with Discovery(b, watch_buffer=1) as discovery:
             watch = discovery.watch("web")
             for zone in ("eu", "us", "ap"):
