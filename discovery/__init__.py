@@ -3,8 +3,10 @@
 Serving side: :class:`ServiceHost` registers instances in the node's Serf tags, serves their
 metadata, and drains.  Calling side: :class:`Discovery` resolves, watches and calls services
 with failover, over one cluster or several.  The decisions underneath (:class:`Catalog`, the
-strategies, :class:`FailoverPolicy`, :class:`Lifecycle`) do no I/O, so a simulator can drive them:
-:mod:`discovery.simulation` does, in virtual time, with instances crashing, restarting and draining.
+strategies, :class:`FailoverPolicy`, and the state machines of a call with failover,
+:class:`CallPlan`, and of a drain, :class:`Lifecycle`) do no I/O, so a simulator drives the same
+objects: :mod:`discovery.simulation` does, in virtual time, with instances crashing, restarting
+and draining.
 """
 
 from discovery.balancer import LeastOutstanding, Random, RoundRobin, Strategy, Weighted

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from discovery.records import DEFAULT_WEIGHT, NodeRecord, read_tags
 from swim import wire
+from swim.logs import bump
 from swim.members import Address, Member, MemberState
 from swim.wire import serf as serf_wire
 
@@ -130,10 +131,13 @@ class Filter:
         return ", ".join(parts) or "none"
 
 
-@dataclass(slots=True)
-class CatalogStats:
+@dataclass(frozen=True, slots=True)
+class CatalogStatistics:
+    """A snapshot of what a catalog could not read, since it was made (see
+    :meth:`Catalog.statistics`); what it skipped is counted, never raised."""
+
     bad_tags: int = 0
-    """Members whose metadata is not Serf tags."""
+    """Member snapshots whose metadata is not Serf tags."""
     bad_records: int = 0
     """``svc.`` tags that could not be read."""
 
@@ -148,7 +152,7 @@ class Catalog:
 
     def __init__(self, cluster: str = "") -> None:
         self.cluster = cluster
-        self.stats = CatalogStats()
+        self._statistics = CatalogStatistics()
         self._nodes: dict[str, dict[str, Instance]] = {}
         self._services: dict[str, dict[str, Instance]] = {}
         self._known: dict[str, None] = {}
@@ -231,16 +235,22 @@ class Catalog:
     def all_instances(self) -> list[Instance]:
         return [i for node in self._nodes.values() for i in node.values()]
 
+    def statistics(self) -> CatalogStatistics:
+        """The counters as they stand now."""
+        return self._statistics
+
     # ------------------------------------------------------------------ plumbing
 
     def _read(self, member: Member) -> NodeRecord:
         try:
             tags = serf_wire.decode_tags(member.meta)
         except wire.DecodeError:
-            self.stats.bad_tags += 1
+            self._statistics = bump(self._statistics, "bad_tags")
             tags = {}
         record = read_tags(tags)
-        self.stats.bad_records += record.invalid
+        if record.invalid:
+            bad = self._statistics.bad_records + record.invalid
+            self._statistics = dataclasses.replace(self._statistics, bad_records=bad)
         return record
 
     def _replace(self, node: str, fresh: dict[str, Instance]) -> list[Change]:

@@ -9,14 +9,13 @@ and keeps the catalog in a cache file to bootstrap from when no peer answers.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
 import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from discovery.catalog import (
     UnknownService,
     lookup,
 )
-from discovery.failover import FailoverPolicy
+from discovery.failover import Done, FailoverPolicy, GiveUp, Lookup, Try
 from discovery.introspection import (
     NONCE_BYTES,
     Direction,
@@ -58,6 +57,7 @@ from swim.events import (
 )
 from swim.members import MemberState
 from swim.node import EventsLost, EventStream, Node
+from swim.queues import LossyQueue
 
 log = logging.getLogger("discovery.client")
 T = TypeVar("T")
@@ -86,35 +86,9 @@ class ChangesLost:
     count: int
 
 
-@dataclass(eq=False)
-class Watch:
-    """Changes to one service, buffered up to ``capacity``; iterate it with ``async for``."""
-
-    service: str
-    capacity: int
-    _queue: collections.deque[Change | ChangesLost] = field(default_factory=collections.deque)
-    _lost: int = 0
-    _ready: trio.Event = field(default_factory=trio.Event)
-
-    def _put(self, change: Change) -> None:
-        if len(self._queue) >= self.capacity:
-            self._queue.popleft()
-            self._lost += 1
-        self._queue.append(change)
-        self._ready.set()
-
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> Change | ChangesLost:
-        await trio.lowlevel.checkpoint()
-        while not self._queue:
-            self._ready = trio.Event()
-            await self._ready.wait()
-        if self._lost:
-            lost, self._lost = self._lost, 0
-            return ChangesLost(lost)
-        return self._queue.popleft()
+Watch = LossyQueue[Change, ChangesLost]
+"""Changes to one service, buffered up to ``watch_buffer``; iterate it with ``async for``.  A
+watcher that falls behind loses the oldest changes and is handed :class:`ChangesLost` first."""
 
 
 class Discovery:
@@ -239,11 +213,11 @@ class Discovery:
 
     def watch(self, service: str) -> Watch:
         """Changes to ``service`` from now on, starting with its instances now as ``ADDED``."""
-        watch = Watch(service, self._watch_buffer)
+        watch = Watch(self._watch_buffer, ChangesLost)
         for catalog in self.catalogs.values():
             for instance in catalog.instances(service):
                 if instance.health.available:
-                    watch._put(Change(ChangeKind.ADDED, instance))
+                    watch.put(Change(ChangeKind.ADDED, instance))
         self._watches.setdefault(service, weakref.WeakSet()).add(watch)
         return watch
 
@@ -324,35 +298,40 @@ class Discovery:
         (``retry_on``) mark it locally unavailable and try another, within the failover
         policy's retry budget and ``timeout``.  Raises :class:`UnknownService` or
         :class:`NoInstances` when there is nothing to try, and
-        :class:`~discovery.failover.CallFailed` listing every attempt when all failed."""
+        :class:`~discovery.failover.CallFailed` listing every attempt when all failed.  The
+        decisions are :class:`~discovery.failover.CallPlan`'s; this loop carries them out."""
 
-        async def candidates() -> list[Instance]:
-            return await self.resolve(
-                service, group=group, version=version, cluster=cluster, metadata=metadata
-            )
+        async def found() -> list[Instance] | LookupError:
+            try:
+                return await self.resolve(
+                    service, group=group, version=version, cluster=cluster, metadata=metadata
+                )
+            except LookupError as exc:
+                return exc
 
         now = trio.current_time()
         deadline = None if timeout is None else now + timeout
-        plan = self.failover.plan(service, now, deadline)
-        pool = await candidates()
+        plan = self.failover.plan(service, self.strategy, now, deadline)
         while True:
-            instance = plan.next(pool, self.strategy, trio.current_time())
-            if instance is None:
-                raise plan.error()
-            self.strategy.started(instance)
-            try:
-                with trio.move_on_at(math.inf if deadline is None else deadline):
-                    return await request(instance)
-                plan.failed(instance, "deadline passed", trio.current_time(), mark=False)
-            except retry_on as exc:
-                log.info("call to %s failed: %s", instance, _describe(exc))
-                plan.failed(instance, _describe(exc), trio.current_time())
-            finally:
-                self.strategy.finished(instance)
-            try:
-                pool = await candidates()  # gossip may have news since the last attempt
-            except LookupError:
-                pool = []
+            match plan.step:
+                case Lookup():
+                    plan.resolved(await found(), trio.current_time())
+                case Try(instance):
+                    try:
+                        with trio.move_on_at(math.inf if deadline is None else deadline):
+                            result = await request(instance)
+                            plan.finished(trio.current_time())
+                        plan.tick(trio.current_time())  # gives up if the deadline cut it short
+                    except retry_on as exc:
+                        log.info("call to %s failed: %s", instance, _describe(exc))
+                        plan.failed(_describe(exc), trio.current_time())
+                    except BaseException:  # not the instance's failure: the caller's to handle
+                        plan.finished(trio.current_time())
+                        raise
+                case Done():
+                    return result
+                case GiveUp(error):
+                    raise error
 
     # ------------------------------------------------------------------ feeding the catalogs
 
@@ -379,7 +358,7 @@ class Discovery:
             return
         for change in changes:
             for watch in list(self._watches.get(change.instance.service, ())):
-                watch._put(change)
+                watch.put(change)
         self._dirty = True
         self._changed.set()
         self._changed = trio.Event()

@@ -2,21 +2,27 @@
 
 A connection failure marks the instance locally unavailable.  The mark clears when gossip shows
 the instance alive at a newer incarnation than when it failed (it restarted, or refuted a
-suspicion), or after a cool-down.  A :class:`CallPlan` runs one call's attempts within a retry
-budget and a deadline.  No I/O and no clock: ``now`` is always passed in, so the trio helper and
-a simulator drive the same decisions.
+suspicion), or after a cool-down.  A :class:`CallPlan` is one call with failover as a sans-IO
+state machine: it says what to do next (:class:`Lookup` the service, :class:`Try` an instance,
+:class:`Done`, or :class:`GiveUp` with the error to raise) and is told how each step went, with
+``now``.  :meth:`discovery.client.Discovery.call` drives it over real connections and
+:mod:`discovery.simulation` in virtual time, so both fail over by the same rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from discovery.balancer import Strategy, preferred
 from discovery.catalog import Health, Instance
 
 _PRUNE_AT = 4096
 """Marks kept before expired ones are swept (marks of instances never seen again)."""
+
+DEADLINE_PASSED = "deadline passed"
+"""The error of an attempt still running at the call's deadline."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,8 @@ class FailoverPolicy:
     """Local unavailability marks, and the retry budget for calls.
 
     ``retries`` is how many further instances a call may try after the first fails;
-    ``cooldown`` is how long a failed instance is avoided unless gossip clears it sooner.
+    ``cooldown`` is how long a failed instance is avoided unless gossip clears it sooner (0:
+    not at all).
     """
 
     def __init__(self, *, retries: int = 2, cooldown: float = 30.0) -> None:
@@ -77,57 +84,162 @@ class FailoverPolicy:
             return False
         return True
 
-    def plan(self, service: str, now: float, deadline: float | None = None) -> CallPlan:
-        """The attempts of one call to ``service``, which must end by ``deadline``."""
-        return CallPlan(self, service, now, deadline)
+    def plan(
+        self, service: str, strategy: Strategy, now: float, deadline: float | None = None
+    ) -> CallPlan:
+        """One call to ``service``, choosing with ``strategy``, which must end by ``deadline``."""
+        return CallPlan(self, strategy, service, now, deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Look the service up (again: gossip may have news) and pass what was found, or the
+    lookup's error, to :meth:`CallPlan.resolved`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Try:
+    """Send the request to ``instance``, and tell the plan how it went:
+    :meth:`~CallPlan.finished`, :meth:`~CallPlan.failed`, or :meth:`~CallPlan.tick` at its
+    :meth:`~CallPlan.next_deadline`."""
+
+    instance: Instance
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The call is over: ``instance`` answered."""
+
+    instance: Instance
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The call failed: raise ``error``.  It is the lookup's :class:`~discovery.catalog.
+    UnknownService` or :class:`~discovery.catalog.NoInstances` when there was nothing to try
+    at all, else :class:`CallFailed` listing every attempt."""
+
+    error: LookupError | CallFailed
+
+
+Step = Lookup | Try | Done | GiveUp
+_S = TypeVar("_S", Lookup, Try)
 
 
 class CallPlan:
-    """One call's attempts: :meth:`next` says where to try, :meth:`failed` records a failure.
+    """One call's attempts, as a state machine; :attr:`step` is what the driver must do now.
 
-    An instance is tried at most once per call.  Marked instances are tried only when no other
-    candidate remains, so a blip that marked every instance does not fail calls until the
-    cool-down ends.
+    It starts with :class:`Lookup`.  The strategy picks among the best candidates (see
+    :func:`~discovery.balancer.preferred`), and is told when each attempt starts and ends.  An
+    instance is tried at most once per call.  A failed attempt marks its instance; marked
+    instances are tried only when no other candidate remains, so a blip that marked every
+    instance does not fail calls until the cool-down ends.  An attempt cut short by the
+    deadline marks nothing: the failure is the call's, not the instance's.
     """
 
     def __init__(
-        self, policy: FailoverPolicy, service: str, now: float, deadline: float | None
+        self,
+        policy: FailoverPolicy,
+        strategy: Strategy,
+        service: str,
+        now: float,
+        deadline: float | None,
     ) -> None:
         self.policy = policy
+        self.strategy = strategy
         self.service = service
         self.started = now
         self.deadline = deadline
         self.attempts: list[Attempt] = []
+        """The failed attempts so far."""
+        self.step: Step = Lookup()
         self._tried: set[tuple[str, str, str]] = set()
-        self.reason = ""
-        """Why :meth:`next` returned None."""
 
-    def next(
-        self, candidates: Sequence[Instance], strategy: Strategy, now: float
-    ) -> Instance | None:
-        """The instance to try now, or None when the call must give up (see :attr:`reason`)."""
-        if self.deadline is not None and now >= self.deadline:
-            self.reason = f"deadline of {self.deadline - self.started:g} s passed"
-            return None
-        if len(self.attempts) > self.policy.retries:
-            self.reason = f"retry budget of {self.policy.retries} spent"
-            return None
-        pool = [i for i in candidates if i.health.available and i.key not in self._tried]
-        if not pool:
-            self.reason = "no other instance available"
-            return None
-        best = preferred(pool, lambda i: self.policy.is_marked(i, now))
-        choice = strategy.pick(self.service, best)
-        self._tried.add(choice.key)
-        return choice
+    # ------------------------------------------------------------------ inputs
 
-    def failed(self, instance: Instance, error: str, now: float, *, mark: bool = True) -> None:
-        """The attempt on ``instance`` failed; ``mark`` it unavailable when the failure is the
-        instance's (a refused or broken connection), not the call's (its deadline)."""
+    def resolved(self, found: Sequence[Instance] | LookupError, now: float) -> Step:
+        """The service's instances as just looked up, or why the lookup failed: the next step
+        is :class:`Try` or :class:`GiveUp`."""
+        self._expect(Lookup, "resolved")
+        if isinstance(found, LookupError):
+            if not self.attempts:
+                return self._go(GiveUp(found))
+            found = []  # after a failure, nothing found is nothing left to try
+        reason = self._spent(now)
+        if reason is None:
+            pool = [i for i in found if i.health.available and i.key not in self._tried]
+            if pool:
+                best = preferred(pool, lambda i: self.policy.is_marked(i, now))
+                choice = self.strategy.pick(self.service, best)
+                self._tried.add(choice.key)
+                self.strategy.started(choice)
+                return self._go(Try(choice))
+            reason = "no other instance available"
+        return self._give_up(reason)
+
+    def finished(self, now: float) -> Step:
+        """The attempt is over without a connection failure: it answered (or raised something
+        the call does not retry, or was cancelled, which the driver passes on).  :class:`Done`."""
+        instance = self._expect(Try, "finished").instance
+        self.strategy.finished(instance)
+        return self._go(Done(instance))
+
+    def failed(self, error: str, now: float) -> Step:
+        """The attempt failed to connect or broke (``error`` says how): the instance is marked,
+        and the next step is another :class:`Lookup`, or :class:`GiveUp` when the deadline or
+        the retry budget leaves no further attempt."""
+        instance = self._expect(Try, "failed").instance
+        self.strategy.finished(instance)
         self.attempts.append(Attempt(instance, error))
-        if mark:
-            self.policy.mark(instance, now)
+        self.policy.mark(instance, now)
+        reason = self._spent(now)
+        return self._go(Lookup()) if reason is None else self._give_up(reason)
 
-    def error(self) -> CallFailed:
-        """The error to raise once :meth:`next` has returned None."""
-        return CallFailed(self.service, self.reason, self.attempts)
+    def tick(self, now: float) -> Step:
+        """Time has reached :meth:`next_deadline`: the attempt in flight is cut short and the
+        call gives up.  Before it, nothing changes."""
+        late = self._late(now)
+        if not isinstance(self.step, Try) or late is None:
+            return self.step
+        instance = self.step.instance
+        self.strategy.finished(instance)
+        self.attempts.append(Attempt(instance, DEADLINE_PASSED))
+        return self._give_up(late)
+
+    # ------------------------------------------------------------------ outputs
+
+    def next_deadline(self) -> float | None:
+        """When an attempt in flight must be cut short (call :meth:`tick`); None when no
+        attempt is in flight or the call has no deadline."""
+        return self.deadline if isinstance(self.step, Try) else None
+
+    # ------------------------------------------------------------------ the rules
+
+    def _late(self, now: float) -> str | None:
+        """Why the call is out of time, or None."""
+        if self.deadline is not None and now >= self.deadline:
+            return f"deadline of {self.deadline - self.started:g} s passed"
+        return None
+
+    def _spent(self, now: float) -> str | None:
+        """Why no further attempt may start now, or None."""
+        late = self._late(now)
+        if late is None and len(self.attempts) > self.policy.retries:
+            return f"retry budget of {self.policy.retries} spent"
+        return late
+
+    def _expect(self, step: type[_S], what: str) -> _S:
+        current = self.step
+        if not isinstance(current, step):
+            raise RuntimeError(
+                f"the call to {self.service!r} is at {type(current).__name__}, not "
+                f"{step.__name__}: {what}() does not apply"
+            )
+        return current
+
+    def _give_up(self, reason: str) -> Step:
+        return self._go(GiveUp(CallFailed(self.service, reason, self.attempts)))
+
+    def _go(self, step: Step) -> Step:
+        self.step = step
+        return step

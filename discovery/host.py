@@ -4,13 +4,15 @@
 node's metadata service (see :mod:`discovery.introspection`), tracks requests and background
 tasks in flight, drains in the design note's five steps, and raises the alarm when the node is
 cut off from every peer.  Every decision is in :mod:`discovery.records` and
-:mod:`discovery.lifecycle`; this module moves bytes and waits.
+:mod:`discovery.lifecycle` (the drain's state machine, which this module drives over trio);
+this module moves bytes and waits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from typing import Any
 
 import trio
 
+from discovery import lifecycle
 from discovery.introspection import (
     MAX_REQUEST_BYTES,
     SEAL_OVERHEAD,
@@ -34,15 +37,17 @@ from discovery.lifecycle import DrainReport, Kind, Lifecycle, Work
 from discovery.records import DEFAULT_WEIGHT, ServiceRecord, check_name, check_size, write_tags
 from swim.background import Background
 from swim.events import Isolated, Reconnected
+from swim.logs import bump
 from swim.node import EventStream, JoinError, Node
 from swim.serf.layer import Serf
 
 log = logging.getLogger("discovery.host")
 
 
-@dataclass(slots=True)
-class MetadataServerStats:
-    """The metadata service's counters: what it answered and what it dropped."""
+@dataclass(frozen=True, slots=True)
+class MetadataServerStatistics:
+    """A snapshot of the metadata service's counters: what it answered and what it dropped
+    (see :meth:`ServiceHost.statistics`)."""
 
     answered: int = 0
     unknown_service: int = 0
@@ -71,7 +76,8 @@ class ServiceHost:
     advertises its port.  ``on_isolation`` is called with
     True when the node is cut off from every peer and with False when it reconnects; the node
     keeps serving meanwhile (give the :class:`~swim.node.Node` ``exit_when_isolated=`` to exit
-    instead after a grace time).
+    instead after a grace time).  ``cancel_grace`` is how long a drain waits for the work it
+    cut off to stop before it leaves.
     """
 
     def __init__(
@@ -89,9 +95,8 @@ class ServiceHost:
         self._on_isolation = on_isolation
         self._slots = trio.Semaphore(max_connections)
         self._request_timeout = request_timeout
-        self._cancel_grace = cancel_grace
-        self.stats = MetadataServerStats()
-        self._lifecycle = Lifecycle(node.name)
+        self._statistics = MetadataServerStatistics()
+        self._lifecycle = Lifecycle(node.name, cancel_grace=cancel_grace)
         self._registrations: dict[str, _Registration] = {}
         self._scopes: dict[int, trio.CancelScope] = {}
         self._work_ended = trio.Event()
@@ -242,13 +247,8 @@ class ServiceHost:
                 yield work
         finally:
             self._scopes.pop(work.id, None)
-            self._lifecycle.end(work)
+            self._lifecycle.end(work, trio.current_time())
             self._work_ended.set()
-
-    async def _until_idle(self) -> None:
-        while not self._lifecycle.idle:
-            self._work_ended = trio.Event()
-            await self._work_ended.wait()
 
     # ------------------------------------------------------------------ drain
 
@@ -256,32 +256,54 @@ class ServiceHost:
         """Shut down gracefully: announce draining through gossip, refuse new work, wait up to
         ``timeout`` for the requests and tasks in flight, cancel what remains, then leave the
         cluster.  Returns what was cut off."""
-        deadline = self._lifecycle.drain(trio.current_time(), timeout)
-        log.info("%s drains: %d in flight", self.node.name, len(self._lifecycle.in_flight))
-        with trio.move_on_at(deadline):
+        life = self._lifecycle
+        life.drain(trio.current_time(), timeout)
+        log.info("%s drains: %d in flight", self.node.name, len(life.in_flight))
+        while True:
+            actions = life.take_actions()
+            for action in actions:
+                match action:
+                    case lifecycle.Announce(by):
+                        await self._announce(by)
+                    case lifecycle.CutOff(work):
+                        self._cut_off(work)
+                    case lifecycle.Leave():
+                        await self._leave()
+                    case lifecycle.Finished(report):
+                        log.info("%s %s", self.node.name, report)
+                        return report
+            if not actions:  # wait for work to end, or for the next deadline
+                deadline = life.next_deadline()
+                self._work_ended = trio.Event()
+                with trio.move_on_at(math.inf if deadline is None else deadline):
+                    await self._work_ended.wait()
+                life.tick(trio.current_time())
+
+    async def _announce(self, by: float) -> None:
+        """Publish the draining tag; best effort: the drain goes on regardless."""
+        with trio.move_on_at(by):
             try:
                 async with self._tags_lock:
                     await self._publish(self._registrations)
-            except Exception as exc:  # announcing is best effort: drain and leave regardless
+            except Exception as exc:
                 log.warning("%s could not announce draining: %s", self.node.name, exc)
-            await self._until_idle()
-        cut_off = self._lifecycle.leave()
-        for work in cut_off:
-            self._scopes[work.id].cancel()
-        if cut_off:
-            cut = ", ".join(map(str, cut_off))
-            log.warning("%s cuts off at the drain deadline: %s", self.node.name, cut)
-            with trio.move_on_after(self._cancel_grace):
-                await self._until_idle()
+        self._lifecycle.announced(trio.current_time())
+
+    def _cut_off(self, work: tuple[Work, ...]) -> None:
+        log.warning(
+            "%s cuts off at the drain deadline: %s", self.node.name, ", ".join(map(str, work))
+        )
+        for each in work:
+            self._scopes[each.id].cancel()
+
+    async def _leave(self) -> None:
         left = True
         try:
             await self.node.leave(self.node.config.leave_timeout)
         except Exception as exc:  # the node may already have left or stopped
             log.warning("%s could not leave the cluster: %s", self.node.name, exc)
             left = False
-        report = self._lifecycle.stopped(trio.current_time(), left=left)
-        log.info("%s %s", self.node.name, report)
-        return report
+        self._lifecycle.left(trio.current_time(), ok=left)
 
     # ------------------------------------------------------------------ isolation
 
@@ -312,6 +334,10 @@ class ServiceHost:
 
     # ------------------------------------------------------------------ metadata service
 
+    def statistics(self) -> MetadataServerStatistics:
+        """The metadata service's counters as they stand now."""
+        return self._statistics
+
     async def _serve_metadata(self, listener: trio.SocketListener) -> None:
         async with listener:
             await trio.serve_listeners(self._answer, [listener])
@@ -320,19 +346,19 @@ class ServiceHost:
         """One request, one answer; bad input is dropped and counted, never raised."""
         async with stream:
             if self._slots.value == 0:
-                self.stats.refused += 1
+                self._statistics = bump(self._statistics, "refused")
                 return
             async with self._slots:
                 with trio.move_on_after(self._request_timeout) as scope:
                     try:
                         await self._answer_one(stream)
                     except ProtocolError as exc:
-                        self.stats.bad_requests += 1
+                        self._statistics = bump(self._statistics, "bad_requests")
                         log.debug("dropped a metadata request: %s", exc.reason)
                     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                        self.stats.broken += 1
+                        self._statistics = bump(self._statistics, "broken")
                 if scope.cancelled_caught:
-                    self.stats.timeouts += 1
+                    self._statistics = bump(self._statistics, "timeouts")
 
     async def _answer_one(self, stream: trio.SocketStream) -> None:
         """Read one request and answer it, sealed with the node's keyring when it has one."""
@@ -349,12 +375,12 @@ class ServiceHost:
             raise ProtocolError("a sealed request needs a nonce for its answer to echo")
         registration = self._registrations.get(request.service)
         if registration is None:
-            self.stats.unknown_service += 1
+            self._statistics = bump(self._statistics, "unknown_service")
             reply: dict[str, Any] = {
                 "error": f"service {request.service!r} is not registered on this node"
             }
         else:
-            self.stats.answered += 1
+            self._statistics = bump(self._statistics, "answered")
             reply = {"revision": registration.record.revision, "metadata": registration.metadata}
         if request.nonce:
             reply["nonce"] = request.nonce

@@ -1,23 +1,24 @@
 """Clients calling a service through failover while its instances crash, restart and drain,
 in the simulator's virtual time.
 
-The decisions are discovery's own, unchanged: each client's :class:`~discovery.catalog.Catalog`
-is fed from its simulated engine's member list, a :class:`~discovery.balancer.Strategy` and
-:class:`~discovery.failover.CallPlan` choose every attempt, and each instance's
-:class:`~discovery.lifecycle.Lifecycle` accepts, refuses and drains its requests.  This module
-only carries them through virtual time on a :class:`~simulator.cluster.Cluster`, as
-:class:`~discovery.client.Discovery` and :class:`~discovery.host.ServiceHost` carry them
-through trio:
+The decisions are discovery's own, the very objects the trio side runs: each client's
+:class:`~discovery.catalog.Catalog` is fed from its simulated engine's member list, each call is
+a :class:`~discovery.failover.CallPlan` (lookups, the strategy's picks, marks, the retry budget,
+giving up), and each instance's drain is its :class:`~discovery.lifecycle.Lifecycle`.  This
+module only carries out what those state machines ask for, in virtual time on a
+:class:`~simulator.cluster.Cluster`, as :meth:`~discovery.client.Discovery.call` and
+:meth:`~discovery.host.ServiceHost.drain` carry it out over trio:
 
 - an instance is a node whose memberlist metadata is its Serf tags with the service record
   (``svc.<service>``) from the start of its process, as a Serf agent's tags are, so its join
-  carries them (a restarted instance starts with them again); a drain adds ``svc-draining=1``
-  with ``update_meta``;
-- a client's catalog is brought up to date from its own engine's member list just before each
-  attempt, which is when :class:`~discovery.client.Discovery` reads its catalog too (it applies
-  membership events as they come, and nothing reads the catalog in between);
-- a drain runs :meth:`~discovery.host.ServiceHost.drain`'s steps: announce draining, refuse new
-  requests, wait for those in flight until the drain timeout, cut off what remains, leave.
+  carries them (a restarted instance starts with them again); announcing a drain adds
+  ``svc-draining=1`` with ``update_meta``;
+- a client's catalog is brought up to date from its own engine's member list whenever its
+  call plan asks for a lookup, which is when :class:`~discovery.client.Discovery` reads its
+  catalog too (it applies membership events as they come, and nothing reads the catalog in
+  between);
+- cutting off a request closes it without an answer at once; a leave is over when the cluster
+  has stopped the node.
 
 How a call spends virtual time (a deliberately simple model; calls draw no randomness from the
 cluster, so they do not disturb the protocol's own): an attempt reaches its instance half a
@@ -30,10 +31,11 @@ A pause or cut that begins while a request is in flight does not affect it.  A c
 its ``timeout`` whatever its attempts are doing.
 
 With failover a failed attempt marks its instance locally unavailable and the call tries
-another one within the retry budget; without, a call makes one attempt and marks nothing, so
-the clients rely on gossip alone.  :func:`compare` runs both on the same seed and schedule:
-membership then evolves identically, except that a drain leaves when its own requests in flight
-end, which the arms change a little.
+another one within the retry budget; without, the clients' policy allows no retry and no
+cool-down (``FailoverPolicy(retries=0, cooldown=0)``): a call makes one attempt and no mark
+lasts, so the clients rely on gossip alone.  :func:`compare` runs both on the same seed and
+schedule: membership then evolves identically, except that a drain leaves when its own requests
+in flight end, which the arms change a little.
 """
 
 from __future__ import annotations
@@ -45,16 +47,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from discovery import failover, lifecycle
 from discovery.balancer import LeastOutstanding, RoundRobin, Strategy, Weighted
 from discovery.balancer import Random as RandomStrategy
-from discovery.catalog import Catalog, Change, ChangeKind, Health, Instance, lookup
-from discovery.failover import CallPlan, FailoverPolicy
+from discovery.catalog import Catalog, ChangeKind, Health, Instance, lookup
+from discovery.failover import CallFailed, CallPlan, FailoverPolicy
 from discovery.lifecycle import DrainReport, Kind, Lifecycle, NotAccepting, Phase, Work
 from discovery.records import ServiceRecord, check_name, write_tags
 from simulator import faults as simulator_faults
 from simulator.cluster import Cluster, SimulationError
 from simulator.faults import Fault
-from swim.members import Member
 from swim.wire import serf as serf_wire
 
 STRATEGIES: dict[str, Callable[[random.Random], Strategy]] = {
@@ -77,7 +79,6 @@ TIMED_OUT = "timed out"
 RESET = "connection reset"
 NOT_ACCEPTING = "closed without an answer: not accepting new requests"
 CUT_OFF = "closed without an answer: cut off at the drain deadline"
-DEADLINE = "deadline passed"
 
 _PROCESS_FAULTS = (
     simulator_faults.Crash,
@@ -399,33 +400,17 @@ def compare(scenario: Scenario) -> Comparison:
 class _Client:
     """One calling node: its catalog, fed from its engine's member list, and its decisions."""
 
-    __slots__ = ("catalog", "members", "name", "policy", "rng", "strategy")
+    __slots__ = ("catalog", "name", "policy", "rng", "strategy")
 
     def __init__(
         self, name: str, strategy: Strategy, policy: FailoverPolicy, rng: random.Random
     ) -> None:
         self.name = name
         self.catalog = Catalog()
-        self.members: dict[str, Member] = {}
         self.strategy = strategy
         self.policy = policy
         self.rng = rng
         """When the client calls next."""
-
-    def update(self, members: list[Member]) -> list[Change]:
-        """Apply the members that changed since the last update, and forget the reaped ones:
-        what the membership events and the periodic re-sync tell a real client."""
-        changes: list[Change] = []
-        current: dict[str, Member] = {}
-        for member in members:
-            current[member.name] = member
-            if self.members.get(member.name) != member:
-                changes += self.catalog.apply(member)
-        for name in self.members:
-            if name not in current:
-                changes += self.catalog.forget(name)
-        self.members = current
-        return changes
 
 
 class _Drain:
@@ -443,39 +428,36 @@ class _Drain:
 class _Process:
     """One run of an instance's process: its lifecycle and the requests it works on."""
 
-    __slots__ = ("drain", "lifecycle", "requests")
+    __slots__ = ("drain", "lifecycle", "name", "requests", "wake_at")
 
     def __init__(self, name: str) -> None:
+        self.name = name
         self.lifecycle = Lifecycle(name)
         self.requests: dict[int, _Attempt] = {}
         self.drain: _Drain | None = None
-
-
-class _Call:
-    __slots__ = ("client", "plan", "started")
-
-    def __init__(self, client: _Client, plan: CallPlan, started: float) -> None:
-        self.client = client
-        self.plan = plan
-        self.started = started
+        self.wake_at: float | None = None
+        """When the lifecycle is next due a tick, once scheduled."""
 
 
 class _Attempt:
-    __slots__ = ("call", "done", "instance", "started")
+    """One attempt of a client's call (its plan), on one instance."""
 
-    def __init__(self, call: _Call, instance: Instance, started: float) -> None:
-        self.call = call
+    __slots__ = ("client", "done", "instance", "plan", "started")
+
+    def __init__(self, client: _Client, plan: CallPlan, instance: Instance, now: float) -> None:
+        self.client = client
+        self.plan = plan
         self.instance = instance
-        self.started = started
+        self.started = now
         self.done = False
 
 
 class _Run:
     """One arm of a scenario on its own cluster."""
 
-    def __init__(self, scenario: Scenario, failover: bool) -> None:
+    def __init__(self, scenario: Scenario, with_failover: bool) -> None:
         self.scenario = scenario
-        self.failover = failover
+        self.failover = with_failover
         self.calls = scenario.calls
         self.cluster = Cluster(seed=scenario.seed, profile=scenario.profile)
         self.processes: dict[str, _Process] = {}
@@ -496,10 +478,11 @@ class _Run:
             cluster.add_node(name, meta=self._tags(draining=False))
             self.processes[name] = _Process(name)
         retries = self.calls.retries if self.failover else 0
+        cooldown = self.calls.cooldown if self.failover else 0.0
         for name in scenario.client_names:
             cluster.add_node(name)
             strategy = STRATEGIES[self.calls.strategy](cluster.random_for(f"strategy:{name}"))
-            policy = FailoverPolicy(retries=retries, cooldown=self.calls.cooldown)
+            policy = FailoverPolicy(retries=retries, cooldown=cooldown)
             rng = cluster.random_for(f"calls:{name}")
             self.clients.append(_Client(name, strategy, policy, rng))
         for fault in scenario.faults:
@@ -616,53 +599,73 @@ class _Run:
         self.down -= 1
 
     def _drain(self, fault: DrainInstance) -> None:
-        """ServiceHost.drain: announce, refuse new work, wait for what is in flight."""
         process = self._serving(fault)
-        deadline = process.lifecycle.drain(self.cluster.now, fault.timeout)
         process.drain = self.drains[fault.instance] = _Drain(fault)
-        meta = self._tags(draining=True)
-        self.cluster.command(fault.instance, lambda engine, now: engine.update_meta(meta, now))
         self._went_down(fault.instance, "drain")
-        if process.lifecycle.idle:
-            self._leave(fault.instance, process)
-        else:
-            self.cluster.at(deadline, functools.partial(self._drain_deadline, fault, process))
+        process.lifecycle.drain(self.cluster.now, fault.timeout)
+        self._drive(process)
 
-    def _drain_deadline(self, fault: DrainInstance, process: _Process) -> None:
-        if process.lifecycle.phase is Phase.DRAINING:
-            self._leave(fault.instance, process)
+    def _drive(self, process: _Process) -> None:
+        """Carry out what the instance's lifecycle asks for, as ServiceHost.drain does over
+        trio, and wake the lifecycle at its next deadline."""
+        cluster, life = self.cluster, process.lifecycle
+        while actions := life.take_actions():
+            for action in actions:
+                match action:
+                    case lifecycle.Announce():
+                        self._announce(process.name)
+                        life.announced(cluster.now)
+                    case lifecycle.CutOff(work):
+                        back = cluster.now + self.calls.round_trip / 2
+                        for each in work:
+                            self._answer_at(back, process.requests.pop(each.id), CUT_OFF)
+                            life.end(each, cluster.now)
+                    case lifecycle.Leave():
+                        cluster.leave(process.name)
+                        cluster.at(cluster.now, functools.partial(self._await_stop, process))
+                    case lifecycle.Finished(report):
+                        self._stopped(process, report)
+        deadline = life.next_deadline()
+        if deadline is not None and deadline != process.wake_at:
+            process.wake_at = deadline
+            cluster.at(deadline, functools.partial(self._wake, process))
 
-    def _leave(self, name: str, process: _Process) -> None:
-        """Cut off what is still in flight, and leave the cluster."""
-        back = self.cluster.now + self.calls.round_trip / 2
-        for work in process.lifecycle.leave():
-            process.lifecycle.end(work)
-            self._answer_at(back, process.requests.pop(work.id), CUT_OFF)
-        self.cluster.leave(name)
-        self.cluster.at(self.cluster.now, functools.partial(self._await_stop, name, process))
+    def _announce(self, name: str) -> None:
+        """The draining tag, by gossip: a metadata update, which goes out at once."""
+        meta = self._tags(draining=True)
+        self.cluster.command(name, lambda engine, now: engine.update_meta(meta, now))
 
-    def _await_stop(self, name: str, process: _Process) -> None:
-        """Once the leave has gone out and the node stopped: the drain's report."""
+    def _wake(self, process: _Process) -> None:
+        process.lifecycle.tick(self.cluster.now)
+        self._drive(process)
+
+    def _await_stop(self, process: _Process) -> None:
+        """The leave is over once it has gone out and the cluster has stopped the node."""
         cluster = self.cluster
-        if cluster.is_running(name):
-            cluster.at(cluster.now + LEAVE_POLL, functools.partial(self._await_stop, name, process))
+        if cluster.is_running(process.name):
+            cluster.at(cluster.now + LEAVE_POLL, functools.partial(self._await_stop, process))
             return
-        del self.processes[name]
-        drain = process.drain
+        process.lifecycle.left(cluster.now, ok=True)
+        self._drive(process)
+
+    def _stopped(self, process: _Process, report: DrainReport) -> None:
+        """The drain is over: record how it went, and restart the instance if it should."""
+        name, drain, now = process.name, process.drain, self.cluster.now
         assert drain is not None
-        report = process.lifecycle.stopped(cluster.now, left=True)
+        del self.processes[name]
         self.drain_outcomes.append(
             DrainOutcome(name, report, drain.refused, len(drain.saw), drain.chosen)
         )
-        self.fault_log.append(FaultRecord(cluster.now, name, "stopped"))
+        self.fault_log.append(FaultRecord(now, name, "stopped"))
         if drain.fault.restart_after is not None:
-            self._restart_at(cluster.now + drain.fault.restart_after, name)
+            self._restart_at(now + drain.fault.restart_after, name)
 
     # ------------------------------------------------------------------ clients
 
     def _refresh(self, client: _Client) -> None:
         now = self.cluster.now
-        for change in client.update(self.cluster.engine(client.name).members()):
+        members = self.cluster.engine(client.name).members()
+        for change in client.catalog.sync(members, complete=True):  # Discovery's re-sync
             instance = change.instance
             self.view_log.append(
                 ViewChange(
@@ -673,13 +676,14 @@ class _Run:
             if change.kind is ChangeKind.DRAINING and drain is not None:
                 drain.saw[client.name] = None
 
-    def _candidates(self, client: _Client) -> list[Instance]:
-        """What Discovery.call re-resolves between attempts: nothing, when lookup fails."""
+    def _lookup(self, client: _Client) -> list[Instance] | LookupError:
+        """What Discovery.call's lookup finds: the client's catalog brought up to date, then
+        the service's instances in it, or why there are none."""
         self._refresh(client)
         try:
             return lookup([client.catalog], self.scenario.service)
-        except LookupError:
-            return []
+        except LookupError as exc:
+            return exc
 
     def _schedule_call(self, client: _Client) -> None:
         when = self.cluster.now + client.rng.expovariate(self.calls.rate)
@@ -689,34 +693,35 @@ class _Run:
     def _start_call(self, client: _Client) -> None:
         now = self.cluster.now
         self._schedule_call(client)
-        call = _Call(
-            client, client.policy.plan(self.scenario.service, now, now + self.calls.timeout), now
+        deadline = now + self.calls.timeout
+        self._follow(
+            client, client.policy.plan(self.scenario.service, client.strategy, now, deadline)
         )
-        self._refresh(client)
-        try:
-            pool = lookup([client.catalog], self.scenario.service)
-        except LookupError as exc:  # Discovery.call raises these before any attempt
-            self._finish(call, type(exc).__name__)
-            return
-        self._attempt(call, pool)
 
-    def _attempt(self, call: _Call, pool: list[Instance]) -> None:
+    def _follow(self, client: _Client, plan: CallPlan) -> None:
+        """Carry out the call's next step, as Discovery.call does over trio."""
+        match plan.step:
+            case failover.Lookup():
+                plan.resolved(self._lookup(client), self.cluster.now)
+                self._follow(client, plan)
+            case failover.Try(instance):
+                self._attempt(client, plan, instance)
+            case failover.Done():
+                self._finish(client, plan, None)
+            case failover.GiveUp(error):
+                self._finish(client, plan, error)
+
+    def _attempt(self, client: _Client, plan: CallPlan, instance: Instance) -> None:
         now = self.cluster.now
-        client = call.client
-        instance = call.plan.next(pool, client.strategy, now)
-        if instance is None:
-            self._finish(call, call.plan.reason)
-            return
         if instance.health is Health.DRAINING:
             drain = self.drains.get(instance.node)
             if drain is not None:
                 drain.chosen += 1
-        client.strategy.started(instance)
-        attempt = _Attempt(call, instance, now)
+        attempt = _Attempt(client, plan, instance, now)
         self.cluster.at(now + self.calls.round_trip / 2, functools.partial(self._reach, attempt))
-        deadline = call.plan.deadline
-        assert deadline is not None
-        self.cluster.at(deadline, functools.partial(self._answer, attempt, DEADLINE))
+        deadline = plan.next_deadline()
+        assert deadline is not None  # every simulated call has one
+        self.cluster.at(deadline, functools.partial(self._out_of_time, attempt))
 
     def _reach(self, attempt: _Attempt) -> None:
         """The attempt reaches its instance: refused, unanswered, or taken on."""
@@ -728,7 +733,7 @@ class _Run:
         if not cluster.is_running(name):
             self._answer_at(back, attempt, REFUSED)
             return
-        if not cluster.reachable(attempt.call.client.name, name):
+        if not cluster.reachable(attempt.client.name, name):
             self._answer_at(attempt.started + calls.connect_timeout, attempt, TIMED_OUT)
             return
         process = self.processes[name]
@@ -740,47 +745,55 @@ class _Run:
             self._answer_at(back, attempt, NOT_ACCEPTING)
             return
         process.requests[work.id] = attempt
-        done = functools.partial(self._served, name, process, work)
-        cluster.at(cluster.now + calls.service_time, done)
+        cluster.at(cluster.now + calls.service_time, functools.partial(self._served, process, work))
 
-    def _served(self, name: str, process: _Process, work: Work) -> None:
+    def _served(self, process: _Process, work: Work) -> None:
         """The instance finished a request, unless it crashed or cut it off meanwhile."""
         attempt = process.requests.pop(work.id, None)
         if attempt is None:
             return
-        process.lifecycle.end(work)
+        process.lifecycle.end(work, self.cluster.now)
         self._answer_at(self.cluster.now + self.calls.round_trip / 2, attempt, None)
-        if process.lifecycle.phase is Phase.DRAINING and process.lifecycle.idle:
-            self._leave(name, process)
+        self._drive(process)
 
     def _answer_at(self, when: float, attempt: _Attempt, error: str | None) -> None:
         self.cluster.at(when, functools.partial(self._answer, attempt, error))
 
     def _answer(self, attempt: _Attempt, error: str | None) -> None:
-        """The attempt's outcome reaches the client (or its call's deadline passes first)."""
-        if attempt.done:
-            return
-        attempt.done = True
-        now = self.cluster.now
-        call, instance = attempt.call, attempt.instance
-        client = call.client
-        client.strategy.finished(instance)
-        self.attempt_log.append(
-            AttemptRecord(
-                client.name, instance.node, attempt.started, now, instance.health.value, error
-            )
-        )
-        if error is None:
-            self._finish(call, None)
-            return
-        mark = self.failover and error != DEADLINE
-        call.plan.failed(instance, error, now, mark=mark)
-        self._attempt(call, self._candidates(client))
+        """The attempt's outcome reaches the client (unless its call's deadline came first)."""
+        if self._close(attempt, error):
+            if error is None:
+                attempt.plan.finished(self.cluster.now)
+            else:
+                attempt.plan.failed(error, self.cluster.now)
+            self._follow(attempt.client, attempt.plan)
 
-    def _finish(self, call: _Call, failure: str | None) -> None:
-        plan = call.plan
-        attempts = len(plan.attempts) + (failure is None)
-        spent = failure is not None and len(plan.attempts) > plan.policy.retries
+    def _out_of_time(self, attempt: _Attempt) -> None:
+        """The call's deadline, reached with the attempt in flight (unless it was answered)."""
+        if self._close(attempt, failover.DEADLINE_PASSED):
+            attempt.plan.tick(self.cluster.now)
+            self._follow(attempt.client, attempt.plan)
+
+    def _close(self, attempt: _Attempt, error: str | None) -> bool:
+        """Record the attempt's outcome; False when it already had one."""
+        if attempt.done:
+            return False
+        attempt.done = True
+        client, instance, now = attempt.client.name, attempt.instance, self.cluster.now
+        health = instance.health.value
+        self.attempt_log.append(
+            AttemptRecord(client, instance.node, attempt.started, now, health, error)
+        )
+        return True
+
+    def _finish(
+        self, client: _Client, plan: CallPlan, error: LookupError | CallFailed | None
+    ) -> None:
+        failure = None
+        if error is not None:
+            failure = error.reason if isinstance(error, CallFailed) else type(error).__name__
+        attempts = len(plan.attempts) + (error is None)
+        spent = error is not None and len(plan.attempts) > plan.policy.retries
         self.call_log.append(
-            CallRecord(call.client.name, call.started, self.cluster.now, attempts, failure, spent)
+            CallRecord(client.name, plan.started, self.cluster.now, attempts, failure, spent)
         )

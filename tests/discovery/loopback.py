@@ -9,6 +9,7 @@ import trio
 
 from discovery.catalog import Instance
 from discovery.host import ServiceHost
+from swim import wire
 from swim.config import Config
 from swim.node import Node
 
@@ -54,6 +55,20 @@ class Cluster:
 
         started: tuple[Node, ServiceHost] = await self.nursery.start(run)
         return started
+
+    async def pair(
+        self, config: Config = FAST, *, key: bytes | None = None
+    ) -> tuple[ServiceHost, Node]:
+        """The host of node "a", and node "b" joined to it to discover from; with ``key``,
+        both encrypt with it."""
+
+        def keyring() -> dict[str, wire.Keyring]:
+            return {} if key is None else {"keyring": wire.Keyring([key])}
+
+        a, host = await self.host("a", config, **keyring())
+        b = await self.node("b", config, **keyring())
+        await b.join([seed_of(a)])
+        return host, b
 
     def crash(self, name: str) -> None:
         """Stop a node without a leave: its sockets close, it says nothing."""

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from discovery.catalog import (
     Catalog,
+    CatalogStatistics,
     Change,
     ChangeKind,
     Filter,
@@ -157,9 +158,11 @@ def test_metadata_that_is_not_tags_is_counted_not_raised() -> None:
     catalog = Catalog()
     broken = Member("x", ("10.0.0.3", 7946), b"\xff\xc1", 1, MemberState.ALIVE, VSN)
     assert catalog.apply(broken) == []
-    assert catalog.stats.bad_tags == 1
+    before = catalog.statistics()
+    assert before == CatalogStatistics(bad_tags=1, bad_records=0)
     catalog.apply(dataclasses.replace(broken, meta=b"\xff\x81\xa7svc.bad\xa3p=0"))
-    assert catalog.stats.bad_records == 1
+    assert catalog.statistics() == CatalogStatistics(bad_tags=1, bad_records=1)
+    assert before.bad_records == 0  # a snapshot stays as it was taken
 
 
 states = st.sampled_from(list(MemberState))

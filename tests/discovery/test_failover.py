@@ -1,4 +1,4 @@
-"""Failover decisions, driven by hand the way a simulator would drive them."""
+"""Failover decisions and the call-with-failover machine, driven by hand: no sockets, no trio."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discovery.balancer import Random, RoundRobin
-from discovery.catalog import Health, Instance
-from discovery.failover import CallFailed, FailoverPolicy
+from discovery.balancer import LeastOutstanding, Random, RoundRobin
+from discovery.catalog import Health, Instance, NoInstances, UnknownService
+from discovery.failover import (
+    Attempt,
+    CallFailed,
+    CallPlan,
+    Done,
+    FailoverPolicy,
+    GiveUp,
+    Lookup,
+    Try,
+)
 
 
 def instance(node: str, incarnation: int = 1, **changes: object) -> Instance:
@@ -36,53 +45,144 @@ def test_a_mark_clears_when_gossip_shows_a_newer_incarnation_alive() -> None:
     assert not policy.is_marked(instance("a", 4), 1.0)
 
 
-def test_a_plan_tries_each_instance_once_and_marks_failures() -> None:
+def call(policy: FailoverPolicy, now: float = 0.0, deadline: float | None = None) -> CallPlan:
+    return policy.plan("web", RoundRobin(), now, deadline)
+
+
+def test_a_call_looks_up_tries_one_instance_and_is_done() -> None:
+    strategy = LeastOutstanding()
+    plan = FailoverPolicy().plan("web", strategy, now=0.0)
+    assert plan.step == Lookup()
+    a = instance("a")
+    assert plan.resolved([a], 0.0) == Try(a)
+    assert strategy.outstanding(a) == 1  # the strategy counts the attempt in flight
+    assert plan.finished(0.1) == Done(a)
+    assert strategy.outstanding(a) == 0 and plan.attempts == []
+
+
+def test_a_failed_attempt_marks_the_instance_and_the_call_moves_on() -> None:
     policy = FailoverPolicy(retries=5)
     pool = [instance("a"), instance("b")]
-    plan = policy.plan("web", now=0.0)
-    first = plan.next(pool, RoundRobin(), 0.0)
-    assert first is not None
-    plan.failed(first, "Connection refused", 0.0)
-    second = plan.next(pool, RoundRobin(), 0.0)
-    assert second is not None and second != first
-    plan.failed(second, "Connection reset", 0.0)
-    assert plan.next(pool, RoundRobin(), 0.0) is None
-    error = plan.error()
-    assert isinstance(error, CallFailed)
-    assert str(error) == (
+    plan = call(policy)
+    first = plan.resolved(pool, 0.0)
+    assert isinstance(first, Try)
+    assert plan.failed("Connection refused", 0.0) == Lookup()  # gossip may have news
+    assert policy.is_marked(first.instance, 0.0)
+    second = plan.resolved(pool, 0.0)
+    assert isinstance(second, Try) and second.instance != first.instance
+    plan.failed("Connection reset", 0.0)
+    gave_up = plan.resolved(pool, 0.0)  # each instance once per call
+    assert isinstance(gave_up, GiveUp) and isinstance(gave_up.error, CallFailed)
+    assert str(gave_up.error) == (
         "call to 'web' failed (no other instance available) after: "
-        f"{first}: Connection refused; {second}: Connection reset"
+        f"{first.instance}: Connection refused; {second.instance}: Connection reset"
     )
-    # the next call avoids both while others exist, and falls back to them when none do
-    again = policy.plan("web", now=1.0)
-    assert again.next([*pool, instance("c")], RoundRobin(), 1.0) == instance("c")
-    assert policy.plan("web", now=1.0).next(pool, RoundRobin(), 1.0) in pool
+    # the next calls avoid both while another exists, and fall back to them when none does
+    assert call(policy, 1.0).resolved([*pool, instance("c")], 1.0) == Try(instance("c"))
+    assert call(policy, 1.0).resolved(pool, 1.0) in (Try(pool[0]), Try(pool[1]))
 
 
-def test_the_budget_and_the_deadline_end_a_call() -> None:
-    pool = [instance(n) for n in "abcd"]
-    plan = FailoverPolicy(retries=1).plan("web", now=0.0)
-    for _ in range(2):
-        choice = plan.next(pool, RoundRobin(), 0.0)
-        assert choice is not None
-        plan.failed(choice, "refused", 0.0)
-    assert plan.next(pool, RoundRobin(), 0.0) is None
-    assert plan.reason == "retry budget of 1 spent"
-    timed = FailoverPolicy().plan("web", now=10.0, deadline=12.5)
-    assert timed.next(pool, RoundRobin(), 12.5) is None
-    assert timed.reason == "deadline of 2.5 s passed"
+def test_a_marked_instance_is_chosen_again_once_gossip_shows_it_back() -> None:
+    policy, strategy = FailoverPolicy(), RoundRobin()
+    a, b = instance("a", 3), instance("b")
+    policy.mark(a, now=0.0)
+
+    def picks(pool: list[Instance]) -> list[str]:
+        steps = [policy.plan("web", strategy, 1.0).resolved(pool, 1.0) for _ in range(4)]
+        return [step.instance.node for step in steps if isinstance(step, Try)]
+
+    assert picks([a, b]) == ["b"] * 4
+    assert picks([instance("a", 4), b]) == ["a", "b", "a", "b"]  # it restarted
 
 
-def test_a_deadline_failure_does_not_mark_the_instance() -> None:
-    policy = FailoverPolicy()
-    plan = policy.plan("web", now=0.0)
-    plan.failed(instance("a"), "deadline passed", 0.0, mark=False)
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_the_retry_budget_ends_a_call_without_another_lookup(retries: int) -> None:
+    pool = [instance(n) for n in "abcdef"]
+    plan = call(FailoverPolicy(retries=retries))
+    steps = []
+    for _ in range(retries + 1):
+        plan.resolved(pool, 0.0)
+        steps.append(plan.failed("refused", 0.0))
+    assert steps[:-1] == [Lookup()] * retries
+    (gave_up,) = steps[-1:]
+    assert isinstance(gave_up, GiveUp) and isinstance(gave_up.error, CallFailed)
+    assert gave_up.error.reason == f"retry budget of {retries} spent"
+    assert len(gave_up.error.attempts) == retries + 1
+
+
+def test_the_deadline_cuts_the_attempt_short_and_marks_nothing() -> None:
+    policy, strategy = FailoverPolicy(), LeastOutstanding()
+    a = instance("a")
+    plan = policy.plan("web", strategy, now=10.0, deadline=12.5)
+    trying = plan.resolved([a], 10.0)
+    assert plan.next_deadline() == 12.5
+    assert plan.tick(12.0) == trying  # early: nothing changes
+    gave_up = plan.tick(12.5)
+    assert isinstance(gave_up, GiveUp) and isinstance(gave_up.error, CallFailed)
+    assert gave_up.error.reason == "deadline of 2.5 s passed"
+    assert gave_up.error.attempts == (Attempt(a, "deadline passed"),)
+    assert not policy.is_marked(a, 12.5)  # the call ran out of time, not the instance
+    assert strategy.outstanding(a) == 0
+    assert plan.next_deadline() is None
+
+
+def test_no_attempt_starts_once_the_deadline_has_passed() -> None:
+    a, b = instance("a"), instance("b")
+    after_a_failure = call(FailoverPolicy(), 0.0, deadline=1.0)
+    after_a_failure.resolved([a, b], 0.0)
+    gave_up = after_a_failure.failed("refused", 1.0)
+    assert isinstance(gave_up, GiveUp) and "deadline of 1 s passed" in str(gave_up.error)
+    slow_lookup = call(FailoverPolicy(), 0.0, deadline=1.0)
+    gave_up = slow_lookup.resolved([a, b], 1.5)
+    assert isinstance(gave_up, GiveUp) and "deadline of 1 s passed" in str(gave_up.error)
+
+
+def test_with_nothing_to_try_the_call_fails_with_the_lookups_own_error() -> None:
+    unknown = UnknownService("web", ["core"])
+    assert call(FailoverPolicy()).resolved(unknown, 0.0) == GiveUp(unknown)
+    none_left = NoInstances("web", "2 failed")
+    assert call(FailoverPolicy()).resolved(none_left, 0.0) == GiveUp(none_left)
+    # after a failed attempt, a lookup that finds nothing leaves nothing else to try
+    plan = call(FailoverPolicy())
+    plan.resolved([instance("a")], 0.0)
+    plan.failed("refused", 0.0)
+    gave_up = plan.resolved(none_left, 0.0)
+    assert isinstance(gave_up, GiveUp) and isinstance(gave_up.error, CallFailed)
+    assert gave_up.error.reason == "no other instance available"
+
+
+def test_failed_and_left_instances_are_never_tried() -> None:
+    gone = [instance("a", health=Health.FAILED), instance("b", health=Health.LEFT)]
+    gave_up = call(FailoverPolicy()).resolved(gone, 0.0)
+    assert isinstance(gave_up, GiveUp) and isinstance(gave_up.error, CallFailed)
+    assert gave_up.error.attempts == ()
+
+
+def test_steps_out_of_order_are_refused() -> None:
+    plan = call(FailoverPolicy())
+    with pytest.raises(RuntimeError, match="is at Lookup, not Try: finished"):
+        plan.finished(0.0)
+    plan.resolved([instance("a")], 0.0)
+    with pytest.raises(RuntimeError, match="is at Try, not Lookup: resolved"):
+        plan.resolved([instance("a")], 0.0)
+    plan.finished(0.0)
+    with pytest.raises(RuntimeError, match="is at Done, not Try: failed"):
+        plan.failed("refused", 0.0)
+
+
+def test_without_a_cooldown_a_failure_marks_nothing() -> None:
+    policy = FailoverPolicy(retries=0, cooldown=0.0)
+    plan = call(policy)
+    plan.resolved([instance("a")], 0.0)
+    plan.failed("refused", 0.0)
     assert not policy.is_marked(instance("a"), 0.0)
 
 
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="retries=-1"):
         FailoverPolicy(retries=-1)
+    with pytest.raises(ValueError, match="cooldown=-1"):
+        FailoverPolicy(cooldown=-1)
 
 
 @settings(max_examples=200)
@@ -103,14 +203,16 @@ def test_with_enough_instances_no_call_fails_after_the_budget(
     policy = FailoverPolicy(retries=retries)
     strategy = Random(random.Random(seed))
     marked: set[str] = set()
-    for call in range(30):
-        now = float(call)
+    for index in range(30):
+        now = float(index)
         everyone_marked = marked == down
-        plan = policy.plan("web", now)
-        while (choice := plan.next(pool, strategy, now)) is not None:
-            if choice.node not in down:
-                break
-            plan.failed(choice, "refused", now)
-            marked.add(choice.node)
+        plan = policy.plan("web", strategy, now)
+        step = plan.resolved(pool, now)
+        while isinstance(step, Try) and step.instance.node in down:
+            marked.add(step.instance.node)
+            if isinstance(plan.failed("refused", now), Lookup):
+                step = plan.resolved(pool, now)
+            else:
+                step = plan.step
         if len(down) < instances and (len(down) <= retries or everyone_marked):
-            assert choice is not None, plan.reason
+            assert isinstance(step, Try), step

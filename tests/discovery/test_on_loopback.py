@@ -48,9 +48,7 @@ async def test_a_registered_service_is_discovered_on_another_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         async with Discovery(b) as discovery:
             watch = discovery.watch("web")
             await host.register("web", 8080, group="blue", version="1.2")
@@ -71,23 +69,21 @@ async def test_metadata_is_fetched_on_demand_and_refetched_after_a_change(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         await host.register("web", 8080, metadata={"zone": "eu", "features": ["gzip"]})
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
-            assert host.stats.answered == 0  # nothing fetched until asked
+            assert host.statistics().answered == 0  # nothing fetched until asked
             assert await discovery.metadata(web) == {"zone": "eu", "features": ["gzip"]}
             assert await discovery.metadata(web) == {"zone": "eu", "features": ["gzip"]}
-            assert host.stats.answered == 1  # the second came from the cache
+            assert host.statistics().answered == 1  # the second came from the cache
             watch = discovery.watch("web")
             await next_change(watch)  # the instance as it is now
             revision = await host.update_metadata("web", {"zone": "us"})
             change = await next_change(watch)
             assert change.kind is ChangeKind.CHANGED and change.instance.revision == revision
             assert await discovery.metadata(change.instance) == {"zone": "us"}
-            assert host.stats.answered == 2
+            assert host.statistics().answered == 2
             assert await discovery.resolve("web", metadata={"zone": "us"}) == [change.instance]
             with pytest.raises(NoInstances, match="none has metadata"):
                 await discovery.resolve("web", metadata={"zone": "eu"})
@@ -131,8 +127,8 @@ async def test_the_metadata_service_drops_bad_input_and_keeps_answering(
             await unknown.send_all(struct.pack(">I", len(body)) + body)
             reply = await unknown.receive_some(1000)
             assert b"not registered" in reply
-        assert (host.stats.bad_requests, host.stats.timeouts) == (3, 1)
-        assert host.stats.unknown_service == 1
+        stats = host.statistics()
+        assert (stats.bad_requests, stats.timeouts, stats.unknown_service) == (3, 1, 1)
         async with Discovery(a) as discovery:
             (web,) = discovery.instances("web")
             assert await discovery.metadata(web) == {"zone": "eu"}
@@ -157,14 +153,12 @@ async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refus
     key = bytes(range(16))
     secret = {"vault": "eu-secret-7"}
     async with cluster() as c:
-        a, host = await c.host("a", core, keyring=wire.Keyring([key]))
-        b = await c.node("b", core, keyring=wire.Keyring([key]))
-        await b.join([seed_of(a)])
+        host, b = await c.pair(core, key=key)
         await host.register("web", 8080, metadata=secret)
         async with Discovery(b) as discovery:
             (web,) = await discovery.resolve("web", wait=10)
             assert await discovery.metadata(web) == secret
-        assert host.stats.answered == 1
+        assert host.statistics().answered == 1
         seal = FrameSeal(wire.Keyring([key]), b"core")
         nonce = bytes(NONCE_BYTES)
         request = {"service": "web", "revision": 0, "nonce": nonce}
@@ -178,7 +172,8 @@ async def test_metadata_is_sealed_between_encrypted_nodes_and_plaintext_is_refus
         assert await exchange(host.metadata_port, plaintext) == b""  # closed, no answer
         no_nonce = seal.frame({"service": "web", "revision": 0}, Direction.REQUEST)
         assert await exchange(host.metadata_port, no_nonce) == b""
-        assert (host.stats.answered, host.stats.bad_requests) == (2, 2)
+        stats = host.statistics()
+        assert (stats.answered, stats.bad_requests) == (2, 2)
 
 
 async def test_a_client_in_an_encrypted_cluster_refuses_a_plaintext_answer(
@@ -237,9 +232,7 @@ async def test_draining_waits_for_requests_in_flight_then_leaves(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         await host.register("web", 8080)
         finished: list[str] = []
 
@@ -274,9 +267,7 @@ async def test_draining_cuts_off_what_outlasts_the_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         outcome: list[str] = []
 
         async def stuck() -> None:
@@ -307,14 +298,12 @@ async def test_bootstrap_from_the_cache_with_the_cluster_unreachable(
 ) -> None:
     cache = tmp_path / "discovery.json"
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         port, server = await echo_server(c.nursery, "a")
         await host.register("echo", port, group="blue")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
         async with Discovery(b, cache_file=cache) as discovery:
             await discovery.resolve("echo", wait=10)
-        seed = seed_of(a)
+        seed = seed_of(host.node)
         c.crash("b")
         # a new process: the only seed does not answer
         lonely, lonely_host = await c.host("lonely")
@@ -341,17 +330,15 @@ async def test_cached_entries_are_confirmed_by_gossip(
 ) -> None:
     cache = tmp_path / "discovery.json"
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         await host.register("web", 8080)
-        b = await c.node("b")
-        await b.join([seed_of(a)])
-        async with Discovery(b, cache_file=cache):
-            pass
+        async with Discovery(b, cache_file=cache) as discovery:
+            await discovery.resolve("web", wait=10)
         fresh = await c.node("fresh")
         async with Discovery(fresh, cache_file=cache) as discovery:
             watch = discovery.watch("web")
             assert (await next_change(watch)).instance.stale
-            await fresh.join([seed_of(a)])
+            await fresh.join([seed_of(host.node)])
             change = await next_change(watch)
             assert change.kind is ChangeKind.CHANGED and not change.instance.stale
 
@@ -360,10 +347,8 @@ async def test_fail_fast_at_start_up_or_wait_lazily(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
+        host, b = await c.pair()
         await host.register("web", 8080)
-        b = await c.node("b")
-        await b.join([seed_of(a)])
         async with Discovery(b) as discovery:
             await discovery.require(["web"], timeout=10)
             with pytest.raises(MissingServices) as error:
@@ -456,9 +441,7 @@ async def test_a_watcher_that_falls_behind_is_told_how_many_changes_it_lost(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with cluster() as c:
-        a, host = await c.host("a")
-        b = await c.node("b")
-        await b.join([seed_of(a)])
+        host, b = await c.pair()
         async with Discovery(b, watch_buffer=1) as discovery:
             watch = discovery.watch("web")
             for zone in ("eu", "us", "ap"):
