@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-import trio
+import anyio
 
 from discovery import cachefile
 from discovery.balancer import RoundRobin, Strategy, tier
@@ -62,7 +62,7 @@ from swim.queues import LossyQueue
 log = logging.getLogger("discovery.client")
 T = TypeVar("T")
 
-RETRY_ON: tuple[type[BaseException], ...] = (OSError, trio.BrokenResourceError)
+RETRY_ON: tuple[type[BaseException], ...] = (OSError, anyio.BrokenResourceError)
 """Connection failures: the instance is marked unavailable and another one is tried."""
 
 _MEMBER_EVENTS = (MemberJoined, MemberUpdated, MemberSuspect, MemberAlive, MemberFailed, MemberLeft)
@@ -124,7 +124,7 @@ class Discovery:
         self._metadata_timeout = metadata_timeout
         self._watch_buffer = watch_buffer
         self._watches: dict[str, weakref.WeakSet[Watch]] = {}
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
         self._dirty = False
         self._background = Background()
 
@@ -169,7 +169,7 @@ class Discovery:
         """The available instances now, best first (raises :class:`UnknownService` or
         :class:`NoInstances`)."""
         found = lookup(self.catalogs.values(), service, Filter(group, version, cluster))
-        now = trio.current_time()
+        now = anyio.current_time()
         return sorted(found, key=lambda i: tier(i, self.failover.is_marked(i, now)))
 
     async def resolve(
@@ -185,7 +185,7 @@ class Discovery:
         """The available instances matching the filters, best first; ``metadata`` keeps those
         whose metadata holds every given key and value (fetched on demand).  With ``wait``,
         waits that long for one to appear before raising."""
-        deadline = trio.current_time() + wait
+        deadline = anyio.current_time() + wait
         while True:
             try:
                 found = self.instances(service, group=group, version=version, cluster=cluster)
@@ -193,19 +193,19 @@ class Discovery:
                     found = await self._matching_metadata(service, found, metadata)
                 return found
             except LookupError:
-                if trio.current_time() >= deadline:
+                if anyio.current_time() >= deadline:
                     raise
-            with trio.move_on_at(deadline):
+            with anyio.move_on_at(deadline):
                 await self._changed.wait()
 
     async def require(self, services: Iterable[str], *, timeout: float = 5.0) -> None:
         """Fail fast at start-up: raise :class:`MissingServices` unless every one of
         ``services`` has an instance within ``timeout``."""
-        deadline = trio.current_time() + timeout
+        deadline = anyio.current_time() + timeout
         errors: dict[str, LookupError] = {}
         for service in services:
             try:
-                await self.resolve(service, wait=max(0.0, deadline - trio.current_time()))
+                await self.resolve(service, wait=max(0.0, deadline - anyio.current_time()))
             except (UnknownService, NoInstances) as exc:
                 errors[service] = exc
         if errors:
@@ -240,11 +240,11 @@ class Discovery:
             )
         seal = FrameSeal(node.keyring, node.config.label.encode())
         try:
-            with trio.fail_after(self._metadata_timeout):
+            with anyio.fail_after(self._metadata_timeout):
                 reply = await _fetch(address, seal, instance.service, instance.revision)
-        except trio.TooSlowError:
+        except TimeoutError:
             why = f"no answer within {self._metadata_timeout} s"
-        except (OSError, trio.BrokenResourceError) as exc:
+        except (OSError, anyio.BrokenResourceError) as exc:
             why = _describe(exc)
         except ProtocolError as exc:
             why = f"bad answer: {exc.reason}"
@@ -268,7 +268,7 @@ class Discovery:
             except MetadataError as exc:
                 log.info("%s is left out of a metadata filter: %s", instance, exc)
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as nursery:
             for index, instance in enumerate(found):
                 nursery.start_soon(fetch, index, instance)
         matching = [
@@ -309,24 +309,24 @@ class Discovery:
             except LookupError as exc:
                 return exc
 
-        now = trio.current_time()
+        now = anyio.current_time()
         deadline = None if timeout is None else now + timeout
         plan = self.failover.plan(service, self.strategy, now, deadline)
         while True:
             match plan.step:
                 case Lookup():
-                    plan.resolved(await found(), trio.current_time())
+                    plan.resolved(await found(), anyio.current_time())
                 case Try(instance):
                     try:
-                        with trio.move_on_at(math.inf if deadline is None else deadline):
+                        with anyio.move_on_at(math.inf if deadline is None else deadline):
                             result = await request(instance)
-                            plan.finished(trio.current_time())
-                        plan.tick(trio.current_time())  # gives up if the deadline cut it short
+                            plan.finished(anyio.current_time())
+                        plan.tick(anyio.current_time())  # gives up if the deadline cut it short
                     except retry_on as exc:
                         log.info("call to %s failed: %s", instance, _describe(exc))
-                        plan.failed(_describe(exc), trio.current_time())
+                        plan.failed(_describe(exc), anyio.current_time())
                     except BaseException:  # not the instance's failure: the caller's to handle
-                        plan.finished(trio.current_time())
+                        plan.finished(anyio.current_time())
                         raise
                 case Done():
                     return result
@@ -339,7 +339,7 @@ class Discovery:
         """Apply the node's membership events as they come; re-sync every
         ``resync_interval`` (members reaped without an event) and after lost events."""
         while True:
-            with trio.move_on_after(self._resync_interval):
+            with anyio.move_on_after(self._resync_interval):
                 async for event in events:
                     if isinstance(event, EventsLost):
                         break
@@ -361,13 +361,13 @@ class Discovery:
                 watch.put(change)
         self._dirty = True
         self._changed.set()
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     # ------------------------------------------------------------------ the cache file
 
     async def _save_periodically(self) -> None:
         while True:
-            await trio.sleep(self._save_interval)
+            await anyio.sleep(self._save_interval)
             self._save()
 
     def _save(self) -> None:
@@ -391,21 +391,22 @@ async def _fetch(
     nonce = b""
     if seal.sealed:
         nonce = request["nonce"] = secrets.token_bytes(NONCE_BYTES)
-    stream = await trio.open_tcp_stream(*address)
+    stream = await anyio.connect_tcp(*address)
     async with stream:
-        await stream.send_all(seal.frame(request, Direction.REQUEST))
+        await stream.send(seal.frame(request, Direction.REQUEST))
         reader = seal.reader(Direction.RESPONSE)
         body = None
         while body is None:
-            chunk = await stream.receive_some(65_536)
-            if not chunk:
-                reader.end_of_stream()
+            try:
+                chunk = await stream.receive(65_536)
+            except anyio.EndOfStream:
+                reader.end_of_stream()  # raises: the peer closed mid-frame
             body = reader.receive_data(chunk)
         return decode_response(seal.open(body, Direction.RESPONSE), nonce)
 
 
 def _describe(exc: BaseException) -> str:
-    """What went wrong, with trio's "all attempts failed" unwrapped to the first cause."""
+    """What went wrong, with "all connection attempts failed" unwrapped to the first cause."""
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         cause = cause.exceptions[0]

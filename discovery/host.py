@@ -4,7 +4,7 @@
 node's metadata service (see :mod:`discovery.introspection`), tracks requests and background
 tasks in flight, drains in the design note's five steps, and raises the alarm when the node is
 cut off from every peer.  Every decision is in :mod:`discovery.records` and
-:mod:`discovery.lifecycle` (the drain's state machine, which this module drives over trio);
+:mod:`discovery.lifecycle` (the drain's state machine, which this module drives over sockets);
 this module moves bytes and waits.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import trio
+import anyio
+from anyio.abc import Listener, SocketAttribute, SocketStream
 
 from discovery import lifecycle
 from discovery.introspection import (
@@ -93,14 +94,14 @@ class ServiceHost:
         self.node = node
         self._metadata_bind = metadata_bind
         self._on_isolation = on_isolation
-        self._slots = trio.Semaphore(max_connections)
+        self._slots = anyio.Semaphore(max_connections)
         self._request_timeout = request_timeout
         self._statistics = MetadataServerStatistics()
         self._lifecycle = Lifecycle(node.name, cancel_grace=cancel_grace)
         self._registrations: dict[str, _Registration] = {}
-        self._scopes: dict[int, trio.CancelScope] = {}
-        self._work_ended = trio.Event()
-        self._tags_lock = trio.Lock()
+        self._scopes: dict[int, anyio.CancelScope] = {}
+        self._work_ended = anyio.Event()
+        self._tags_lock = anyio.Lock()
         self._serf: Serf | None = None
         self._metadata_port: int | None = None
         self._background = Background()
@@ -108,8 +109,8 @@ class ServiceHost:
     async def __aenter__(self) -> ServiceHost:
         self._serf = self.node.serf  # raises, saying how to fix it, when Serf is off
         host, port = self._metadata_bind or (self.node.address[0], 0)
-        (listener,) = await trio.open_tcp_listeners(port, host=host)  # one host: one listener
-        self._metadata_port = listener.socket.getsockname()[1]
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        self._metadata_port = listener.extra(SocketAttribute.local_port)
         events = self.node.events()
         nursery = await self._background.open()
         nursery.start_soon(self._serve_metadata, listener)
@@ -240,14 +241,14 @@ class ServiceHost:
 
     @contextmanager
     def _track(self, name: str, kind: Kind) -> Iterator[Work]:
-        work = self._lifecycle.begin(name, kind, trio.current_time())
+        work = self._lifecycle.begin(name, kind, anyio.current_time())
         try:
-            with trio.CancelScope() as scope:
+            with anyio.CancelScope() as scope:
                 self._scopes[work.id] = scope
                 yield work
         finally:
             self._scopes.pop(work.id, None)
-            self._lifecycle.end(work, trio.current_time())
+            self._lifecycle.end(work, anyio.current_time())
             self._work_ended.set()
 
     # ------------------------------------------------------------------ drain
@@ -257,7 +258,7 @@ class ServiceHost:
         ``timeout`` for the requests and tasks in flight, cancel what remains, then leave the
         cluster.  Returns what was cut off."""
         life = self._lifecycle
-        life.drain(trio.current_time(), timeout)
+        life.drain(anyio.current_time(), timeout)
         log.info("%s drains: %d in flight", self.node.name, len(life.in_flight))
         while True:
             actions = life.take_actions()
@@ -274,20 +275,20 @@ class ServiceHost:
                         return report
             if not actions:  # wait for work to end, or for the next deadline
                 deadline = life.next_deadline()
-                self._work_ended = trio.Event()
-                with trio.move_on_at(math.inf if deadline is None else deadline):
+                self._work_ended = anyio.Event()
+                with anyio.move_on_at(math.inf if deadline is None else deadline):
                     await self._work_ended.wait()
-                life.tick(trio.current_time())
+                life.tick(anyio.current_time())
 
     async def _announce(self, by: float) -> None:
         """Publish the draining tag; best effort: the drain goes on regardless."""
-        with trio.move_on_at(by):
+        with anyio.move_on_at(by):
             try:
                 async with self._tags_lock:
                     await self._publish(self._registrations)
             except Exception as exc:
                 log.warning("%s could not announce draining: %s", self.node.name, exc)
-        self._lifecycle.announced(trio.current_time())
+        self._lifecycle.announced(anyio.current_time())
 
     def _cut_off(self, work: tuple[Work, ...]) -> None:
         log.warning(
@@ -303,7 +304,7 @@ class ServiceHost:
         except Exception as exc:  # the node may already have left or stopped
             log.warning("%s could not leave the cluster: %s", self.node.name, exc)
             left = False
-        self._lifecycle.left(trio.current_time(), ok=left)
+        self._lifecycle.left(anyio.current_time(), ok=left)
 
     # ------------------------------------------------------------------ isolation
 
@@ -338,37 +339,38 @@ class ServiceHost:
         """The metadata service's counters as they stand now."""
         return self._statistics
 
-    async def _serve_metadata(self, listener: trio.SocketListener) -> None:
+    async def _serve_metadata(self, listener: Listener[SocketStream]) -> None:
         async with listener:
-            await trio.serve_listeners(self._answer, [listener])
+            await listener.serve(self._answer)
 
-    async def _answer(self, stream: trio.SocketStream) -> None:
+    async def _answer(self, stream: SocketStream) -> None:
         """One request, one answer; bad input is dropped and counted, never raised."""
         async with stream:
             if self._slots.value == 0:
                 self._statistics = bump(self._statistics, "refused")
                 return
             async with self._slots:
-                with trio.move_on_after(self._request_timeout) as scope:
+                with anyio.move_on_after(self._request_timeout) as scope:
                     try:
                         await self._answer_one(stream)
                     except ProtocolError as exc:
                         self._statistics = bump(self._statistics, "bad_requests")
                         log.debug("dropped a metadata request: %s", exc.reason)
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                         self._statistics = bump(self._statistics, "broken")
                 if scope.cancelled_caught:
                     self._statistics = bump(self._statistics, "timeouts")
 
-    async def _answer_one(self, stream: trio.SocketStream) -> None:
+    async def _answer_one(self, stream: SocketStream) -> None:
         """Read one request and answer it, sealed with the node's keyring when it has one."""
         seal = FrameSeal(self.node.keyring, self.node.config.label.encode())
         reader = seal.reader(Direction.REQUEST)
         body = None
         while body is None:
-            chunk = await stream.receive_some(MAX_REQUEST_BYTES + SEAL_OVERHEAD + 8)
-            if not chunk:
-                reader.end_of_stream()
+            try:
+                chunk = await stream.receive(MAX_REQUEST_BYTES + SEAL_OVERHEAD + 8)
+            except anyio.EndOfStream:
+                reader.end_of_stream()  # raises: the peer closed mid-frame
             body = reader.receive_data(chunk)
         request = decode_request(seal.open(body, Direction.REQUEST))
         if seal.sealed and not request.nonce:
@@ -384,4 +386,4 @@ class ServiceHost:
             reply = {"revision": registration.record.revision, "metadata": registration.metadata}
         if request.nonce:
             reply["nonce"] = request.nonce
-        await stream.send_all(seal.frame(reply, Direction.RESPONSE))
+        await stream.send(seal.frame(reply, Direction.RESPONSE))

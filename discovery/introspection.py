@@ -34,7 +34,7 @@ import hashlib
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -201,7 +201,7 @@ class FrameReader:
             raise ProtocolError("bytes after the frame")
         return bytes(self._buffer[_LENGTH.size :])
 
-    def end_of_stream(self) -> None:
+    def end_of_stream(self) -> NoReturn:
         """The peer closed before a whole frame arrived."""
         raise ProtocolError(f"stream ended after {len(self._buffer)} bytes, mid-frame")
 

@@ -3,7 +3,7 @@
 Everything runs in one process: real :class:`~swim.node.Node` objects on UDP and TCP sockets
 bound to 127.0.0.1, with memberlist's loopback timers.  Each node's view of the others is kept up
 to date from its events, and the demo prints when a change first shows up and when it has
-reached every live node.  Times come from ``trio.current_time()``, so the demo runs unchanged in
+reached every live node.  Times come from ``anyio.current_time()``, so the demo runs unchanged in
 virtual time (the tests drive it with trio's ``MockClock``), and every stage has a deadline, so
 a broken runtime makes the demo fail loudly instead of hanging.
 """
@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import trio
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
 
 from swim.config import Config
 from swim.members import MemberState
@@ -61,26 +62,26 @@ class _Cluster:
     """The demo's nodes, each in its own cancel scope so that it can be killed, and what every
     running node currently believes about the others, refreshed whenever it reports an event."""
 
-    def __init__(self, nursery: trio.Nursery, say: Say) -> None:
+    def __init__(self, nursery: TaskGroup, say: Say) -> None:
         self._nursery = nursery
         self.say = say
-        self.start_time = trio.current_time()
+        self.start_time = anyio.current_time()
         self.nodes: dict[str, Node] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self.views: dict[str, dict[str, tuple[MemberState, float]]] = {}
         self.changes: list[_Change] = []
-        self._changed = trio.Event()
+        self._changed = anyio.Event()
 
     def stamp(self, text: str, at: float | None = None) -> None:
         """Print ``text`` behind the time since the demo began (``at``, or now)."""
-        at = trio.current_time() if at is None else at
+        at = anyio.current_time() if at is None else at
         self.say(f"[{at - self.start_time:6.2f}s] {text}")
 
     async def start(self, name: str) -> Node:
         """Start node ``name`` on a free loopback port and follow its view."""
 
-        async def run(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
+        async def run(task_status: TaskStatus[Node] = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.CancelScope() as scope:
                 self._scopes[name] = scope
                 async with Node(CONFIG, name=name, bind=(LOOPBACK, 0)) as node:
                     events = node.events()
@@ -100,7 +101,7 @@ class _Cluster:
         del self.nodes[name], self.views[name]
 
     def _refresh(self, node: Node) -> None:
-        now = trio.current_time()
+        now = anyio.current_time()
         old = self.views[node.name]
         new: dict[str, tuple[MemberState, float]] = {}
         for member in node.members():
@@ -119,12 +120,12 @@ class _Cluster:
         """Wait until ``check`` returns something, re-checking at every change of any view;
         raises :class:`DemoError` naming ``what`` after :data:`STAGE_LIMIT` seconds."""
         try:
-            with trio.fail_after(STAGE_LIMIT):
+            with anyio.fail_after(STAGE_LIMIT):
                 while (result := check()) is None:
                     if self._changed.is_set():
-                        self._changed = trio.Event()
+                        self._changed = anyio.Event()
                     await self._changed.wait()
-        except trio.TooSlowError:
+        except TimeoutError:
             raise DemoError(
                 f"the demo stalled: {what} did not happen within {STAGE_LIMIT:g} s"
             ) from None
@@ -171,7 +172,7 @@ async def run_demo(say: Say = print) -> None:
     """Run the five acts (converge, crash, restart, leave, summary); raises
     :class:`DemoError` if one of them does not complete in time."""
     failure: DemoError | None = None
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         cluster = _Cluster(nursery, say)
         try:
             await _acts(cluster)
@@ -192,7 +193,7 @@ async def _acts(cluster: _Cluster) -> None:
     cluster.say("\nSummary (seconds)")
     for label, seconds in timings:
         cluster.say(f"   {label:<38} {seconds:6.2f}")
-    cluster.say(f"   {'whole demo':<38} {trio.current_time() - cluster.start_time:6.2f}")
+    cluster.say(f"   {'whole demo':<38} {anyio.current_time() - cluster.start_time:6.2f}")
 
 
 async def _converge(cluster: _Cluster) -> float:
@@ -200,7 +201,7 @@ async def _converge(cluster: _Cluster) -> float:
         f"Five nodes on {LOOPBACK}: a probe every {CONFIG.probe_interval:g} s, gossip every "
         f"{CONFIG.gossip_interval:g} s, a push-pull every {CONFIG.push_pull_interval:g} s\n"
     )
-    began = trio.current_time()
+    began = anyio.current_time()
     nodes = [await cluster.start(name) for name in NAMES]
     ports = ", ".join(f"{node.name} :{node.address[1]}" for node in nodes)
     cluster.stamp(f"started {ports}")
@@ -218,7 +219,7 @@ async def _converge(cluster: _Cluster) -> float:
 
 async def _crash(cluster: _Cluster) -> list[tuple[str, float]]:
     cluster.say(f"\nKill {VICTIM}: no leave, its sockets just close")
-    killed = trio.current_time()
+    killed = anyio.current_time()
     cluster.kill(VICTIM)
     cluster.stamp(f"{VICTIM} killed")
     suspected = await _first_seen(cluster, VICTIM, MemberState.SUSPECT, killed)
@@ -235,7 +236,7 @@ async def _crash(cluster: _Cluster) -> list[tuple[str, float]]:
 
 async def _restart(cluster: _Cluster) -> float:
     cluster.say(f"\nRestart {VICTIM}: same name, new port")
-    began = trio.current_time()
+    began = anyio.current_time()
     node = await cluster.start(VICTIM)
     await node.join([_seed_of(cluster.nodes[SEED])])
     cluster.stamp(f"{VICTIM} is back on :{node.address[1]} and joined through {SEED}")
@@ -254,7 +255,7 @@ async def _restart(cluster: _Cluster) -> float:
 
 async def _leave(cluster: _Cluster) -> float:
     cluster.say(f"\n{LEAVER} leaves gracefully")
-    began = trio.current_time()
+    began = anyio.current_time()
     cluster.stamp(f"{LEAVER} announces its leave")
     await cluster.nodes[LEAVER].leave()
     await _first_seen(cluster, LEAVER, MemberState.LEFT, began)
