@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "swim.queues": RUNTIME,
     "swim.node": RUNTIME,
     "swim.keys": RUNTIME,
+    "swim.blocking": RUNTIME,
     "swim.rpc": AGENT,
     "swim.snapshot": AGENT,
     "swim.agent": AGENT,
