@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 
 from discovery import MissingServices, UnknownService
-from examples import echo_client, echo_service
+from examples import echo_client, echo_service, http_client, http_service, sync_client
 from swim.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,14 @@ def test_the_service_drains_and_exits_cleanly_on_sigterm() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["echo_client.py", "--join"], ["echo_service.py", "echo-2", "--join"]]
+    "argv",
+    [
+        ["echo_client.py", "--join"],
+        ["echo_service.py", "echo-2", "--join"],
+        ["http_client.py", "--join"],
+        ["http_service.py", "greeter-2", "--join"],
+        ["sync_client.py", "--join"],
+    ],
 )
 def test_a_seed_that_does_not_answer_is_one_line_not_a_traceback(argv: list[str]) -> None:
     with socket.socket() as unused:  # a port with nothing listening: refused at once
@@ -106,3 +114,53 @@ def test_the_client_without_any_echo_instance_says_so_in_one_line(
     assert capsys.readouterr().err.startswith(
         "echo_client: required services are missing: service 'echo' is unknown in 'default'"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The asyncio examples, and the synchronous client (real time: asyncio has no virtual clock)
+
+
+def test_the_asyncio_client_keeps_calling_while_an_instance_drains() -> None:
+    async def scenario() -> int:
+        stop_first, stop_second = asyncio.Event(), asyncio.Event()
+        first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        one = asyncio.create_task(
+            http_service.serve("greeter-1", 0, [], stop_first, ready=first, config=FAST)
+        )
+        seed = f"127.0.0.1:{await asyncio.wait_for(first, 10)}"
+        second: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        two = asyncio.create_task(
+            http_service.serve("greeter-2", 0, [seed], stop_second, ready=second, config=FAST)
+        )
+        await asyncio.wait_for(second, 10)
+        asyncio.get_running_loop().call_later(0.5, stop_second.set)  # drains mid-way
+        failed = await asyncio.wait_for(http_client.run([seed], 8, 0.15, FAST), 30)
+        stop_first.set()
+        await asyncio.wait_for(asyncio.gather(one, two), 20)
+        return failed
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_the_asyncio_service_drains_on_sigterm_and_the_sync_client_calls_it() -> None:
+    service = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "http_service.py"), "greeter-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert service.stdout is not None
+        ready = service.stdout.readline()
+        assert "greeter-1 ready: greeter on http://127.0.0.1:" in ready, ready
+        gossip = int(ready.rsplit("gossip ", 1)[1])
+        assert sync_client.run([f"127.0.0.1:{gossip}"], count=3, interval=0.0) == 0
+        service.send_signal(signal.SIGTERM)
+        output, _ = service.communicate(timeout=15)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    assert service.returncode == 0, output
+    assert "greeter-1 draining" in output and "drained in" in output
