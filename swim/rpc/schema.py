@@ -149,7 +149,7 @@ _U64 = _integer(0, (1 << 64) - 1)
 _I32 = _integer(-(1 << 31), (1 << 31) - 1)
 _COUNT = _integer(0, 1 << 31)
 _NANOSECONDS = _integer(0, (1 << 63) - 1)
-_STR_LIST = Kind(_text_list, (), named=True, to_wire=list)
+_STR_LIST = Kind(_text_list, (), named=True)
 _STR_MAP = Kind(_text_map, None, named=True)
 
 
