@@ -393,6 +393,15 @@ def test_the_members_reply_uses_bin_for_addresses_and_str_for_text() -> None:
 def test_replies_and_errors_carry_the_body_their_command_returns() -> None:
     connection = server()
     tally = RpcKeyResult(2, 2, 1, {"db-1": "not allowed"}, {KEY_1: 2})
+    wire_tally = {
+        "Messages": {"db-1": "not allowed"},
+        "Keys": {KEY_1: 2},
+        "NumNodes": 2,
+        "NumErr": 1,
+        "NumResp": 2,
+    }
+    no_keys = wire_tally | {"Keys": None}  # Go leaves Keys nil but for list-keys
+    failure = Failed("1/2 nodes reported failure", tally)
     cases: list[tuple[dict[str, Any], object, Reply, list[Any]]] = [
         ({"Command": "event"}, {"Name": "a"}, OK, [{"Seq": 1, "Error": ""}]),
         ({"Command": "join"}, {}, Joined(3), [{"Seq": 2, "Error": ""}, {"Num": 3}]),
@@ -404,52 +413,16 @@ def test_replies_and_errors_carry_the_body_their_command_returns() -> None:
             StatsReply({"agent": {"name": "web-1"}}),
             [{"Seq": 5, "Error": ""}, {"agent": {"name": "web-1"}}],
         ),
-        (
-            {"Command": "list-keys"},
-            None,
-            tally,
-            [
-                {"Seq": 6, "Error": ""},
-                {
-                    "Messages": {"db-1": "not allowed"},
-                    "Keys": {KEY_1: 2},
-                    "NumNodes": 2,
-                    "NumErr": 1,
-                    "NumResp": 2,
-                },
-            ],
-        ),
-        (
-            {"Command": "install-key"},
-            {"Key": KEY_1},
-            tally,  # Go leaves Keys nil but for list-keys
-            [
-                {"Seq": 7, "Error": ""},
-                {
-                    "Messages": {"db-1": "not allowed"},
-                    "Keys": None,
-                    "NumNodes": 2,
-                    "NumErr": 1,
-                    "NumResp": 2,
-                },
-            ],
-        ),
+        ({"Command": "list-keys"}, None, tally, [{"Seq": 6, "Error": ""}, wire_tally]),
+        ({"Command": "install-key"}, {"Key": KEY_1}, tally, [{"Seq": 7, "Error": ""}, no_keys]),
         (
             {"Command": "remove-key"},
             {"Key": KEY_1},
-            Failed("1/2 nodes reported failure", RpcKeyResult(2, 2, 1, {"db-1": "no"})),
-            [
-                {"Seq": 8, "Error": "1/2 nodes reported failure"},
-                {
-                    "Messages": {"db-1": "no"},
-                    "Keys": None,
-                    "NumNodes": 2,
-                    "NumErr": 1,
-                    "NumResp": 2,
-                },
-            ],
+            failure,
+            [{"Seq": 8, "Error": failure.message}, no_keys],
         ),
         ({"Command": "use-key"}, {"Key": KEY_1}, Failed("down"), [{"Seq": 9, "Error": "down"}, {}]),
+        ({"Command": "join"}, {}, failure, [{"Seq": 10, "Error": failure.message}, {}]),
     ]
     for seq, (header, body, reply, wire) in enumerate(cases, 1):
         objects = (header | {"Seq": seq}, body) if body is not None else (header | {"Seq": seq},)

@@ -14,6 +14,7 @@ from typing import Final, TypeVar
 
 import trio
 
+from swim.rpc import schema
 from swim.rpc.connection import (
     HANDSHAKE_TIMEOUT,
     NEED_DATA,
@@ -28,19 +29,6 @@ from swim.rpc.connection import (
 )
 from swim.rpc.schema import (
     DEFAULT_RPC_ADDR,
-    Auth,
-    EventRequest,
-    ForceLeave,
-    Handshake,
-    InstallKey,
-    Join,
-    Joined,
-    Leave,
-    ListKeys,
-    MemberList,
-    Members,
-    MembersFiltered,
-    RemoveKey,
     ReplyBody,
     RequestBody,
     RpcError,
@@ -50,12 +38,6 @@ from swim.rpc.schema import (
     RpcMember,
     RpcQuery,
     RpcQueryRecord,
-    Stats,
-    StatsReply,
-    Stop,
-    Stream,
-    Tags,
-    UseKey,
     parse_rpc_addr,
 )
 
@@ -140,9 +122,9 @@ class RpcClient:
             client = cls(stream, addr, timeout)
             try:
                 with trio.fail_after(timeout):
-                    await client._request(Handshake())
+                    await client._request(schema.Handshake())
                     if auth_key:
-                        await client._request(Auth(auth_key))
+                        await client._request(schema.Auth(auth_key))
             except trio.TooSlowError:
                 raise RpcConnectionError(
                     f"{addr} accepted the connection but did not answer the handshake in "
@@ -160,58 +142,58 @@ class RpcClient:
 
     async def members(self) -> list[RpcMember]:
         """Every member the agent knows."""
-        return list(self._body(await self._request(Members()), MemberList).members)
+        return list(self._body(await self._request(schema.Members()), schema.MemberList).members)
 
     async def members_filtered(
         self, tags: Mapping[str, str] | None = None, status: str = "", name: str = ""
     ) -> list[RpcMember]:
         """The members whose tags, status and name fully match these regexes (empty: any)."""
-        request = MembersFiltered(dict(tags or {}), status, name)
-        return list(self._body(await self._request(request), MemberList).members)
+        request = schema.MembersFiltered(dict(tags or {}), status, name)
+        return list(self._body(await self._request(request), schema.MemberList).members)
 
     async def join(self, addresses: Sequence[str], replay: bool = False) -> int:
         """Ask the agent to join through these addresses; returns how many it reached."""
-        response = await self._request(Join(tuple(addresses), replay))
-        return self._body(response, Joined).num
+        response = await self._request(schema.Join(tuple(addresses), replay))
+        return self._body(response, schema.Joined).num
 
     async def leave(self) -> None:
         """Ask the agent to leave the cluster gracefully and shut down."""
-        await self._request(Leave())
+        await self._request(schema.Leave())
 
     async def force_leave(self, node: str, prune: bool = False) -> None:
         """Ask the agent to mark a failed member as left (``prune``: and forget it)."""
-        await self._request(ForceLeave(node, prune))
+        await self._request(schema.ForceLeave(node, prune))
 
     async def update_tags(
         self, tags: Mapping[str, str] | None = None, delete: Sequence[str] = ()
     ) -> None:
         """Set and remove tags on the agent."""
-        await self._request(Tags(dict(tags or {}), tuple(delete)))
+        await self._request(schema.Tags(dict(tags or {}), tuple(delete)))
 
     async def user_event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
         """Send a user event through the agent."""
-        await self._request(EventRequest(name, payload, coalesce))
+        await self._request(schema.EventRequest(name, payload, coalesce))
 
     async def stats(self) -> dict[str, dict[str, str]]:
         """The agent's figures by section, as ``serf info`` shows them."""
-        return self._body(await self._request(Stats()), StatsReply).sections
+        return self._body(await self._request(schema.Stats()), schema.StatsReply).sections
 
     async def install_key(self, key: str) -> RpcKeyResult:
         """Install the base64 ``key`` on every member (``serf keys -install``).  Raises
         :class:`RpcKeyError`, with what each member said, unless all of them succeeded."""
-        return await self._key_request(InstallKey(key))
+        return await self._key_request(schema.InstallKey(key))
 
     async def use_key(self, key: str) -> RpcKeyResult:
         """Make the installed base64 ``key`` every member's primary key (``-use``)."""
-        return await self._key_request(UseKey(key))
+        return await self._key_request(schema.UseKey(key))
 
     async def remove_key(self, key: str) -> RpcKeyResult:
         """Remove the base64 ``key`` from every member's keyring (``-remove``)."""
-        return await self._key_request(RemoveKey(key))
+        return await self._key_request(schema.RemoveKey(key))
 
     async def list_keys(self) -> RpcKeyResult:
         """Count the keys every member holds (``-list``)."""
-        return await self._key_request(ListKeys())
+        return await self._key_request(schema.ListKeys())
 
     async def _key_request(self, request: RequestBody) -> RpcKeyResult:
         response = await self._exchange(request)
@@ -262,14 +244,14 @@ class RpcClient:
         ``async with client.stream(...) as events: async for event in events: ...``.  Leaving
         the block stops the stream.  A reader that falls :data:`STREAM_BUFFER` events behind
         loses the newest, as Serf's client does."""
-        subscription = await self._subscribe(Stream(event_filter))
+        subscription = await self._subscribe(schema.Stream(event_filter))
         try:
             yield self._events(subscription)
         finally:
             self._unsubscribe(subscription)
             if self._broken is None:
                 with trio.move_on_after(self._timeout, shield=True), suppress(RpcConnectionError):
-                    await self._request(Stop(subscription.seq))
+                    await self._request(schema.Stop(subscription.seq))
 
     async def _events(self, subscription: _Subscription) -> AsyncIterator[RpcEvent]:
         while True:
@@ -280,7 +262,7 @@ class RpcClient:
             if isinstance(record, StreamRecord):
                 yield record.event
 
-    async def _subscribe(self, request: Stream | RpcQuery) -> _Subscription:
+    async def _subscribe(self, request: schema.Stream | RpcQuery) -> _Subscription:
         """Send a stream or query request and wait for its acknowledgement."""
         seq, data = self._protocol.send(request)
         subscription = self._subscriptions[seq] = _Subscription(seq)

@@ -210,8 +210,8 @@ class _Unpacker(Protocol):
 
 
 class _End:
-    """What both ends share: msgpack objects back to back from the bytes fed in, at most
-    ``_MAX_BYTES`` of them buffered, and how the connection ended."""
+    """What both ends share: msgpack objects back to back from the bytes fed in, buffering at
+    most ``_MAX_BYTES``, and how the connection ended."""
 
     __slots__ = ("_closed", "_eof", "_unpacker")
     _MAX_BYTES: ClassVar[int]
@@ -340,7 +340,10 @@ class ServerConnection(_End):
             return _header(event.seq) + QUERY_DONE
         pending, self._pending = self._pending, None
         if pending is None:
-            raise RuntimeError("send() got a reply, but no request awaits one")
+            raise RuntimeError(
+                "send() got a reply, but no request awaits one: answer only the Request that "
+                "next_event() returned, once"
+            )
         command = pending.command
         if isinstance(event, Failed):
             if command == Stream.COMMAND:

@@ -21,6 +21,7 @@ from typing import Final, Protocol
 
 import trio
 
+from swim.rpc import schema
 from swim.rpc.connection import (
     NEED_DATA,
     OK,
@@ -36,29 +37,12 @@ from swim.rpc.connection import (
 )
 from swim.rpc.filters import filter_members
 from swim.rpc.schema import (
-    EventRequest,
-    ForceLeave,
-    InstallKey,
-    Join,
-    Joined,
-    Leave,
-    ListKeys,
-    MemberList,
-    Members,
-    MembersFiltered,
-    RemoveKey,
     RequestBody,
     RpcEvent,
     RpcKeyResult,
     RpcMember,
     RpcQuery,
     RpcQueryRecord,
-    Stats,
-    StatsReply,
-    Stop,
-    Stream,
-    Tags,
-    UseKey,
 )
 
 log = logging.getLogger(__name__)
@@ -351,11 +335,11 @@ class _Session:
         forward: Callable[[], Awaitable[None]] | None = None
         reply: Reply = OK
         try:
-            if isinstance(body, Stream):
+            if isinstance(body, schema.Stream):
                 forward = self._subscribe(seq)
             elif isinstance(body, RpcQuery):
                 forward = partial(self._forward_query, seq, await self._backend.query(body))
-            elif isinstance(body, Stop):
+            elif isinstance(body, schema.Stop):
                 self._streams.pop(body.stream).close()
             else:
                 reply = await _call(self._backend, body)
@@ -435,29 +419,29 @@ def _deliverer(
 
 async def _call(backend: AgentBackend, body: RequestBody) -> Reply:
     """What ``backend`` answers a request that is neither a stream, a stop nor a query."""
-    if isinstance(body, EventRequest):
+    if isinstance(body, schema.EventRequest):
         await backend.user_event(body.name, body.payload, body.coalesce)
-    elif isinstance(body, ForceLeave):
+    elif isinstance(body, schema.ForceLeave):
         await backend.force_leave(body.node, body.prune)
-    elif isinstance(body, Join):
-        return Joined(await backend.join(list(body.existing), body.replay))
-    elif isinstance(body, Members):
-        return MemberList(tuple(backend.members()))
-    elif isinstance(body, MembersFiltered):
+    elif isinstance(body, schema.Join):
+        return schema.Joined(await backend.join(list(body.existing), body.replay))
+    elif isinstance(body, schema.Members):
+        return schema.MemberList(tuple(backend.members()))
+    elif isinstance(body, schema.MembersFiltered):
         selected = filter_members(backend.members(), body.tags, body.status, body.name)
-        return MemberList(tuple(selected))
-    elif isinstance(body, Leave):
+        return schema.MemberList(tuple(selected))
+    elif isinstance(body, schema.Leave):
         await backend.leave()
-    elif isinstance(body, Tags):
+    elif isinstance(body, schema.Tags):
         await backend.set_tags(dict(body.tags), list(body.delete))
-    elif isinstance(body, Stats):
-        return StatsReply(backend.stats())
-    elif isinstance(body, InstallKey):
+    elif isinstance(body, schema.Stats):
+        return schema.StatsReply(backend.stats())
+    elif isinstance(body, schema.InstallKey):
         return await backend.install_key(body.key)
-    elif isinstance(body, UseKey):
+    elif isinstance(body, schema.UseKey):
         return await backend.use_key(body.key)
-    elif isinstance(body, RemoveKey):
+    elif isinstance(body, schema.RemoveKey):
         return await backend.remove_key(body.key)
-    elif isinstance(body, ListKeys):
+    elif isinstance(body, schema.ListKeys):
         return await backend.list_keys()
     return OK
