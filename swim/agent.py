@@ -47,9 +47,10 @@ from swim.rpc import (
     RpcMemberEvent,
     RpcQuery,
     RpcQueryRecord,
+    RpcServer,
+    RpcServerStatistics,
     RpcUserEvent,
     parse_rpc_addr,
-    serve_rpc,
 )
 from swim.serf.layer import (
     AGENT_COALESCE_PERIOD,
@@ -271,10 +272,17 @@ class RunningAgent:
 class NodeBackend:
     """What the RPC endpoint drives: this agent's node and Serf layer."""
 
-    def __init__(self, node: Node, shutdown: anyio.Event, nursery: TaskGroup) -> None:
+    def __init__(
+        self,
+        node: Node,
+        shutdown: anyio.Event,
+        nursery: TaskGroup,
+        rpc_statistics: Callable[[], RpcServerStatistics],
+    ) -> None:
         self._node = node
         self._shutdown = shutdown
         self._nursery = nursery
+        self._rpc_statistics = rpc_statistics
         self._subscribers: list[Callable[[RpcEvent], None]] = []
 
     def members(self) -> list[RpcMember]:
@@ -327,6 +335,7 @@ class NodeBackend:
                 **_strings(*filter(None, [statistics.serf])),
             },
             "memberlist": _strings(statistics.engine, statistics.runtime),
+            "rpc": _rpc_section(self._rpc_statistics()),
         }
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
@@ -372,6 +381,18 @@ class NodeBackend:
         if rpc is not None:
             for deliver in list(self._subscribers):
                 deliver(rpc)
+
+
+def _rpc_section(stats: RpcServerStatistics) -> dict[str, str]:
+    """The RPC server's counters as :func:`_strings` has them, and its requests by command as
+    ``requests.COMMAND``."""
+    section = {
+        spec.name: str(getattr(stats, spec.name))
+        for spec in dataclasses.fields(stats)
+        if spec.name != "requests"
+    }
+    section.update({f"requests.{command}": str(n) for command, n in stats.requests.items()})
+    return section
 
 
 async def _key_operation(operation: Awaitable[keys.KeyResult]) -> RpcKeyResult:
@@ -469,7 +490,8 @@ async def run_agent(
             stack.callback(snapshot.close)
         node = await _start_node(stack, options, config, keyring)
         nursery = await stack.enter_async_context(Background())
-        backend = NodeBackend(node, shutdown, nursery)
+        rpc_server = RpcServer(options.rpc_auth)
+        backend = NodeBackend(node, shutdown, nursery, rpc_server.statistics)
         if snapshot is not None:
             clocks = snapshot.previous
             node.serf.clock.witness(clocks.member_clock)
@@ -479,7 +501,7 @@ async def run_agent(
         if snapshot is not None:
             nursery.start_soon(_flush_snapshot, snapshot, node)
         try:
-            rpc_port = await nursery.start(serve_rpc, backend, rpc_host, rpc_port, options.rpc_auth)
+            rpc_port = await nursery.start(rpc_server.serve, backend, rpc_host, rpc_port)
         except OSError as exc:
             example = f"-rpc-addr=127.0.0.1:{rpc_port}"
             advice = _listen_advice("-rpc-addr", rpc_host, rpc_port, exc, example)

@@ -566,9 +566,9 @@ class Node:
         assert self._udp is not None
         while True:
             events = stack.take_events()
-            for event in events:
-                self._deliver(event)
             datagrams = stack.take_datagrams()
+            # what the events report was done only once it is sent: a LeaveCompleted comes
+            # with the datagrams that carry the leave's last copies
             if datagrams:
                 async with self._sending:  # one writer at a time, as AnyIO's sockets require
                     for address, data in datagrams:
@@ -579,6 +579,8 @@ class Node:
                             log.debug("cannot send to %s: %s", address, exc)
             for request in stack.take_stream_requests():
                 self._background.nursery.start_soon(self._outbound_stream, request)
+            for event in events:
+                self._deliver(event)
             if not (events or datagrams):
                 break
         if wake_timers:

@@ -99,6 +99,13 @@ async def test_rpc_members_join_tags_events_and_leave(
             )
             stats = await client.stats()
             assert stats["agent"]["name"] == "a2"
+            # serf info shows the RPC server's counters too: this connection, its requests.
+            assert stats["rpc"]["connections_open"] == "1"
+            assert (stats["rpc"]["requests.handshake"], stats["rpc"]["requests.stats"]) == (
+                "1",
+                "1",
+            )
+            assert stats["rpc"]["protocol_errors"] == "0"
         async with RpcClient.connect(rpc(a)) as client:
             await client.leave()
         await wait_until(

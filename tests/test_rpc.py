@@ -1,6 +1,7 @@
-"""Serf's agent RPC protocol: our server and client together, the server against raw bytes,
-the `swim` client commands, the real `serf` CLI against our server, and our client against a
-real `serf agent`.  Everything runs on loopback sockets."""
+"""Serf's agent RPC over loopback sockets: our server and client together, the server driven by
+hand, the `swim` client commands, the real `serf` CLI against our server, and our client against
+a real `serf agent`.  The protocol's rules, byte by byte, are tested without sockets on the
+sans-IO connections (tests/test_rpc_connection.py)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,13 @@ import trio
 from swim.cli import main, members_json, members_text
 from swim.rpc import (
     AUTH_REQUIRED,
-    DUPLICATE_HANDSHAKE,
     HANDSHAKE_REQUIRED,
     INVALID_AUTH_TOKEN,
     INVALID_FILTER,
     MAX_REQUEST_BYTES,
     REGEX_ERROR_PREFIX,
     STREAM_BUFFER,
-    STREAM_EXISTS,
     UNSUPPORTED_COMMAND,
-    UNSUPPORTED_IPC_VERSION,
     RpcClient,
     RpcConnectionError,
     RpcError,
@@ -339,7 +337,7 @@ def test_addresses() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The server against raw msgpack, checking the bytes Serf's Go clients depend on.
+# The server driven by hand: what it writes before it closes, what a slow reader loses.
 
 
 class Raw:
@@ -378,130 +376,11 @@ class Raw:
                 return True
 
 
-async def test_members_reply_uses_bin_for_addresses_and_str_for_text(agent: str) -> None:
-    raw = await Raw.open(agent)
-    await raw.send({"Command": "members", "Seq": 1})
-    assert await raw.receive() == {"Seq": 1, "Error": ""}
-    reply = await raw.receive()
-    # Unpacked with raw=False: str arrives as str and bin as bytes, so the types tell them apart.
-    assert reply["Members"][0] == {
-        "Name": "web-1",
-        "Addr": bytes([10, 0, 0, 1]),
-        "Port": 7946,
-        "Tags": {"role": "web"},
-        "Status": "alive",
-        "ProtocolMin": 1,
-        "ProtocolMax": 5,
-        "ProtocolCur": 2,
-        "DelegateMin": 2,
-        "DelegateMax": 5,
-        "DelegateCur": 4,
-    }
-    assert len(reply["Members"][3]["Addr"]) == 16
-
-
 async def test_commands_before_the_handshake_are_refused_and_closed(agent: str) -> None:
     raw = await Raw.open(agent, handshake=False)
     await raw.send({"Command": "members", "Seq": 3})
     assert await raw.receive() == {"Seq": 3, "Error": HANDSHAKE_REQUIRED}
     assert await raw.closed_by_server()
-
-
-async def test_handshake_versions(agent: str) -> None:
-    raw = await Raw.open(agent, handshake=False)
-    await raw.send({"Command": "handshake", "Seq": 1}, {"Version": 2})
-    assert await raw.receive() == {"Seq": 1, "Error": UNSUPPORTED_IPC_VERSION}
-    await raw.send({"Command": "handshake", "Seq": 2}, {"Version": 1})
-    assert await raw.receive() == {"Seq": 2, "Error": ""}
-    await raw.send({"Command": "handshake", "Seq": 3}, {"Version": 1})
-    assert await raw.receive() == {"Seq": 3, "Error": DUPLICATE_HANDSHAKE}
-
-
-async def test_unknown_command_is_answered_then_closed(agent: str) -> None:
-    raw = await Raw.open(agent)
-    await raw.send({"Command": "self-destruct", "Seq": 4}, {"Now": True})
-    assert await raw.receive() == {"Seq": 4, "Error": UNSUPPORTED_COMMAND}
-    assert await raw.closed_by_server()
-
-
-async def test_serf_commands_shoal_does_not_serve_keep_the_connection(agent: str) -> None:
-    raw = await Raw.open(agent)
-    # get-coordinate returns a body Serf's client waits for; monitor returns none.
-    await raw.send({"Command": "get-coordinate", "Seq": 1}, {"Node": "web-1"})
-    assert await raw.receive() == {"Seq": 1, "Error": UNSUPPORTED_COMMAND}
-    assert await raw.receive() == {}
-    await raw.send({"Command": "monitor", "Seq": 2}, {"LogLevel": "debug"})
-    assert await raw.receive() == {"Seq": 2, "Error": UNSUPPORTED_COMMAND}
-    await raw.send({"Command": "join", "Seq": 3}, {"Existing": ["10.0.0.9"], "Replay": False})
-    assert await raw.receive() == {"Seq": 3, "Error": ""}
-    assert await raw.receive() == {"Num": 1}
-
-
-async def test_bodies_of_the_wrong_shape_are_refused_and_the_connection_goes_on(
-    agent: str, backend: FakeBackend
-) -> None:
-    raw = await Raw.open(agent)
-    await raw.send({"Command": "event", "Seq": 1}, {"Name": 5, "Payload": b"x"})
-    assert await raw.receive() == {"Seq": 1, "Error": "decode failed: Name is a int, not a string"}
-    await raw.send({"Command": "join", "Seq": 2}, ["10.0.0.9"])
-    assert await raw.receive() == {
-        "Seq": 2,
-        "Error": "decode failed: the join request is a list, not a map",
-    }
-    assert await raw.receive() == {}  # join's reply body, which Serf's client always reads
-    # Go's zero values: nil payload, absent flag.  A str payload (old encoders) is bytes too.
-    await raw.send({"Command": "event", "Seq": 3}, {"Name": "a", "Payload": None})
-    await raw.send({"Command": "event", "Seq": 4}, {"Name": "b", "Payload": "text"})
-    assert [await raw.receive(), await raw.receive()] == [
-        {"Seq": 3, "Error": ""},
-        {"Seq": 4, "Error": ""},
-    ]
-    assert backend.calls == [("event", "a", b"", False), ("event", "b", b"text", False)]
-
-
-async def test_auth_required_skips_the_body_and_the_connection_goes_on(
-    secured_agent: str, backend: FakeBackend
-) -> None:
-    raw = await Raw.open(secured_agent)
-    await raw.send({"Command": "event", "Seq": 1}, {"Name": "deploy"})
-    assert await raw.receive() == {"Seq": 1, "Error": AUTH_REQUIRED}
-    await raw.send({"Command": "auth", "Seq": 2}, {"AuthKey": KEY})
-    assert await raw.receive() == {"Seq": 2, "Error": ""}
-    await raw.send({"Command": "event", "Seq": 3}, {"Name": "deploy"})
-    assert await raw.receive() == {"Seq": 3, "Error": ""}
-    assert backend.calls == [("event", "deploy", b"", False)]
-
-
-async def test_stream_records_and_stop(agent: str, backend: FakeBackend) -> None:
-    raw = await Raw.open(agent)
-    await raw.send({"Command": "stream", "Seq": 5}, {"Type": "member-leave,user"})
-    assert await raw.receive() == {"Seq": 5, "Error": ""}
-    await raw.send({"Command": "stream", "Seq": 5}, {"Type": "*"})
-    assert await raw.receive() == {"Seq": 5, "Error": STREAM_EXISTS}
-    backend.emit(RpcMemberEvent("member-join", (CLUSTER[0],)))  # filtered out
-    backend.emit(RpcMemberEvent("member-leave", (CLUSTER[2],)))
-    backend.emit(RpcUserEvent("deploy", b"v3", coalesce=True, ltime=42))
-    assert await raw.receive() == {"Seq": 5, "Error": ""}
-    record = await raw.receive()
-    assert record["Event"] == "member-leave"
-    assert [m["Name"] for m in record["Members"]] == ["db-1"]
-    assert await raw.receive() == {"Seq": 5, "Error": ""}
-    assert await raw.receive() == {
-        "Event": "user",
-        "LTime": 42,
-        "Name": "deploy",
-        "Payload": b"v3",
-        "Coalesce": True,
-    }
-    await raw.send({"Command": "stop", "Seq": 6}, {"Stop": 5})
-    assert await raw.receive() == {"Seq": 6, "Error": ""}
-    assert backend.subscribers == []
-    backend.emit(RpcUserEvent("deploy", b"v4", coalesce=True, ltime=43))
-    await raw.send({"Command": "members", "Seq": 7})
-    assert await raw.receive() == {"Seq": 7, "Error": ""}  # no record came in between
-    await raw.send({"Command": "stop", "Seq": 8}, {"Stop": 99})  # stopping nothing succeeds
-    assert (await raw.receive())["Members"][0]["Name"] == "web-1"
-    assert await raw.receive() == {"Seq": 8, "Error": ""}
 
 
 async def test_a_slow_stream_drops_events_instead_of_buffering_them(
@@ -888,50 +767,7 @@ async def test_our_client_drives_a_real_serf_agent(
 
 
 # ---------------------------------------------------------------------------------------------
-# Key operations and queries on the wire.
-
-
-async def test_key_commands_and_query_records_on_the_wire(agent: str, backend: FakeBackend) -> None:
-    raw = await Raw.open(agent)
-    await raw.send({"Command": "list-keys", "Seq": 1})
-    assert await raw.receive() == {"Seq": 1, "Error": ""}
-    assert await raw.receive() == {
-        "Messages": {},
-        "Keys": {KEY_1: 2},
-        "NumNodes": 2,
-        "NumErr": 0,
-        "NumResp": 2,
-    }
-    backend.failures["remove-key"] = RpcKeyError(
-        "1/2 nodes reported failure", RpcKeyResult(2, 2, 1, {"db-1": "not allowed"})
-    )
-    await raw.send({"Command": "remove-key", "Seq": 2}, {"Key": KEY_1})
-    assert await raw.receive() == {"Seq": 2, "Error": "1/2 nodes reported failure"}
-    assert (await raw.receive())["Messages"] == {"db-1": "not allowed"}
-    query = {
-        "FilterNodes": ["web-1"],
-        "FilterTags": {"role": "w.*"},
-        "RequestAck": True,
-        "RelayFactor": 2,
-        "Timeout": 1_500_000_000,
-        "Name": "uptime",
-        "Payload": b"?",
-    }
-    await raw.send({"Command": "query", "Seq": 3}, query)
-    assert await raw.receive() == {"Seq": 3, "Error": ""}
-    for record in QUERY_RECORDS:
-        assert await raw.receive() == {"Seq": 3, "Error": ""}
-        assert await raw.receive() == {
-            "Type": record.type,
-            "From": record.node,
-            "Payload": record.payload,
-        }
-    assert await raw.receive() == {"Seq": 3, "Error": ""}
-    assert await raw.receive() == {"Type": "done", "From": "", "Payload": None}
-    assert backend.calls[-1] == (
-        "query",
-        RpcQuery("uptime", b"?", ("web-1",), {"role": "w.*"}, True, 2, 1.5),
-    )
+# Key operations and queries.
 
 
 async def test_our_client_and_serf_read_keys_and_queries(
@@ -947,6 +783,12 @@ async def test_our_client_and_serf_read_keys_and_queries(
             async with client.query("big"):
                 pass
         del backend.failures["query"]
+        backend.failures["remove-key"] = RpcKeyError(
+            "1/2 nodes reported failure", RpcKeyResult(2, 2, 1, {"db-1": "not allowed"})
+        )
+        with pytest.raises(RpcKeyError, match=r"^1/2 nodes reported failure$") as failure:
+            await client.remove_key(KEY_1)
+        assert failure.value.result.messages == {"db-1": "not allowed"}
         assert await client.members()  # the connection goes on
     rpc = f"-rpc-addr={agent}"
     status, out = await serf("query", rpc, "uptime")

@@ -5,11 +5,16 @@ names in sorted order, strings and ``[]byte`` alike as msgpack "raw", nil slices
 integers in their smallest unsigned form.  A class here declares its fields once, as
 :class:`Field` rows in wire order; :func:`pack_struct` and :func:`unpack_struct` do the rest and
 validate every value, so that nothing but :class:`~swim.wire.errors.DecodeError` leaves a decoder.
+
+Serf's agent RPC uses the other handle, ``RawToString`` with the newer spec: strings travel as
+msgpack str and ``[]byte`` as bin.  A :class:`StructCodec` with ``raw=False`` reads and writes
+that form, with kinds of its own that may name the field in their errors (:attr:`Kind.named`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, NamedTuple, Protocol, TypeVar
@@ -153,7 +158,8 @@ class Kind(NamedTuple):
     marks slices, which Go writes as nil when empty.
     """
 
-    check: Callable[[object], Any]
+    check: Callable[..., Any]
+    """``check(value)``, or ``check(value, key=wire_name)`` when :attr:`named`."""
     empty: object
     fast: str = "check(v)"
     nil_when_empty: bool = False
@@ -162,6 +168,8 @@ class Kind(NamedTuple):
     to_wire: Callable[[Any], object] | None = None
     """What msgpack packs for a value, when not the value itself (nested structs, sorted maps,
     tuples as lists, floats as float64)."""
+    named: bool = False
+    """``check`` also takes the field's wire name, to say which field is wrong."""
 
 
 TEXT = Kind(_text, "", "v.decode() if type(v) is bytes else check(v)")
@@ -225,7 +233,8 @@ def _out_of_range(struct: str, attr: str, value: object) -> str:
 
 class StructCodec(Generic[S]):
     """The compiled encoder and decoders of one struct class, with an optional prefix (the
-    message type byte) written before the map and skipped before decoding.
+    message type byte) written before the map and skipped before decoding.  With ``raw=False``
+    strings travel as msgpack str, bytes as bin, and map keys unpack as str (Serf's RPC).
 
     The code is written and compiled once per class, as dataclasses does for ``__init__``: a
     generic loop over the fields costs several times more per message.
@@ -240,10 +249,10 @@ class StructCodec(Generic[S]):
     decode: Callable[[bytes | bytearray | memoryview], S]
     """The struct from ``prefix`` + exactly one msgpack map."""
 
-    def __init__(self, cls: type[S], prefix: bytes = b"") -> None:
+    def __init__(self, cls: type[S], prefix: bytes = b"", *, raw: bool = True) -> None:
         namespace: dict[str, Any] = {
             "cls": cls,
-            "pack": pack,
+            "pack": pack if raw else functools.partial(msgpack.packb, use_bin_type=True),
             "unpackb": msgpack.unpackb,
             "prefix": prefix,
             "limit": MAX_CONTAINER_LEN,
@@ -270,8 +279,10 @@ class StructCodec(Generic[S]):
                 enc.append(f"    d[{key!r}] = {value} if m.{attr} else None")
             else:
                 enc.append(f"    d[{key!r}] = {value}")
-            namespace[f"check{i}"] = kind.check
-            fetch.append(f"        v{i} = get({key.encode()!r})")
+            namespace[f"check{i}"] = (
+                functools.partial(kind.check, key=key) if kind.named else kind.check
+            )
+            fetch.append(f"        v{i} = get({(key.encode() if raw else key)!r})")
             args[attr] = re.sub(r"\bv\b", f"v{i}", kind.fast.replace("check(", f"check{i}("))
         construct = [
             "    if type(d) is not dict:",
@@ -286,7 +297,7 @@ class StructCodec(Generic[S]):
         dec = [
             "def decode(data):",
             "    try:",
-            f"        d = unpackb(data[{len(prefix)}:], raw=True, strict_map_key=False,",
+            f"        d = unpackb(data[{len(prefix)}:], raw={raw}, strict_map_key=False,",
             "                    max_array_len=limit, max_map_len=limit)",
             "    except Exception as exc:",
             f"        raise DecodeError('{name}: bad msgpack: ' + type(exc).__name__) from None",
