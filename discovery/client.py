@@ -56,7 +56,7 @@ from swim.events import (
     MemberUpdated,
 )
 from swim.members import MemberState
-from swim.node import EventsLost, EventStream, Node
+from swim.node import EventsLost, EventStream, Node, connect_failure
 from swim.queues import LossyQueue
 
 log = logging.getLogger("discovery.client")
@@ -245,7 +245,7 @@ class Discovery:
         except TimeoutError:
             why = f"no answer within {self._metadata_timeout} s"
         except (OSError, anyio.BrokenResourceError) as exc:
-            why = _describe(exc)
+            why = connect_failure(exc)
         except ProtocolError as exc:
             why = f"bad answer: {exc.reason}"
         else:
@@ -323,8 +323,8 @@ class Discovery:
                             plan.finished(anyio.current_time())
                         plan.tick(anyio.current_time())  # gives up if the deadline cut it short
                     except retry_on as exc:
-                        log.info("call to %s failed: %s", instance, _describe(exc))
-                        plan.failed(_describe(exc), anyio.current_time())
+                        log.info("call to %s failed: %s", instance, connect_failure(exc))
+                        plan.failed(connect_failure(exc), anyio.current_time())
                     except BaseException:  # not the instance's failure: the caller's to handle
                         plan.finished(anyio.current_time())
                         raise
@@ -403,15 +403,3 @@ async def _fetch(
                 reader.end_of_stream()  # raises: the peer closed mid-frame
             body = reader.receive_data(chunk)
         return decode_response(seal.open(body, Direction.RESPONSE), nonce)
-
-
-def _describe(exc: BaseException) -> str:
-    """What went wrong, with "all connection attempts failed" unwrapped to the first cause."""
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[0]
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -755,7 +755,7 @@ class Node:
                     if request.expects_reply:
                         incoming = await self._read_stream(stream)
             except OSError as exc:
-                error = _describe(exc)
+                error = connect_failure(exc)
             except anyio.BrokenResourceError as exc:
                 error = f"connection lost: {exc}"
         if scope.cancelled_caught:
@@ -785,18 +785,21 @@ class Node:
         raise IsolatedError(f"isolated for {event.isolated_for:.0f} s (exit_when_isolated={limit})")
 
 
-def _describe(exc: OSError) -> str:
-    """The underlying reason of a connection failure ("Connection refused"), which the async
-    framework keeps in the cause of its own "all attempts to connect ... failed" (and words as
-    "Error connecting to ('10.0.0.1', 7946): ...": the address is said already)."""
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, in a few words ("Connection refused"): the async framework's
+    "all connection attempts failed" carries the attempts' errors as its cause (one error, or
+    a group of them), and asyncio words them as "Connect call failed (...)"; the error number
+    says it the same way everywhere."""
     cause = exc.__cause__
     while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
         cause = cause.exceptions[0]
     if isinstance(cause, OSError):
         exc = cause
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)
+    if isinstance(exc, OSError):
+        if exc.errno is not None and exc.errno > 0:
+            return os.strerror(exc.errno)
+        return exc.strerror or str(exc)  # resolver errors have negative numbers
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _bind_failure(host: str, port: int, cause: OSError) -> str:

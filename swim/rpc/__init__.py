@@ -23,9 +23,9 @@ The modules:
   and reply body, described on the struct codec; Serf's error strings; addresses.
 * :mod:`~swim.rpc.filters`: Serf's event and member filters.
 * :mod:`~swim.rpc.connection`: the protocol as sans-IO state machines, one per end.
-* :mod:`~swim.rpc.server`: :class:`RpcServer` (and :func:`serve_rpc`) over trio TCP, driving
+* :mod:`~swim.rpc.server`: :class:`RpcServer` (and :func:`serve_rpc`) over TCP (AnyIO), driving
   an :class:`AgentBackend`.
-* :mod:`~swim.rpc.client`: :class:`RpcClient` over trio TCP.
+* :mod:`~swim.rpc.client`: :class:`RpcClient` over TCP (AnyIO).
 
 The endpoint is trusted the way Serf's is: whoever reaches it can make the agent leave, so bind
 it to loopback or set an auth key.

@@ -1,19 +1,20 @@
-"""The RPC client over trio TCP: :class:`RpcClient` writes what its :class:`ClientConnection`
-makes of each call, and hands the replies and records it reads to the tasks that wait for them.
-It drives a shoal agent or a Serf one alike."""
+"""The RPC client over TCP (AnyIO: trio or asyncio): :class:`RpcClient` writes what its
+:class:`ClientConnection` makes of each call, and hands the replies and records it reads to the
+tasks that wait for them.  It drives a shoal agent or a Serf one alike."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Final, TypeVar, Unpack
 
-import trio
+import anyio
+from anyio.abc import SocketStream
 
+from swim.node import connect_failure
 from swim.rpc import schema
 from swim.rpc.connection import (
     HANDSHAKE_TIMEOUT,
@@ -40,6 +41,7 @@ from swim.rpc.schema import (
     RpcQueryRecord,
     parse_rpc_addr,
 )
+from swim.serf.layer import QueryOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +83,14 @@ class RpcClient:
     reply reads the connection and hands each message to its owner.
     """
 
-    def __init__(self, stream: trio.SocketStream, addr: str, timeout: float) -> None:
+    def __init__(self, stream: SocketStream, addr: str, timeout: float) -> None:
         """Use :meth:`connect`."""
         self._stream = stream
         self._addr = addr
         self._timeout = timeout
         self._protocol = ClientConnection()
-        self._read_lock = trio.Lock()
-        self._write_lock = trio.Lock()
+        self._read_lock = anyio.Lock()
+        self._write_lock = anyio.Lock()
         self._calls: dict[int, _Call] = {}
         self._subscriptions: dict[int, _Subscription] = {}
         self._broken: RpcConnectionError | None = None
@@ -108,24 +110,24 @@ class RpcClient:
         it refuses the key, ValueError for an address that is not ``host:port``."""
         host, port = parse_rpc_addr(addr)
         try:
-            with trio.fail_after(timeout):
-                stream = await trio.open_tcp_stream(host, port)
-        except trio.TooSlowError:
+            with anyio.fail_after(timeout):
+                stream = await anyio.connect_tcp(host, port)
+        except TimeoutError:
             raise RpcConnectionError(
                 f"cannot reach the agent at {addr}: no answer in {timeout:g} s"
             ) from None
         except OSError as exc:
             raise RpcConnectionError(
-                f"cannot reach the agent at {addr}: {_connect_failure(exc)}"
+                f"cannot reach the agent at {addr}: {connect_failure(exc).lower()}"
             ) from None
         async with stream:
             client = cls(stream, addr, timeout)
             try:
-                with trio.fail_after(timeout):
+                with anyio.fail_after(timeout):
                     await client._request(schema.Handshake())
                     if auth_key:
                         await client._request(schema.Auth(auth_key))
-            except trio.TooSlowError:
+            except TimeoutError:
                 raise RpcConnectionError(
                     f"{addr} accepted the connection but did not answer the handshake in "
                     f"{timeout:g} s; is it a Serf or shoal agent's RPC address?"
@@ -206,22 +208,20 @@ class RpcClient:
 
     @asynccontextmanager
     async def query(
-        self,
-        name: str,
-        payload: bytes = b"",
-        *,
-        nodes: Sequence[str] = (),
-        tags: Mapping[str, str] | None = None,
-        request_ack: bool = False,
-        relay_factor: int = 0,
-        timeout: float = 0.0,
+        self, name: str, payload: bytes = b"", **options: Unpack[QueryOptions]
     ) -> AsyncIterator[AsyncIterator[RpcQueryRecord]]:
         """Send a query through the agent and read its acks and answers as they come:
         ``async with client.query("uptime") as records: async for record in records: ...``.
-        The records end when the query times out (``timeout`` seconds; 0: Serf's default).
-        ``nodes`` and ``tags`` (tag to regex) pick who answers."""
+        The records end when the query times out (Serf's default when ``timeout`` is None or
+        0); the options are those of :meth:`swim.node.Node.query`."""
         query = RpcQuery(
-            name, payload, tuple(nodes), dict(tags or {}), request_ack, relay_factor, timeout
+            name,
+            payload,
+            tuple(options.get("nodes", ())),
+            dict(options.get("tags") or {}),
+            options.get("request_ack", False),
+            options.get("relay_factor", 0),
+            options.get("timeout") or 0.0,
         )
         subscription = await self._subscribe(query)
         try:
@@ -250,7 +250,7 @@ class RpcClient:
         finally:
             self._unsubscribe(subscription)
             if self._broken is None:
-                with trio.move_on_after(self._timeout, shield=True), suppress(RpcConnectionError):
+                with anyio.move_on_after(self._timeout, shield=True), suppress(RpcConnectionError):
                     await self._request(schema.Stop(subscription.seq))
 
     async def _events(self, subscription: _Subscription) -> AsyncIterator[RpcEvent]:
@@ -335,10 +335,10 @@ class RpcClient:
             raise self._broken
         # A request cut in half would garble every later one: finish writing it, within limits.
         async with self._write_lock:
-            with trio.move_on_after(self._timeout, shield=True) as scope:
+            with anyio.move_on_after(self._timeout, shield=True) as scope:
                 try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    await self._stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                     raise self._lost(f"broke: {exc}") from None
             if scope.cancelled_caught:
                 raise self._fail(f"stalled: a request took over {self._timeout:g} s to write")
@@ -356,8 +356,10 @@ class RpcClient:
         event = self._protocol.next_event()
         while event is NEED_DATA:
             try:
-                data = await self._stream.receive_some(_REPLY_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                data = await self._stream.receive(_REPLY_CHUNK)
+            except anyio.EndOfStream:
+                data = b""
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 raise self._lost(f"broke: {exc}") from None
             self._protocol.receive_data(data)
             event = self._protocol.next_event()
@@ -390,13 +392,3 @@ def _keep(subscription: _Subscription, record: StreamRecord | QueryRecord | Unre
         log.warning("an event stream caught up after losing %d events", subscription.dropped)
         subscription.dropped = 0
     subscription.records.append(record)
-
-
-def _connect_failure(exc: OSError) -> str:
-    # trio reports "all attempts failed" and puts each attempt's error in an ExceptionGroup.
-    cause = exc.__cause__
-    if isinstance(cause, ExceptionGroup) and isinstance(cause.exceptions[0], OSError):
-        exc = cause.exceptions[0]
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno).lower()
-    return (exc.strerror or str(exc)).lower()  # resolver errors have negative numbers

@@ -1,5 +1,6 @@
-"""The RPC server over trio TCP: one task per connection feeds its :class:`ServerConnection` the
-bytes it reads, runs the agent's call for each request, and writes the replies.
+"""The RPC server over TCP (AnyIO: trio or asyncio): one task per connection feeds its
+:class:`ServerConnection` the bytes it reads, runs the agent's call for each request, and
+writes the replies.
 
 The protocol's rules are the connection's; what the requests mean for membership is the
 :class:`AgentBackend`'s.  Serf's agent lets its clients hold it without limit; this server
@@ -12,14 +13,16 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
-import trio
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from swim.rpc import schema
 from swim.rpc.connection import (
@@ -90,8 +93,8 @@ class AgentBackend(Protocol):
         ...
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
-        """Call ``deliver`` from trio's thread with every member and user event from now on,
-        until the returned function is called.  ``deliver`` never blocks: a stream too far
+        """Call ``deliver`` from the event loop's thread with every member and user event from
+        now on, until the returned function is called.  ``deliver`` never blocks: a stream too far
         behind drops events, as Serf's does."""
         ...
 
@@ -162,14 +165,15 @@ class RpcServer:
         host: str,
         port: int,
         *,
-        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve ``backend`` on ``host:port`` until cancelled, one task per connection.  Start
         it with ``port = await nursery.start(server.serve, backend, host, port)``: it reports
         the bound port, so port 0 picks a free one."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(partial(self._serve_connection, backend), listeners)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        async with listener:
+            task_status.started(listener.extra(SocketAttribute.local_port))
+            await listener.serve(partial(self._serve_connection, backend))
 
     def statistics(self) -> RpcServerStatistics:
         """The counters as they stand now."""
@@ -182,21 +186,19 @@ class RpcServer:
             requests=MappingProxyType(dict(self._requests)),
         )
 
-    async def _serve_connection(self, backend: AgentBackend, stream: trio.SocketStream) -> None:
+    async def _serve_connection(self, backend: AgentBackend, stream: SocketStream) -> None:
         if not self._admit():
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
             return
-        try:
-            host, port, *_ = stream.socket.getpeername()
-            peer = f"{host}:{port}"
-        except OSError:  # the client is already gone
-            peer = "a departed client"
+        address = stream.extra(SocketAttribute.remote_address, None)
+        # None when the client is already gone
+        peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "a departed client"
         log.debug("RPC client %s connected", peer)
         protocol = ServerConnection(
-            self._auth_key, trio.current_time(), peer=peer, requests=self._requests
+            self._auth_key, anyio.current_time(), peer=peer, requests=self._requests
         )
         try:
-            async with trio.open_nursery() as nursery:  # for its event streams and queries
+            async with anyio.create_task_group() as nursery:  # for its event streams and queries
                 session = _Session(backend, stream, peer, nursery, protocol)
                 try:
                     ending = await session.serve()
@@ -211,7 +213,7 @@ class RpcServer:
             log.exception("RPC client %s: unexpected failure; closing its connection", peer)
         finally:
             self._release()
-            await trio.aclose_forcefully(stream)
+            await anyio.aclose_forcefully(stream)
 
     def _admit(self) -> bool:
         """Whether to serve a new connection; if so, :meth:`_release` it when it closes.  Logs
@@ -245,7 +247,7 @@ async def serve_rpc(
     auth_key: str | None = None,
     *,
     max_connections: int = MAX_CONNECTIONS,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """:meth:`RpcServer.serve` on a new server, for callers that need no statistics."""
     server = RpcServer(auth_key, max_connections=max_connections)
@@ -262,7 +264,7 @@ class _Ending(enum.Enum):
 
 @dataclass(slots=True)
 class _EventStream:
-    events: trio.MemorySendChannel[RpcEvent]
+    events: MemoryObjectSendStream[RpcEvent]
     unsubscribe: Callable[[], None]
 
     def close(self) -> None:
@@ -279,9 +281,9 @@ class _Session:
     def __init__(
         self,
         backend: AgentBackend,
-        stream: trio.SocketStream,
+        stream: SocketStream,
         peer: str,
-        nursery: trio.Nursery,
+        nursery: TaskGroup,
         protocol: ServerConnection,
     ) -> None:
         self._backend = backend
@@ -289,31 +291,32 @@ class _Session:
         self._peer = peer
         self._nursery = nursery
         self._protocol = protocol
-        self._write_lock = trio.Lock()
+        self._write_lock = anyio.Lock()
         self._streams: dict[int, _EventStream] = {}
 
     async def serve(self) -> _Ending:
         """Serve requests until the client leaves, breaks the protocol, or is too slow to get
         as far as its first command; how it ended."""
         protocol = self._protocol
-        with trio.CancelScope(deadline=protocol.next_deadline()) as deadline:
-            try:
-                while True:
-                    event = protocol.next_event()
-                    deadline.deadline = protocol.next_deadline()
-                    await self._write(protocol.data_to_send())
-                    if event is NEED_DATA:
-                        protocol.receive_data(await self._stream.receive_some(_REQUEST_CHUNK))
-                    elif isinstance(event, ConnectionClosed):
-                        return self._closed(event)
-                    else:
-                        await self._serve(event)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.debug("RPC client %s went away", self._peer)
-                return _Ending.LEFT
+        try:
+            while True:
+                event = protocol.next_event()
+                await self._write(protocol.data_to_send())
+                if event is NEED_DATA:
+                    data = await _receive(self._stream, _REQUEST_CHUNK, protocol.next_deadline())
+                    if data is None:
+                        break
+                    protocol.receive_data(data)
+                elif isinstance(event, ConnectionClosed):
+                    return self._closed(event)
+                else:
+                    await self._serve(event)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            log.debug("RPC client %s went away", self._peer)
+            return _Ending.LEFT
         # Log text, not an exception: a handler that keeps records (a MemoryHandler, a queue)
         # would keep its traceback, and through it this connection.
-        why = protocol.expired(trio.current_time())
+        why = protocol.expired(anyio.current_time())
         log.info("closing the RPC connection from %s: %s", self._peer, why)
         return _Ending.TIMED_OUT
 
@@ -332,7 +335,7 @@ class _Session:
 
     async def _serve(self, request: Request) -> None:
         seq, body = request.seq, request.body
-        forward: Callable[[], Awaitable[None]] | None = None
+        forward: Callable[[], Coroutine[Any, Any, None]] | None = None
         reply: Reply = OK
         try:
             if isinstance(body, schema.Stream):
@@ -353,17 +356,17 @@ class _Session:
     async def _write(self, data: bytes) -> None:
         if data:
             async with self._write_lock:
-                await self._stream.send_all(data)
+                await self._stream.send(data)
 
-    def _subscribe(self, seq: int) -> Callable[[], Awaitable[None]]:
+    def _subscribe(self, seq: int) -> Callable[[], Coroutine[Any, Any, None]]:
         """Subscribe before acknowledging so nothing is missed: the events wait in a channel
         and go out, from the returned task, only after the acknowledgement, as Serf orders them."""
-        send, receive = trio.open_memory_channel[RpcEvent](STREAM_BUFFER)
+        send, receive = anyio.create_memory_object_stream[RpcEvent](STREAM_BUFFER)
         deliver = _deliverer(self._protocol, seq, send, self._peer)
         self._streams[seq] = _EventStream(send, self._backend.subscribe(deliver))
         return partial(self._forward, seq, receive)
 
-    async def _forward(self, seq: int, events: trio.MemoryReceiveChannel[RpcEvent]) -> None:
+    async def _forward(self, seq: int, events: MemoryObjectReceiveStream[RpcEvent]) -> None:
         async with events:
             async for event in events:
                 async with self._write_lock:
@@ -371,13 +374,13 @@ class _Session:
                     if not data:
                         return  # stopped
                     try:
-                        await self._stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._stream.send(data)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return  # the request loop sees the closed connection too
 
     async def _forward_query(self, seq: int, records: AsyncIterator[RpcQueryRecord]) -> None:
         """Stream a query's acks and answers, then "done", as Serf's agent does."""
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             async for record in records:
                 await self._write(self._protocol.send(QueryRecord(seq, record)))
             await self._write(self._protocol.send(QueryDone(seq)))
@@ -386,7 +389,7 @@ class _Session:
 def _deliverer(
     protocol: ServerConnection,
     seq: int,
-    events: trio.MemorySendChannel[RpcEvent],
+    events: MemoryObjectSendStream[RpcEvent],
     peer: str,
 ) -> Callable[[RpcEvent], None]:
     """What the backend calls with each event for stream ``seq``: it queues what the stream
@@ -399,7 +402,7 @@ def _deliverer(
             return
         try:
             events.send_nowait(event)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             if not dropped:
                 log.warning(
                     "RPC client %s reads its stream too slowly: dropping events until it "
@@ -408,13 +411,28 @@ def _deliverer(
                 )
             dropped += 1
             return
-        except trio.ClosedResourceError:
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return  # a backend that snapshots its subscribers may call us once after stop
         if dropped:
             log.warning("RPC client %s caught up after losing %d events", peer, dropped)
             dropped = 0
 
     return deliver
+
+
+async def _receive(stream: SocketStream, size: int, deadline: float) -> bytes | None:
+    """Up to ``size`` bytes, b"" (the end, for the connection) once the client closed, or
+    None if nothing came before ``deadline``.
+
+    The deadline's scope is here, not around the session: AnyIO's trio backend leaves the
+    cancelled receive in a reference cycle, and from here that cycle reaches only the stream,
+    not the session and its connection."""
+    with anyio.CancelScope(deadline=deadline):
+        try:
+            return await stream.receive(size)
+        except anyio.EndOfStream:
+            return b""
+    return None
 
 
 async def _call(backend: AgentBackend, body: RequestBody) -> Reply:
