@@ -84,6 +84,9 @@ LOG_LEVELS = {
 """``-log-level`` names, in any case: Serf's (TRACE, DEBUG, INFO, WARN, ERR) and Python's.  shoal
 logs nothing finer than DEBUG, so TRACE shows what DEBUG does."""
 
+EVENT_LOOPS = ("trio", "asyncio")
+"""What ``-event-loop`` runs the agent on: the same code either way (AnyIO)."""
+
 
 class AgentError(Exception):
     """The agent cannot start as configured; the message names the flag and the fix."""
@@ -106,6 +109,7 @@ class AgentOptions:
     snapshot: str | None = None
     rejoin_after_leave: bool = False
     log_level: str = "INFO"
+    event_loop: str = "trio"
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +128,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
     flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
     flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")
+    flag(
+        "-event-loop",
+        "--event-loop",
+        default="trio",
+        choices=EVENT_LOOPS,
+        help="event loop to run on (default: trio)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
@@ -163,6 +174,7 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         snapshot=args.snapshot,
         rejoin_after_leave=args.rejoin,
         log_level=args.log_level,
+        event_loop=args.event_loop,
     )
 
 
@@ -513,7 +525,12 @@ async def run_agent(
         except JoinError as exc:
             raise AgentError(_join_advice(exc)) from None
         log.info(
-            "agent %s running at %s:%d, RPC at %s:%d", node.name, *node.address, rpc_host, rpc_port
+            "agent %s running at %s:%d, RPC at %s:%d, on %s",
+            node.name,
+            *node.address,
+            rpc_host,
+            rpc_port,
+            sniffio.current_async_library(),
         )
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
@@ -631,5 +648,5 @@ def main(args: argparse.Namespace) -> int:
     # one record, one line: names and strings from the network are escaped, never raw
     handler.setFormatter(SafeFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
     logging.basicConfig(level=LOG_LEVELS[options.log_level.lower()], handlers=[handler])
-    anyio.run(run_agent, options, backend="trio")
+    anyio.run(run_agent, options, backend=options.event_loop)
     return 0
