@@ -475,7 +475,7 @@ async def test_inbound_streams_beyond_the_cap_are_refused() -> None:
         slow = await anyio.connect_tcp(host, port)
         async with slow:
             await slow.send(b"\x06")  # the start of a push-pull: it takes the only slot
-            await anyio.sleep(0.01)
+            await wait_until(functools.partial(_served, node, 1), limit=5)
             extra = await anyio.connect_tcp(host, port)
             async with extra:
                 await extra.send(b"\x06")
