@@ -1,11 +1,14 @@
-"""Nodes, hosts and echo services on 127.0.0.1, for tests in trio's virtual time."""
+"""Nodes, hosts and echo services on 127.0.0.1, written against AnyIO: for tests that run under
+asyncio and trio alike, and for tests in virtual time (trio's MockClock)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
-import trio
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
 
 from discovery.catalog import Instance
 from discovery.host import ServiceHost
@@ -15,6 +18,8 @@ from swim.node import Node
 
 FAST = Config.local(compression=False)
 LOOPBACK = "127.0.0.1"
+STOP_LIMIT = 5.0
+"""How long stopping a node or a service may take: closing sockets on loopback is at once."""
 
 
 def seed_of(node: Node) -> str:
@@ -22,12 +27,13 @@ def seed_of(node: Node) -> str:
 
 
 class Cluster:
-    """Nodes (each with a :class:`ServiceHost`) in one nursery, each in a cancel scope so that a
-    test can crash it."""
+    """Nodes (each with a :class:`ServiceHost`) in one task group, each in a cancel scope so
+    that a test can crash it."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: TaskGroup) -> None:
         self.nursery = nursery
-        self.scopes: dict[str, trio.CancelScope] = {}
+        self.scopes: dict[str, anyio.CancelScope] = {}
+        self.stopped: dict[str, anyio.Event] = {}
 
     async def node(self, name: str, config: Config = FAST, **kwargs: object) -> Node:
         node, _ = await self.host(name, config, **kwargs)
@@ -40,18 +46,22 @@ class Cluster:
         host_options = {
             k: kwargs.pop(k) for k in ("on_isolation", "request_timeout") if k in kwargs
         }
+        stopped = self.stopped[name] = anyio.Event()
 
         async def run(
-            task_status: trio.TaskStatus[tuple[Node, ServiceHost]] = trio.TASK_STATUS_IGNORED,
+            task_status: TaskStatus[tuple[Node, ServiceHost]] = anyio.TASK_STATUS_IGNORED,
         ) -> None:
-            with trio.CancelScope() as scope:
-                self.scopes[name] = scope
-                async with (
-                    Node(config, name=name, bind=(LOOPBACK, 0), tags={}, **kwargs) as node,  # type: ignore[arg-type]
-                    ServiceHost(node, **host_options) as host,  # type: ignore[arg-type]
-                ):
-                    task_status.started((node, host))
-                    await trio.sleep_forever()
+            try:
+                with anyio.CancelScope() as scope:
+                    self.scopes[name] = scope
+                    async with (
+                        Node(config, name=name, bind=(LOOPBACK, 0), tags={}, **kwargs) as node,  # type: ignore[arg-type]
+                        ServiceHost(node, **host_options) as host,  # type: ignore[arg-type]
+                    ):
+                        task_status.started((node, host))
+                        await anyio.sleep_forever()
+            finally:
+                stopped.set()  # the host and the node have exited: their sockets are closed
 
         started: tuple[Node, ServiceHost] = await self.nursery.start(run)
         return started
@@ -70,48 +80,78 @@ class Cluster:
         await b.join([seed_of(a)])
         return host, b
 
-    def crash(self, name: str) -> None:
-        """Stop a node without a leave: its sockets close, it says nothing."""
+    async def crash(self, name: str) -> None:
+        """Stop a node without a leave: it says nothing, and its sockets are closed when this
+        returns."""
         self.scopes[name].cancel()
+        with anyio.fail_after(STOP_LIMIT):
+            await self.stopped[name].wait()
 
 
 @asynccontextmanager
 async def cluster() -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         yield Cluster(nursery)
         nursery.cancel_scope.cancel()
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 30.0) -> None:
-    """Wait in virtual time until ``condition`` holds, at most ``limit`` seconds."""
-    with trio.fail_after(limit):
+    """Wait until ``condition`` holds, at most ``limit`` seconds (virtual ones, when the test
+    runs on a virtual clock)."""
+    with anyio.fail_after(limit):
         while not condition():
-            await trio.sleep(0.05)
+            await anyio.sleep(0.05)
 
 
-async def echo_server(nursery: trio.Nursery, name: str) -> tuple[int, trio.CancelScope]:
-    """A TCP service answering each line with ``name: line``; cancel the scope to stop it."""
+async def read(stream: SocketStream, size: int) -> bytes:
+    """Up to ``size`` bytes, or b"" once the peer has closed the stream (a reset raises)."""
+    try:
+        return await stream.receive(size)
+    except anyio.EndOfStream:
+        return b""
 
-    async def answer(stream: trio.SocketStream) -> None:
+
+@dataclass(frozen=True, slots=True)
+class EchoServer:
+    """An echo service started by :func:`echo_server`."""
+
+    port: int
+    scope: anyio.CancelScope
+    stopped: anyio.Event
+
+    async def stop(self) -> None:
+        """Stop the service: its listener is closed (connecting is refused) when this
+        returns."""
+        self.scope.cancel()
+        with anyio.fail_after(STOP_LIMIT):
+            await self.stopped.wait()
+
+
+async def echo_server(nursery: TaskGroup, name: str) -> EchoServer:
+    """A TCP service answering each line with ``name: line``."""
+
+    async def answer(stream: SocketStream) -> None:
         async with stream:
-            data = await stream.receive_some(1024)
-            await stream.send_all(f"{name}: ".encode() + data)
+            data = await stream.receive(1024)
+            await stream.send(f"{name}: ".encode() + data)
 
-    async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            scopes.append(scope)
-            listeners = await trio.open_tcp_listeners(0, host=LOOPBACK)
-            task_status.started(listeners[0].socket.getsockname()[1])
-            await trio.serve_listeners(answer, listeners)
+    async def serve(task_status: TaskStatus[EchoServer] = anyio.TASK_STATUS_IGNORED) -> None:
+        stopped = anyio.Event()
+        try:
+            with anyio.CancelScope() as scope:
+                async with await anyio.create_tcp_listener(local_host=LOOPBACK) as listener:
+                    port = listener.extra(SocketAttribute.local_port)
+                    task_status.started(EchoServer(port, scope, stopped))
+                    await listener.serve(answer)
+        finally:
+            stopped.set()
 
-    scopes: list[trio.CancelScope] = []
-    port: int = await nursery.start(serve)
-    return port, scopes[0]
+    server: EchoServer = await nursery.start(serve)
+    return server
 
 
 async def ask(instance: Instance, text: str = "hello") -> str:
     """One request to an echo server."""
-    stream = await trio.open_tcp_stream(*instance.address)
-    async with stream:
-        await stream.send_all(text.encode())
-        return (await stream.receive_some(1024)).decode()
+    async with await anyio.connect_tcp(*instance.address) as stream:
+        await stream.send(text.encode())
+        return (await stream.receive(1024)).decode()

@@ -1,4 +1,5 @@
-"""The examples run: in-process in virtual time, and the service as a real process on SIGTERM."""
+"""The examples run: the trio ones in-process in virtual time (they are trio code: trio's
+MockClock), the asyncio ones in real time, and the services as real processes on SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
-import trio
 import trio.testing
 
 from discovery import MissingServices, UnknownService
@@ -26,14 +27,14 @@ FAST = Config.local(compression=False)
 async def test_the_client_keeps_calling_while_an_instance_drains(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    stop_first, stop_second = trio.Event(), trio.Event()
-    async with trio.open_nursery() as nursery:
+    stop_first, stop_second = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as nursery:
         port = await nursery.start(echo_service.serve, "echo-1", 0, [], stop_first.wait, FAST)
         seed = f"127.0.0.1:{port}"
         await nursery.start(echo_service.serve, "echo-2", 0, [seed], stop_second.wait, FAST)
 
         async def stop_one_midway() -> None:
-            await trio.sleep(3)
+            await anyio.sleep(3)
             stop_second.set()
 
         nursery.start_soon(stop_one_midway)

@@ -55,22 +55,31 @@ class Cluster:
         self.nursery = nursery
         self.nodes: dict[str, Node] = {}
         self.scopes: dict[str, anyio.CancelScope] = {}
+        self.stopped: dict[str, anyio.Event] = {}
 
     async def start(self, name: str, config: Config = FAST, **kwargs: object) -> Node:
+        stopped = self.stopped[name] = anyio.Event()
+
         async def run(task_status: TaskStatus[Node] = anyio.TASK_STATUS_IGNORED) -> None:
-            with anyio.CancelScope() as scope:
-                self.scopes[name] = scope
-                async with Node(config, name=name, bind=(LOOPBACK, 0), **kwargs) as node:  # type: ignore[arg-type]
-                    task_status.started(node)
-                    await anyio.sleep_forever()
+            try:
+                with anyio.CancelScope() as scope:
+                    self.scopes[name] = scope
+                    async with Node(config, name=name, bind=(LOOPBACK, 0), **kwargs) as node:  # type: ignore[arg-type]
+                        task_status.started(node)
+                        await anyio.sleep_forever()
+            finally:
+                stopped.set()  # the node has exited: its sockets are closed
 
         node: Node = await self.nursery.start(run)
         self.nodes[name] = node
         return node
 
-    def crash(self, name: str) -> None:
-        """Stop a node without a leave: its sockets close, it says nothing."""
+    async def crash(self, name: str) -> None:
+        """Stop a node without a leave: it says nothing, and its sockets are closed when this
+        returns."""
         self.scopes[name].cancel()
+        with anyio.fail_after(5):
+            await self.stopped[name].wait()
 
     async def started(self, count: int, config: Config = FAST) -> list[Node]:
         nodes = [await self.start(f"n{i}", config) for i in range(count)]
@@ -130,7 +139,7 @@ async def test_a_crash_is_detected_as_suspect_then_failed(
         nodes = await c.started(4)
         await wait_until(lambda: all(len(states(n)) == 4 for n in nodes))
         events = nodes[0].events()
-        c.crash("n3")
+        await c.crash("n3")
         seen: list[type] = []
         with anyio.fail_after(60):
             async for event in events:
@@ -178,8 +187,7 @@ async def test_user_messages_best_effort_and_reliable() -> None:
         await a.send_reliable("b", b"stream")
         await wait_until(lambda: len(received) == 2, limit=5)
         assert sorted(received) == [b"datagram", b"stream"]
-        c.crash("b")
-        await anyio.sleep(0.1)
+        await c.crash("b")
         with pytest.raises(SendError, match="could not deliver to b"):
             await a.send_reliable("b", b"lost")
 
@@ -288,7 +296,7 @@ async def test_isolation_is_reported_and_ends_when_peers_return(
         await a.join([seed_of(b)])
         events = a.events()
         port = b.address[1]
-        c.crash("b")
+        await c.crash("b")
         with anyio.fail_after(30):
             async for event in events:
                 if isinstance(event, Isolated):
@@ -326,7 +334,7 @@ async def test_exit_when_isolated_raises_out_of_the_node(
                 config, name="a", bind=(LOOPBACK, 0), exit_when_isolated=10.0, rejoin_interval=1.0
             ) as a:
                 await a.join([seed_of(b)])
-                c.crash("b")
+                await c.crash("b")
                 await anyio.sleep(120)
 
 
@@ -344,7 +352,7 @@ async def test_exit_when_isolated_fires_when_the_grace_time_passes_not_at_the_ne
             ) as a:
                 events = a.events()
                 await a.join([seed_of(b)])
-                c.crash("b")
+                await c.crash("b")
                 with anyio.fail_after(60):
                     async for event in events:
                         if isinstance(event, Isolated):
@@ -431,7 +439,7 @@ async def test_graceful_leave_is_not_a_failure() -> None:
         await wait_until(lambda: all(len(states(n)) == 3 for n in nodes))
         events = nodes[0].events()
         await nodes[1].leave()
-        c.crash("n1")
+        await c.crash("n1")
         with anyio.fail_after(30):
             async for event in events:
                 if getattr(getattr(event, "member", None), "name", None) == "n1":
@@ -467,7 +475,7 @@ async def test_inbound_streams_beyond_the_cap_are_refused() -> None:
         slow = await anyio.connect_tcp(host, port)
         async with slow:
             await slow.send(b"\x06")  # the start of a push-pull: it takes the only slot
-            await anyio.sleep(0.01)
+            await wait_until(functools.partial(_served, node, 1), limit=5)
             extra = await anyio.connect_tcp(host, port)
             async with extra:
                 await extra.send(b"\x06")
