@@ -14,7 +14,7 @@ Inputs are method calls that carry ``now``: work begins and ends (:meth:`Lifecyc
 
 Every input carries ``now``, as the engine's do, but only :meth:`~Lifecycle.tick` acts on a
 deadline: a driver delivers what happened at an instant before it ticks at that instant.
-:class:`~discovery.host.ServiceHost` drives it over trio and :mod:`discovery.simulation` in
+:class:`~discovery.host.ServiceHost` drives it over AnyIO and :mod:`discovery.simulation` in
 virtual time, so both drain by the same rules.
 """
 

@@ -52,23 +52,6 @@ from tests.discovery.loopback import (
 )
 
 
-def refusals_are_not_worded_on_asyncio(request: pytest.FixtureRequest, backend: str) -> None:
-    """A known bug, so that the test says "Connection refused" on both backends and fails,
-    strictly, once the bug is fixed: under asyncio, a refused connection comes as
-    ``OSError(ECONNREFUSED, "Connect call failed ('127.0.0.1', port)")`` and
-    ``discovery.client._describe`` keeps that strerror, so a ``CallFailed`` (and a
-    ``MetadataError``) names the address again instead of the reason; ``swim.node._describe``
-    words it with ``os.strerror(errno)``."""
-    if backend == "asyncio":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="discovery.client._describe words a refusal under asyncio as "
-                '"Connect call failed (address)", not "Connection refused"',
-            )
-        )
-
-
 def arrived(discovery: Discovery, service: str, revision: int) -> bool:
     """Whether the catalog shows an instance of ``service`` at ``revision``."""
     return any(i.revision == revision for i in discovery.catalogs[""].instances(service))
@@ -241,10 +224,7 @@ async def test_a_client_in_an_encrypted_cluster_refuses_a_plaintext_answer() -> 
 
 
 @pytest.mark.both_backends
-async def test_calls_fail_over_when_an_instance_stops_answering(
-    request: pytest.FixtureRequest, anyio_backend: str
-) -> None:
-    refusals_are_not_worded_on_asyncio(request, anyio_backend)
+async def test_calls_fail_over_when_an_instance_stops_answering() -> None:
     async with cluster() as c:
         client = await c.node("client")
         servers: dict[str, EchoServer] = {}
@@ -341,10 +321,7 @@ async def test_draining_cuts_off_what_outlasts_the_timeout(
 
 
 @pytest.mark.both_backends
-async def test_bootstrap_from_the_cache_with_the_cluster_unreachable(
-    tmp_path: Path, request: pytest.FixtureRequest, anyio_backend: str
-) -> None:
-    refusals_are_not_worded_on_asyncio(request, anyio_backend)
+async def test_bootstrap_from_the_cache_with_the_cluster_unreachable(tmp_path: Path) -> None:
     cache = tmp_path / "discovery.json"
     async with cluster() as c:
         host, b = await c.pair()
