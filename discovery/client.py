@@ -56,8 +56,9 @@ from swim.events import (
     MemberUpdated,
 )
 from swim.members import MemberState
-from swim.node import EventsLost, EventStream, Node, connect_failure
+from swim.node import EventsLost, EventStream, Node
 from swim.queues import LossyQueue
+from swim.sockets import connect_failure
 
 log = logging.getLogger("discovery.client")
 T = TypeVar("T")

@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import Listener, SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.stapled import MultiListener
 
 from discovery import lifecycle
 from discovery.introspection import (
@@ -41,6 +42,7 @@ from swim.events import Isolated, Reconnected
 from swim.logs import bump
 from swim.node import EventStream, JoinError, Node
 from swim.serf.layer import Serf
+from swim.sockets import serve_connections
 
 log = logging.getLogger("discovery.host")
 
@@ -339,9 +341,9 @@ class ServiceHost:
         """The metadata service's counters as they stand now."""
         return self._statistics
 
-    async def _serve_metadata(self, listener: Listener[SocketStream]) -> None:
+    async def _serve_metadata(self, listener: MultiListener[SocketStream]) -> None:
         async with listener:
-            await listener.serve(self._answer)
+            await serve_connections(listener, self._answer, "the metadata service")
 
     async def _answer(self, stream: SocketStream) -> None:
         """One request, one answer; bad input is dropped and counted, never raised."""

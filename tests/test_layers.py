@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "swim.stack": STACK,
     "swim.background": RUNTIME,
     "swim.queues": RUNTIME,
+    "swim.sockets": RUNTIME,
     "swim.node": RUNTIME,
     "swim.keys": RUNTIME,
     "swim.blocking": RUNTIME,

@@ -14,7 +14,6 @@ from typing import Final, TypeVar, Unpack
 import anyio
 from anyio.abc import SocketStream
 
-from swim.node import connect_failure
 from swim.rpc import schema
 from swim.rpc.connection import (
     HANDSHAKE_TIMEOUT,
@@ -42,6 +41,7 @@ from swim.rpc.schema import (
     parse_rpc_addr,
 )
 from swim.serf.layer import QueryOptions
+from swim.sockets import connect_failure
 
 log = logging.getLogger(__name__)
 

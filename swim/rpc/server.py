@@ -47,6 +47,7 @@ from swim.rpc.schema import (
     RpcQuery,
     RpcQueryRecord,
 )
+from swim.sockets import serve_connections
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,9 @@ class RpcServer:
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
         async with listener:
             task_status.started(listener.extra(SocketAttribute.local_port))
-            await listener.serve(partial(self._serve_connection, backend))
+            await serve_connections(
+                listener, partial(self._serve_connection, backend), "the RPC endpoint"
+            )
 
     def statistics(self) -> RpcServerStatistics:
         """The counters as they stand now."""
