@@ -48,6 +48,7 @@ from swim.serf.layer import (
     SerfQuery,
     SerfStatistics,
 )
+from swim.sockets import connect_failure, serve_connections
 from swim.stack import (
     UNREADABLE_REPLY,
     IncomingStream,
@@ -64,6 +65,9 @@ RECEIVE_BUFFER = 65_536
 LARGE_STREAM = 65_536
 """Past this many bytes a stream is decoded in a worker thread: decompressing and parsing a
 large push-pull takes a large share of a second, which would otherwise hold up probes and acks."""
+RECEIVE_RETRY_DELAY = 0.01
+"""The pause after a failed datagram receive, so that a socket that keeps failing does not
+keep a core busy; one failure (an ICMP error report) costs no more than this."""
 FIRST_BYTES_TIMEOUT = 2.0
 """How long an inbound stream may stay silent before it is closed (at most ``tcp_timeout``).
 A peer writes its message as soon as it connects, so only then does the stream take a slot;
@@ -164,6 +168,7 @@ class RuntimeStatistics:
     inbound_streams_silent: int = 0
     stream_errors: int = 0
     send_errors: int = 0
+    receive_errors: int = 0
     internal_errors: int = 0
 
 
@@ -280,7 +285,8 @@ class Node:
         self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
         self._udp: UDPSocket | None = None
-        self._sending = anyio.Lock()
+        self._udp_socket: socket.socket | None = None
+        """The socket under ``_udp``, which sends go through (see :meth:`_send`)."""
         self._listener: SocketListener | None = None
         self._background = Background()
         self._wakeup = anyio.Event()
@@ -316,7 +322,7 @@ class Node:
 
     async def _start(self) -> None:
         host, port = self._bind
-        self._udp, self._listener = await _bind_udp_and_tcp(host, port)
+        self._udp_socket, self._udp, self._listener = await _bind_udp_and_tcp(host, port)
         bound_port = self._udp.extra(SocketAttribute.local_port)
         advertise = self._advertise or (_advertise_host(host), bound_port)
         self._stack = MemberStack(
@@ -468,7 +474,7 @@ class Node:
             results: list[JoinCompleted] = []
             join_id = self.stack.join(list(targets), anyio.current_time(), replay=replay)
             self._joins[join_id] = (done, results)
-            await self._flush()
+            self._flush()
             await done.wait()
             (result,) = results
             joined = len(result.joined)
@@ -484,7 +490,7 @@ class Node:
         """Tell the cluster we leave, and wait (at most ``timeout``) for the news to go out.
         Returns False when it may not have reached everyone (the timeout passed first)."""
         self.stack.leave(anyio.current_time(), timeout)
-        await self._flush()
+        self._flush()
         with anyio.move_on_after(timeout + 1.0):
             await self._left.wait()
         return self._left.is_set() and not self._leave_timed_out
@@ -492,12 +498,12 @@ class Node:
     async def update_metadata(self, meta: bytes) -> None:
         """Advertise new metadata (raises ``MetadataTooLarge`` past ``meta_max_size``)."""
         self.engine.update_meta(meta, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def send(self, name: str, data: bytes) -> None:
         """Send ``data`` to the member ``name`` in one datagram (best effort)."""
         self.engine.send(name, data, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def send_reliable(self, name: str, data: bytes) -> None:
         """Send ``data`` to the member ``name`` over TCP; raises :class:`SendError` on failure."""
@@ -505,7 +511,7 @@ class Node:
         done = anyio.Event()
         outcome: list[str | None] = []
         self._reliable[stream_id] = (done, outcome)
-        await self._flush()
+        self._flush()
         await done.wait()
         if outcome[0] is not None:
             raise SendError(f"could not deliver to {name}: {outcome[0]}")
@@ -513,17 +519,17 @@ class Node:
     async def user_event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
         """Send a Serf user event to every member (``serf event``)."""
         self.serf.user_event(name, payload, coalesce, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def set_tags(self, tags: Mapping[str, str]) -> None:
         """Replace this node's Serf tags."""
         self.serf.set_tags(tags, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def force_leave(self, name: str, prune: bool = False) -> None:
         """Mark a failed member as left for good, cluster-wide (``serf force-leave``)."""
         self.serf.force_leave(name, prune, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def query(
         self, name: str, payload: bytes = b"", **options: Unpack[QueryOptions]
@@ -544,39 +550,35 @@ class Node:
         query_id = self.serf.query(name, payload, anyio.current_time(), **options)
         result = QueryResult()
         self._queries[query_id] = result
-        await self._flush()
+        self._flush()
         return result
 
     async def respond(self, query: SerfQuery, payload: bytes) -> None:
         """Answer a query received as a :class:`~swim.serf.layer.SerfQuery` event."""
         self.serf.respond(query, payload, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def broadcast(self, data: bytes) -> None:
         """Piggyback ``data`` on gossip to random members (see :meth:`Engine.broadcast`)."""
         self.engine.broadcast(data, anyio.current_time())
-        await self._flush()
+        self._flush()
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _flush(self, wake_timers: bool = True) -> None:
+    def _flush(self, wake_timers: bool = True) -> None:
         """Carry out what the stack asked for, and let the timer task re-read its deadline
-        (an input may have brought it closer)."""
+        (an input may have brought it closer).
+
+        Nothing here waits: datagrams go out before the events that report them are
+        delivered (a LeaveCompleted comes with the leave's last copies), and a flush cannot
+        be cancelled halfway or overtaken by another, so events arrive in the order they
+        happened."""
         stack = self.stack
-        assert self._udp is not None
         while True:
             events = stack.take_events()
             datagrams = stack.take_datagrams()
-            # what the events report was done only once it is sent: a LeaveCompleted comes
-            # with the datagrams that carry the leave's last copies
-            if datagrams:
-                async with self._sending:  # one writer at a time, as AnyIO's sockets require
-                    for address, data in datagrams:
-                        try:
-                            await self._udp.sendto(data, *address)
-                        except OSError as exc:
-                            self._count("send_errors")
-                            log.debug("cannot send to %s: %s", address, exc)
+            for address, data in datagrams:
+                self._send(data, address)
             for request in stack.take_stream_requests():
                 self._background.nursery.start_soon(self._outbound_stream, request)
             for event in events:
@@ -585,6 +587,18 @@ class Node:
                 break
         if wake_timers:
             self._wakeup.set()
+
+    def _send(self, data: bytes, address: Address) -> None:
+        """One datagram, on the socket itself: it never blocks (a full send buffer drops the
+        datagram, as a congested network would), and its errors are ``OSError`` on every
+        backend, where AnyIO's trio backend would raise them as a broken socket and its
+        asyncio backend would swallow them."""
+        assert self._udp_socket is not None
+        try:
+            self._udp_socket.sendto(data, address)
+        except OSError as exc:
+            self._count("send_errors")
+            log.debug("cannot send to %s:%d: %s", *address, exc)
 
     def _deliver(self, event: StackEvent) -> None:
         nursery = self._background.nursery
@@ -636,7 +650,7 @@ class Node:
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
             stack.tick(anyio.current_time())
-            await self._flush(wake_timers=False)
+            self._flush(wake_timers=False)
 
     async def _receive_datagrams(self) -> None:
         assert self._udp is not None
@@ -644,8 +658,10 @@ class Node:
         while True:
             try:
                 data, source = await self._udp.receive()
-            except OSError as exc:  # e.g. ICMP port unreachable reported on Linux
-                log.debug("receive error: %s", exc)
+            except (OSError, anyio.BrokenResourceError) as exc:  # e.g. an ICMP error reported
+                self._count("receive_errors")
+                log.debug("receive error: %s", connect_failure(exc))
+                await anyio.sleep(RECEIVE_RETRY_DELAY)  # a socket that keeps failing must not spin
                 continue
             self._guarded(
                 stack.receive_datagram,
@@ -653,7 +669,7 @@ class Node:
                 peer_address(source[0], source[1]),
                 anyio.current_time(),
             )
-            await self._flush()
+            self._flush()
 
     def _guarded(self, handler: Callable[..., T], *args: Any) -> T | None:
         """Run an engine input from the network.  The engine drops bad input by itself; this
@@ -667,7 +683,7 @@ class Node:
 
     async def _serve_streams(self) -> None:
         assert self._listener is not None
-        await self._listener.serve(self._handle_stream)
+        await serve_connections(self._listener, self._handle_stream, f"node {self.name}")
 
     async def _handle_stream(self, stream: SocketStream) -> None:
         async with stream:
@@ -718,7 +734,7 @@ class Node:
                 log.debug("dropped a stream: %s", incoming.error)
                 return
             reply = self._guarded(self.stack.answer, incoming, source, anyio.current_time())
-            await self._flush()
+            self._flush()
             if reply is not None:
                 await stream.send(reply)
 
@@ -768,7 +784,7 @@ class Node:
             pending[1].append(error)
             pending[0].set()
         self.stack.stream_finished(request.stream_id, incoming, anyio.current_time(), error=error)
-        await self._flush()
+        self._flush()
 
     async def _rejoin(self) -> None:
         """Answer the stack's :class:`RejoinDue`: resolve the seeds again and try them."""
@@ -778,28 +794,11 @@ class Node:
             if failures:
                 log.info("rejoin: %s", JoinError(failures).reasons)
         self.stack.rejoin(list(targets), anyio.current_time())
-        await self._flush()
+        self._flush()
 
     async def _give_up(self, event: IsolationLimitReached) -> None:
         limit = self._exit_when_isolated
         raise IsolatedError(f"isolated for {event.isolated_for:.0f} s (exit_when_isolated={limit})")
-
-
-def connect_failure(exc: BaseException) -> str:
-    """Why a connection failed, in a few words ("Connection refused"): the async framework's
-    "all connection attempts failed" carries the attempts' errors as its cause (one error, or
-    a group of them), and asyncio words them as "Connect call failed (...)"; the error number
-    says it the same way everywhere."""
-    cause = exc.__cause__
-    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[0]
-    if isinstance(cause, OSError):
-        exc = cause
-    if isinstance(exc, OSError):
-        if exc.errno is not None and exc.errno > 0:
-            return os.strerror(exc.errno)
-        return exc.strerror or str(exc)  # resolver errors have negative numbers
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _bind_failure(host: str, port: int, cause: OSError) -> str:
@@ -822,8 +821,9 @@ def _bind_failure(host: str, port: int, cause: OSError) -> str:
 
 async def _bind_udp_and_tcp(
     host: str, port: int, attempts: int = 20
-) -> tuple[UDPSocket, SocketListener]:
-    """A UDP socket and a TCP listener on the same port (port 0: a free one for both)."""
+) -> tuple[socket.socket, UDPSocket, SocketListener]:
+    """A UDP socket (itself, and wrapped) and a TCP listener on the same port (port 0: a free
+    one for both)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
     for _ in range(attempts):
@@ -845,7 +845,8 @@ async def _bind_udp_and_tcp(
             if port != 0 or exc.errno != errno.EADDRINUSE:
                 break
             continue  # port 0: UDP got a free port that TCP has taken; try another
-        return await UDPSocket.from_socket(udp), await SocketListener.from_socket(tcp)
+        udp.setblocking(False)
+        return udp, await UDPSocket.from_socket(udp), await SocketListener.from_socket(tcp)
     assert last_error is not None
     raise BindError(host, port, last_error)
 

@@ -193,6 +193,19 @@ async def test_user_messages_best_effort_and_reliable() -> None:
 
 
 @pytest.mark.both_backends
+async def test_a_datagram_the_system_refuses_is_counted_and_the_node_goes_on() -> None:
+    received: list[bytes] = []
+    async with cluster() as c:
+        a = await c.start("a")
+        await c.start("b", on_message=lambda data, source: received.append(data))
+        await c.nodes["b"].join([seed_of(a)])
+        await a.send("b", bytes(70_000))  # past what one UDP datagram holds: EMSGSIZE
+        assert a.statistics().runtime.send_errors == 1
+        await a.send("b", b"after")
+        await wait_until(lambda: received == [b"after"], limit=5)
+
+
+@pytest.mark.both_backends
 async def test_a_slow_subscriber_is_told_how_many_events_it_lost() -> None:
     async with cluster() as c:
         a = await c.start("a", event_buffer=2)
