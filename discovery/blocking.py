@@ -24,7 +24,7 @@ import anyio
 from discovery.catalog import Change, Instance
 from discovery.client import RETRY_ON, ChangesLost, Discovery, Watch
 from discovery.introspection import Metadata
-from swim.blocking import BlockingNode
+from swim.blocking import BlockingNode, Waiting
 
 T = TypeVar("T")
 
@@ -92,17 +92,8 @@ class BlockingDiscovery:
         )
 
     def watch(self, service: str, timeout: float | None = None) -> Iterator[Change | ChangesLost]:
-        """Changes to ``service`` from now on, each waited for in turn; with ``timeout``, the
-        iteration ends once that long passes without one."""
+        """Changes to ``service`` from now (the call, not the first ``next``), each waited for
+        in turn; with ``timeout``, the iteration ends once that long passes without one, and
+        it ends when the node closes."""
         watch: Watch = self._portal.read(self.discovery.watch, service)
-        while True:
-            change = self._portal.call(_next_change, watch, timeout)
-            if change is None:
-                return
-            yield change
-
-
-async def _next_change(watch: Watch, timeout: float | None) -> Change | ChangesLost | None:
-    with anyio.move_on_after(float("inf") if timeout is None else timeout):
-        return await watch.__anext__()
-    return None
+        return Waiting(self._portal, watch, timeout)

@@ -36,7 +36,10 @@ def causes(exc: BaseException) -> list[BaseException]:
 
 
 def describe(exc: BaseException) -> str:
-    """An error as one line: an ``OSError``'s reason and file without its ``[Errno n]``."""
+    """An error as one line: an ``OSError``'s reason and file without its ``[Errno n]``; a
+    group's errors, each so, one after another (rather than "2 sub-exceptions")."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe(cause) for cause in causes(exc))
     if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith(exc.strerror):
         text = exc.strerror
         if exc.filename is not None:

@@ -8,9 +8,10 @@ query's answers), always bounded, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import queue
 import subprocess
 import sys
-import textwrap
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ from discovery.catalog import Change, ChangeKind, Instance
 from swim.blocking import BlockingNode, ClosedError, WouldBlockError
 from swim.config import Config
 from swim.events import MemberJoined, MemberLeft
+from swim.node import IsolatedError
 from swim.serf.layer import SerfUserEvent
 
 LOCAL = Config.local()
@@ -89,22 +91,6 @@ def test_closing_leaves_gracefully_and_then_refuses_calls(backend: str) -> None:
         b.close()  # twice: nothing happens
 
 
-def test_a_node_left_open_leaves_at_interpreter_exit() -> None:
-    with BlockingNode(LOCAL, name="watcher", bind=("127.0.0.1", 0), tags={}) as watcher:
-        events = watcher.events(timeout=20.0)
-        script = textwrap.dedent(
-            f"""
-            from swim.blocking import BlockingNode
-            from swim.config import Config
-            node = BlockingNode(Config.local(), name="forgotten", bind=("127.0.0.1", 0), tags={{}})
-            node.join(["{seed_of(watcher)}"])
-            """
-        )
-        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
-        left = next(e for e in events if isinstance(e, MemberLeft))
-        assert left.member.name == "forgotten"
-
-
 def test_blocking_from_inside_an_event_loop_says_what_to_do_instead() -> None:
     async def inside() -> None:
         BlockingNode(LOCAL, name="x", bind=("127.0.0.1", 0))
@@ -152,3 +138,93 @@ def _added(watch: Iterator[object]) -> Iterator[Change]:
     for change in watch:
         if isinstance(change, Change) and change.kind is ChangeKind.ADDED:
             yield change
+
+
+def test_closing_ends_an_iteration_another_thread_is_waiting_in(backend: str) -> None:
+    node = BlockingNode(LOCAL, backend=backend, name="a", bind=("127.0.0.1", 0), tags={})
+    heard: list[object] = []
+    reader = threading.Thread(target=lambda: heard.extend(node.events()))  # no timeout
+    reader.start()
+    node.user_event("before-close")
+    node.close()
+    reader.join(timeout=10.0)
+    assert not reader.is_alive()
+
+
+def test_a_callback_cannot_block_its_own_thread_and_a_raising_one_hears_the_next_event(
+    pair: tuple[BlockingNode, BlockingNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pair
+    refused: queue.Queue[tuple[str, Exception | None]] = queue.Queue()
+
+    def callback(event: object) -> None:
+        if not isinstance(event, SerfUserEvent):
+            return
+        for blocking in (a.members, a.close):
+            try:
+                blocking()
+            except WouldBlockError as exc:
+                refused.put((event.name, exc))
+            else:
+                refused.put((event.name, None))
+        raise ValueError("a bug in the callback")
+
+    a.on_event(callback)
+    b.join([seed_of(a)])
+    b.user_event("first", b"")
+    b.user_event("second", b"")
+    outcomes = [refused.get(timeout=10.0) for _ in range(4)]
+    assert sorted(name for name, _ in outcomes) == ["first", "first", "second", "second"]
+    assert all(exc is not None and "queue.Queue" in str(exc) for _, exc in outcomes)
+    assert "a bug in the callback" in caplog.text
+    assert not a.portal.closed and len(a.members()) == 2  # the refused close did nothing
+
+
+def test_a_node_that_stops_by_itself_ends_waits_with_the_reason(backend: str) -> None:
+    config = LOCAL.replace(isolation_timeout=0.5)
+    with BlockingNode(LOCAL, backend=backend, name="b", bind=("127.0.0.1", 0), tags={}) as b:
+        a = BlockingNode(
+            config,
+            backend=backend,
+            name="a",
+            bind=("127.0.0.1", 0),
+            tags={},
+            exit_when_isolated=0.5,
+            rejoin_interval=0.5,
+        )
+        events = a.events(timeout=60.0)
+        a.join([seed_of(b)])
+        b.close(leave=False)  # a crash, as a sees it
+        with pytest.raises(ClosedError, match=r"stopped by itself \(isolated for"):
+            for _ in events:
+                pass
+        with pytest.raises(ClosedError, match="stopped by itself"):
+            a.members()
+        with pytest.raises(IsolatedError):
+            a.close()
+        a.close()  # closed now: nothing happens
+
+
+EXITING_WITH_A_THREAD_ITERATING = """
+import threading
+from swim.blocking import BlockingNode
+from swim.config import Config
+
+def start():  # no reference to the node outlives this function
+    node = BlockingNode(
+        Config.local(), backend="{backend}", name="forgotten", bind=("127.0.0.1", 0), tags={{}}
+    )
+    node.join(["{seed}"])
+    threading.Thread(target=lambda: [None for _ in node.events()]).start()  # not a daemon
+
+start()
+"""
+
+
+def test_an_unreferenced_node_leaves_at_exit_even_while_a_thread_iterates(backend: str) -> None:
+    with BlockingNode(LOCAL, name="watcher", bind=("127.0.0.1", 0), tags={}) as watcher:
+        events = watcher.events(timeout=20.0)
+        script = EXITING_WITH_A_THREAD_ITERATING.format(backend=backend, seed=seed_of(watcher))
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+        left = next(e for e in events if isinstance(e, MemberLeft))
+        assert left.member.name == "forgotten"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from swim.toplevel import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, run_command
+from swim.toplevel import EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED, describe, run_command
 
 
 class Refused(Exception):
@@ -49,6 +49,14 @@ def test_errors_inside_nursery_groups_are_unwrapped() -> None:
     out = io.StringIO()
     assert run_command("tool", body, expected=(Refused,), stderr=out) == EXIT_ERROR
     assert out.getvalue() == "tool: the real cause\n"
+
+
+def test_a_group_is_described_by_its_errors_not_their_count() -> None:
+    group = ExceptionGroup(
+        "2 sub-exceptions",
+        [Refused("isolated"), ExceptionGroup("", [OSError(28, "No space left on device")])],
+    )
+    assert describe(group) == "isolated; No space left on device"
 
 
 def test_ctrl_c_is_a_word_and_status_130() -> None:
