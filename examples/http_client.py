@@ -26,8 +26,14 @@ class Unavailable(ConnectionError):
     """The instance answered, but not with the service (it drains, or it failed)."""
 
 
+class Rejected(Exception):
+    """The instance refused the request itself (a 4xx): another instance would refuse it
+    too, so this is not a connection error and the call does not fail over."""
+
+
 async def get(instance: Instance, path: str = "/hello") -> str:
-    """``GET path`` from ``instance``; its body on 200, :class:`Unavailable` on a 5xx."""
+    """``GET path`` from ``instance``; its body on 200, :class:`Unavailable` on a 5xx (the
+    call moves on to another instance), :class:`Rejected` on a 4xx."""
     reader, writer = await asyncio.open_connection(*instance.address)
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nhost: {instance.node}\r\n\r\n".encode())
@@ -41,6 +47,8 @@ async def get(instance: Instance, path: str = "/hello") -> str:
         writer.close()
     if status >= 500:
         raise Unavailable(f"{instance} answered {status}: {body.strip()}")
+    if status >= 400:
+        raise Rejected(f"{instance} answered {status} to GET {path}: {body.strip()}")
     return body
 
 
@@ -57,7 +65,7 @@ async def run(
             for i in range(count):
                 try:
                     print(f"{i}: {(await discovery.call(SERVICE, get, timeout=5.0)).strip()}")
-                except (CallFailed, NoInstances) as exc:
+                except (CallFailed, NoInstances, Rejected) as exc:
                     failed += 1
                     print(f"{i}: failed: {exc}")
                 await asyncio.sleep(interval)

@@ -25,17 +25,23 @@ from swim.toplevel import run_command
 SERVICE = "greeter"
 
 
-def get(instance: Instance) -> str:
-    """``GET /hello`` with urllib; a refused connection or a 5xx is the instance's failure."""
+class Rejected(Exception):
+    """The instance refused the request itself (a 4xx): another instance would refuse it
+    too, so this is not a connection error and the call does not fail over."""
+
+
+def get(instance: Instance, path: str = "/hello") -> str:
+    """``GET path`` with urllib; a refused connection or a 5xx is the instance's failure (the
+    call moves on to another), a 4xx is :class:`Rejected`."""
     host, port = instance.address
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/hello", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as reply:
             body: bytes = reply.read()
             return body.decode()
-    except urllib.error.HTTPError as exc:
+    except urllib.error.HTTPError as exc:  # an OSError: it must not reach the failover as one
         if exc.code >= 500:
             raise ConnectionError(f"{instance} answered {exc.code}") from exc
-        raise
+        raise Rejected(f"{instance} answered {exc.code} to GET {path}") from exc
     except urllib.error.URLError as exc:
         raise ConnectionError(f"{instance}: {exc.reason}") from exc
 
@@ -51,7 +57,7 @@ def run(seeds: Sequence[str], count: int, interval: float, config: Config | None
             for i in range(count):
                 try:
                     print(f"{i}: {discovery.call(SERVICE, get, timeout=5.0).strip()}")
-                except (CallFailed, NoInstances) as exc:
+                except (CallFailed, NoInstances, Rejected) as exc:
                     failed += 1
                     print(f"{i}: failed: {exc}")
                 time.sleep(interval)  # a client's own pace, not a wait for the protocol

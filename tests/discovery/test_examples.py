@@ -16,9 +16,12 @@ import anyio
 import pytest
 import trio.testing
 
-from discovery import MissingServices, UnknownService
+from discovery import Discovery, Instance, MissingServices, UnknownService
+from discovery.blocking import BlockingDiscovery
 from examples import echo_client, echo_service, http_client, http_service, sync_client
+from swim.blocking import BlockingNode
 from swim.config import Config
+from swim.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = Config.local(compression=False)
@@ -136,11 +139,29 @@ def test_the_asyncio_client_keeps_calling_while_an_instance_drains() -> None:
         await asyncio.wait_for(second, 10)
         asyncio.get_running_loop().call_later(0.5, stop_second.set)  # drains mid-way
         failed = await asyncio.wait_for(http_client.run([seed], 8, 0.15, FAST), 30)
+        await asyncio.wait_for(a_missing_page_is_not_failed_over([seed]), 30)
         stop_first.set()
         await asyncio.wait_for(asyncio.gather(one, two), 20)
         return failed
 
     assert asyncio.run(scenario()) == 0
+
+
+async def a_missing_page_is_not_failed_over(seeds: list[str]) -> None:
+    """A 404 is the request's fault, not the instance's: one attempt, then ``Rejected``."""
+    async with Node(FAST, name="asker", bind=("127.0.0.1", 0), tags={}) as node:
+        await node.join(seeds)
+        async with Discovery(node) as discovery:
+            await discovery.require(["greeter"], timeout=10.0)
+            tried: list[str] = []
+
+            async def missing(instance: Instance) -> str:
+                tried.append(instance.node)
+                return await http_client.get(instance, "/missing")
+
+            with pytest.raises(http_client.Rejected, match="404"):
+                await discovery.call("greeter", missing, timeout=5.0)
+            assert len(tried) == 1
 
 
 def test_the_asyncio_service_drains_on_sigterm_and_the_sync_client_calls_it() -> None:
@@ -157,6 +178,14 @@ def test_the_asyncio_service_drains_on_sigterm_and_the_sync_client_calls_it() ->
         assert "greeter-1 ready: greeter on http://127.0.0.1:" in ready, ready
         gossip = int(ready.rsplit("gossip ", 1)[1])
         assert sync_client.run([f"127.0.0.1:{gossip}"], count=3, interval=0.0) == 0
+        with (
+            BlockingNode(FAST, name="asker", bind=("127.0.0.1", 0), tags={}) as node,
+            BlockingDiscovery(node) as discovery,
+        ):
+            node.join([f"127.0.0.1:{gossip}"])
+            discovery.require(["greeter"], timeout=10.0)
+            with pytest.raises(sync_client.Rejected, match="404 to GET /missing"):
+                discovery.call("greeter", lambda i: sync_client.get(i, "/missing"), timeout=5.0)
         service.send_signal(signal.SIGTERM)
         output, _ = service.communicate(timeout=15)
     finally:
