@@ -798,7 +798,7 @@ class Node:
 
     async def _give_up(self, event: IsolationLimitReached) -> None:
         limit = self._exit_when_isolated
-        raise IsolatedError(f"isolated for {event.isolated_for:.0f} s (exit_when_isolated={limit})")
+        raise IsolatedError(f"isolated for {event.isolated_for:g} s (exit_when_isolated={limit})")
 
 
 def _bind_failure(host: str, port: int, cause: OSError) -> str:
