@@ -98,6 +98,8 @@ class Statistics:
     tcp_fallback_pings: int
     suspicions_raised: int
     suspicions_refuted: int
+    suspicion_checks: int
+    stale_news_corrected: int
     push_pulls: int
     reconnect_attempts: int
     packets_in: int

@@ -39,6 +39,30 @@ log = logging.getLogger("swim.engine")
 
 _REACHABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
+SUSPICION_CHECKS = 3
+"""How many times, a probe interval apart, a suspicion is checked before it runs out."""
+
+
+class _Pending:
+    """A suspicion this member holds, with its timers."""
+
+    __slots__ = ("change", "check", "entry", "last_check", "suspicion", "timer")
+
+    def __init__(self, entry: Entry, suspicion: Suspicion, last_check: float | None) -> None:
+        self.entry = entry
+        self.change = entry.state_change
+        """The suspect's state change when it was suspected (a later one ends this)."""
+        self.suspicion = suspicion
+        self.timer: Timer | None = None
+        """When the member is declared dead."""
+        self.check: Timer | None = None
+        self.last_check = last_check
+
+    def cancel(self) -> None:
+        for timer in (self.timer, self.check):
+            if timer is not None:
+                timer.cancel()
+
 
 class StateRules:
     """Every rule about members' states, applied to the shared view."""
@@ -62,7 +86,7 @@ class StateRules:
         self._admissions = 0  # new members the input being handled may still introduce
         self._introducer: Address | None = None  # when set: whom it may introduce (port 0: any)
         self._throttle = Throttle()
-        self._suspicions: dict[str, tuple[Suspicion, Timer]] = {}
+        self._suspicions: dict[str, _Pending] = {}
         self._leaving = False
         self._left = False
         self._leave_timer: Timer | None = None
@@ -280,17 +304,20 @@ class StateRules:
         if suspect.incarnation < entry.incarnation:
             if entry is table.me:
                 self._correct_accuser(suspect.from_node, relayer)
+            else:
+                self._correct_relayer(entry, relayer)
             return
         pending = self._suspicions.get(suspect.node)
         if pending is not None:
-            if pending[0].confirm(suspect.from_node):
+            if pending.suspicion.confirm(suspect.from_node):
                 self._gossip.tell(suspect, key=suspect.node)
-                self._schedule_suspicion(entry, pending[0])
+                self._schedule_suspicion(entry, pending.suspicion)
             return
         if entry.state is not MemberState.ALIVE:
             return
         if entry is table.me:
             self._refute(suspect.incarnation)
+            self._correct_accuser(suspect.from_node, relayer)
             return
         self._gossip.tell(suspect, key=suspect.node)
         table.update(entry, suspect.incarnation)
@@ -316,36 +343,107 @@ class StateRules:
         self._ctx.emit(MemberSuspect(entry.snapshot()))
 
     def _schedule_suspicion(self, entry: Entry, suspicion: Suspicion) -> None:
-        """(Re)arm the timer after which ``entry`` is declared dead, unless it refutes."""
+        """(Re)arm the timer after which ``entry`` is declared dead unless it refutes, and
+        the checks before it."""
         old = self._suspicions.get(entry.name)
         if old is not None:
-            old[1].cancel()
-        change = entry.state_change
-
-        def expire() -> None:
-            self._suspicions.pop(entry.name, None)
-            if (
-                self._table.get(entry.name) is entry
-                and entry.state is MemberState.SUSPECT
-                and entry.state_change == change
-            ):
-                log.info(
-                    "marking %s as failed, suspect timeout reached (%d confirmations)",
-                    entry.name,
-                    suspicion.confirmations,
-                )
-                self.on_dead(
-                    wire.Dead(incarnation=entry.incarnation, node=entry.name, from_node=self._name)
-                )
-
+            old.cancel()
+        pending = _Pending(entry, suspicion, old.last_check if old is not None else None)
         deadline = max(suspicion.deadline, self._timers.now)
-        timer = self._timers.schedule(deadline, TimerKind.SUSPICION, expire, entry.name)
-        self._suspicions[entry.name] = (suspicion, timer)
+        pending.timer = self._timers.schedule(
+            deadline, TimerKind.SUSPICION, lambda: self._expire(pending), entry.name
+        )
+        self._suspicions[entry.name] = pending
+        self._arm_check(pending)
+
+    def _expire(self, pending: _Pending) -> None:
+        entry, suspicion = pending.entry, pending.suspicion
+        if not self._still_suspected(pending):
+            self._cancel_suspicion(entry.name)
+            return
+        now = self._timers.now
+        window = SUSPICION_CHECKS * self._config.probe_interval
+        if pending.last_check is None or pending.last_check < now - window:
+            # a late confirmation cut the timeout short of every check: one check first,
+            # and the verdict once its answers had time to come
+            self._check(pending)
+            pending.timer = self._timers.schedule(
+                now + self._config.probe_timeout,
+                TimerKind.SUSPICION,
+                lambda: self._expire(pending),
+                entry.name,
+            )
+            return
+        self._cancel_suspicion(entry.name)
+        log.info(
+            "marking %s as failed, suspect timeout reached (%d confirmations)",
+            entry.name,
+            suspicion.confirmations,
+        )
+        self.on_dead(
+            wire.Dead(incarnation=entry.incarnation, node=entry.name, from_node=self._name)
+        )
+
+    def _still_suspected(self, pending: _Pending) -> bool:
+        entry = pending.entry
+        return (
+            self._suspicions.get(entry.name) is pending
+            and self._table.get(entry.name) is entry
+            and entry.state is MemberState.SUSPECT
+            and entry.state_change == pending.change
+        )
+
+    def _check(self, pending: _Pending) -> None:
+        pending.check = None
+        if not self._still_suspected(pending) or self._leaving or self._left:
+            return
+        pending.last_check = self._timers.now
+        self._check_suspicion(pending.entry, pending.suspicion)
+        self._arm_check(pending)
+
+    def _arm_check(self, pending: _Pending) -> None:
+        """Schedule the next check: one probe interval after the suspicion began or after
+        the last check, and no sooner than :data:`SUSPICION_CHECKS` intervals before the
+        deadline; none when that is not before the deadline."""
+        interval = self._config.probe_interval
+        suspicion = pending.suspicion
+        at = max(
+            self._timers.now,
+            suspicion.start + interval,
+            suspicion.deadline - SUSPICION_CHECKS * interval,
+        )
+        if pending.last_check is not None:
+            at = max(at, pending.last_check + interval)
+        if at < suspicion.deadline:
+            pending.check = self._timers.schedule(
+                at, TimerKind.SUSPICION_CHECK, lambda: self._check(pending), pending.entry.name
+            )
+
+    def _check_suspicion(self, entry: Entry, suspicion: Suspicion) -> None:
+        """Pass the suspicion to the suspect and to a few alive members, before it runs out.
+
+        A refutation gossiped under loss misses a member now and then, and memberlist's
+        members then declare a live member dead.  The suspect answers an accusation it has
+        refuted with its current alive, and so does a member that holds the suspect alive
+        at a newer incarnation (:meth:`_correct_relayer`): either reply ends our suspicion.
+        A member that crashed answers nothing, so a real failure is declared as soon as
+        before.  The suspicion passed on is the first accuser's, which confirms nothing."""
+        self._ctx.counters.suspicion_checks += 1
+        message = wire.encode(
+            wire.Suspect(
+                incarnation=suspicion.incarnation,
+                node=entry.name,
+                from_node=suspicion.suspector,
+            )
+        )
+        askers = self._table.alive_sample(self._config.gossip_nodes, lambda name: True)
+        for target in (entry, *askers):
+            self._gossip.send_packet(target.address, [message], target)
 
     def _cancel_suspicion(self, name: str) -> None:
         pending = self._suspicions.pop(name, None)
         if pending is not None:
-            pending[1].cancel()
+            pending.cancel()
 
     def on_dead(self, dead: wire.Dead, relayer: Address | None = None) -> None:
         table = self._table
@@ -355,6 +453,8 @@ class StateRules:
         if dead.incarnation < entry.incarnation:
             if entry is table.me:
                 self._correct_accuser(dead.from_node, relayer)
+            else:
+                self._correct_relayer(entry, relayer)
             return
         self._cancel_suspicion(dead.node)
         if entry.state in (MemberState.DEAD, MemberState.LEFT):
@@ -362,6 +462,7 @@ class StateRules:
         if entry is table.me:
             if not self._leaving:
                 self._refute(dead.incarnation)
+                self._correct_accuser(dead.from_node, relayer)
                 return
             self._gossip.tell(
                 dead, key=dead.node, on_done=lambda: self.finish_leave(timed_out=False)
@@ -372,6 +473,38 @@ class StateRules:
         left = dead.node == dead.from_node
         table.set_state(entry, MemberState.LEFT if left else MemberState.DEAD, self._timers.now)
         self._ctx.emit((MemberLeft if left else MemberFailed)(entry.snapshot()))
+        if not left and entry is not table.me:
+            self._arm_dead_check(entry, entry.state_change, self._config.probe_interval)
+
+    def _arm_dead_check(self, entry: Entry, change: float, wait: float) -> None:
+        """Tell a member we hold dead our verdict, ``wait`` from now, then at doubling waits
+        while dead members still hear gossip (``gossip_to_the_dead_time``).
+
+        If it lives (the verdict was false, or a partition cut us off), it answers with its
+        refutation, which a member that missed it would otherwise hear of only when the
+        member happens to probe it, or at a push-pull: tens of seconds after a partition
+        heals.  One datagram per check, to the dead member alone."""
+        at = self._timers.now + wait
+        if at - change > self._config.gossip_to_the_dead_time:
+            return
+
+        def check() -> None:
+            if (
+                self._table.get(entry.name) is not entry
+                or entry.state is not MemberState.DEAD
+                or entry.state_change != change
+                or self._leaving
+                or self._left
+            ):
+                return
+            self._ctx.counters.suspicion_checks += 1
+            verdict = wire.Dead(
+                incarnation=entry.incarnation, node=entry.name, from_node=self._name
+            )
+            self._gossip.send_packet(entry.address, [wire.encode(verdict)], entry)
+            self._arm_dead_check(entry, change, 2 * wait)
+
+        self._timers.schedule(at, TimerKind.SUSPICION_CHECK, check, entry.name)
 
     def _refute(self, accused_incarnation: int) -> None:
         me = self._table.me
@@ -410,6 +543,26 @@ class StateRules:
                 told.add(entry.address)
                 alive = [wire.encode(self.alive_message())]
                 self._gossip.send_packet(entry.address, alive, entry)
+
+    def _correct_relayer(self, entry: Entry, relayer: Address | None) -> None:
+        """An accusation against ``entry`` older than the alive we hold: the member that
+        passed it to us missed the refutation; send it the alive, as the accused would (a
+        member checking its suspicion asks us so, see :meth:`_check_suspicion`)."""
+        if relayer is None or entry.state is not MemberState.ALIVE:
+            return
+        peer = self._table.at(relayer)
+        if peer is None or peer is entry or peer.state not in _REACHABLE:
+            return
+        self._ctx.counters.stale_news_corrected += 1
+        alive = wire.Alive(
+            incarnation=entry.incarnation,
+            node=entry.name,
+            addr=entry.addr,
+            port=entry.port,
+            vsn=entry.vsn,
+            meta=entry.meta,
+        )
+        self._gossip.send_packet(peer.address, [wire.encode(alive)], peer)
 
     def rejoin(self) -> None:
         """Come back after a leave: alive again, at a higher incarnation than the leave."""

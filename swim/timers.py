@@ -32,6 +32,8 @@ class TimerKind(enum.Enum):
     RECONNECT = "reconnect"
     SUSPICION = "suspicion"
     """A suspicion ran out: the member is declared dead."""
+    SUSPICION_CHECK = "suspicion-check"
+    """Ask a suspect, and a few others, whether it has refuted (we may have missed it)."""
     STREAM = "stream"
     """A stream's deadline."""
     LEAVE = "leave"
