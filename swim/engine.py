@@ -329,7 +329,7 @@ class Engine:
         me = self._table.me
         old = me.meta
         self._table.update(me, me.incarnation + 1, meta=meta)
-        self._rules.broadcast_alive()
+        self._rules.announce_alive()
         if old != meta:
             self._ctx.emit(MemberUpdated(me.snapshot(), old))
 

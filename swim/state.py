@@ -41,6 +41,8 @@ _REACHABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 SUSPICION_CHECKS = 3
 """How many times, a probe interval apart, a suspicion is checked before it runs out."""
+ANNOUNCE_PASSES = 2
+"""How many times our new metadata is sent to each alive member, besides its gossip."""
 
 
 class _Pending:
@@ -90,6 +92,8 @@ class StateRules:
         self._leaving = False
         self._left = False
         self._leave_timer: Timer | None = None
+        self._sweep: Timer | None = None
+        self._sweep_queue: list[str] = []  # who our latest alive goes to next
 
     @property
     def leaving(self) -> bool:
@@ -527,6 +531,47 @@ class StateRules:
     def broadcast_alive(self) -> None:
         self._gossip.tell(self.alive_message(), key=self._name)
 
+    def announce_alive(self) -> None:
+        """Gossip our new alive, and also send it to every alive member in turn, twice over.
+
+        With memberlist's few retransmissions (two below ten members on the local profile)
+        an epidemic sometimes dies out before it reaches everyone, and a member then holds
+        our old metadata until the next push-pull: 29 of 100 five-member runs took 15 to
+        25 s for a tag change, even without loss.  The sweep costs two datagrams per member
+        per change (:data:`ANNOUNCE_PASSES`), ``gossip_nodes`` of them each
+        ``gossip_interval``; the second pass covers a datagram the first lost.  Refutations
+        do not sweep: they are frequent under loss, and suspicion checks already fetch a
+        missed one."""
+        self.broadcast_alive()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        table = self._table
+        self._sweep_queue = [
+            entry.name
+            for _ in range(ANNOUNCE_PASSES)
+            for entry in table.alive_sample(table.alive_peers, lambda name: True)
+        ]
+        self._sweep_next()
+
+    def _sweep_next(self) -> None:
+        self._sweep = None
+        if self._leaving or self._left:
+            self._sweep_queue = []
+            return
+        batch = self._sweep_queue[: self._config.gossip_nodes]
+        del self._sweep_queue[: len(batch)]
+        message = wire.encode(self.alive_message())
+        for name in batch:
+            entry = self._table.get(name)
+            if entry is not None and entry.state in _REACHABLE:
+                self._gossip.send(entry.address, message, entry)
+        if self._sweep_queue:
+            self._sweep = self._timers.schedule(
+                self._timers.now + self._config.gossip_interval,
+                TimerKind.ANNOUNCE,
+                self._sweep_next,
+            )
+
     def _correct_accuser(self, accuser: str, relayer: Address | None) -> None:
         """An accusation against us older than our incarnation: its author (and the member
         that passed it on to us, if another) missed our refutation (lost, or gossiped while a
@@ -570,7 +615,7 @@ class StateRules:
         table = self._table
         table.update(table.me, table.me.incarnation + 1)
         table.set_state(table.me, MemberState.ALIVE, self._timers.now)
-        self.broadcast_alive()
+        self.announce_alive()
         self._restart_loops()
 
     def finish_leave(self, timed_out: bool) -> None:

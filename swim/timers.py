@@ -32,6 +32,8 @@ class TimerKind(enum.Enum):
     RECONNECT = "reconnect"
     SUSPICION = "suspicion"
     """A suspicion ran out: the member is declared dead."""
+    ANNOUNCE = "announce"
+    """Our new alive (new metadata) goes to the next few members in turn."""
     SUSPICION_CHECK = "suspicion-check"
     """Ask a suspect, and a few others, whether it has refuted (we may have missed it)."""
     STREAM = "stream"
