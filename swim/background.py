@@ -65,7 +65,10 @@ class Background:
         """Cancel the tasks and close the nursery (from the owner's ``__aexit__``)."""
         assert self._manager is not None and self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        manager, self._manager, self._nursery = self._manager, None, None
+        # the nursery stays usable until it has closed: a task still running up to its next
+        # checkpoint (a datagram received as the cancellation came) may start another, which
+        # starts cancelled, instead of failing on a missing nursery
+        manager, self._manager = self._manager, None
         try:
             return await manager.__aexit__(exc_type, exc, traceback)  # type: ignore[arg-type]
         except BaseExceptionGroup as group:
@@ -74,3 +77,5 @@ class Background:
             if group.exceptions[0] is exc:
                 return False
             raise group.exceptions[0] from None
+        finally:
+            self._nursery = None

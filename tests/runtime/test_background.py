@@ -92,3 +92,25 @@ async def _fails_once_started(task_status: TaskStatus[None]) -> None:
     task_status.started()
     await anyio.lowlevel.checkpoint()
     raise OSError("the socket went away")
+
+
+@pytest.mark.both_backends
+async def test_a_task_that_starts_another_while_the_owner_closes_does_not_fail_it() -> None:
+    # what a node's receive loop does with a datagram that arrived as the node closed:
+    # handling it may start a task (a stream), after the cancellation but before the close
+    owner = Owner()
+    started: list[str] = []
+
+    async def cleanup() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()
+                owner.background.nursery.start_soon(forever)  # starts cancelled
+                started.append("another")
+
+    owner.tasks = (cleanup,)
+    async with owner:
+        await anyio.lowlevel.checkpoint()
+    assert started == ["another"]
