@@ -16,6 +16,7 @@ one run (``--before DIR``: the same figures from another checkout's simulator):
   start until every member lists every other alive or suspect (Serf's "alive").
 
     python benchmarks/simulated_loss.py [--seeds 4] [--before DIR] [--json FILE]
+    python benchmarks/simulated_loss.py --real RUN.json    # fidelity: beside a loss.py run
 """
 
 from __future__ import annotations
@@ -193,6 +194,49 @@ def before(checkout: Path, seeds: int) -> dict[str, Figures]:
     return figures
 
 
+def fidelity(real_file: Path, seeds: int) -> None:
+    """The simulator beside a real run of ``benchmarks/loss.py`` (its ``--json`` file): the
+    same size, profile, loss and length, and the rates per node-hour both can count."""
+    real = json.loads(real_file.read_text())
+    if real.get("fault") != "uniform":
+        sys.exit(f"simulated_loss: {real_file} is a {real.get('fault')!r} run; use a uniform one")
+    simulated = steady(
+        "steady",
+        int(real["nodes"]),
+        str(real["profile"]),
+        float(real["loss"]),
+        float(real["duration_s"]),
+        seeds=seeds,
+    )
+    kinds = real["kinds"]
+    rows = [
+        # (what, the real run's key, the simulator's figure)
+        (
+            "failed probes of live members",
+            "false_suspicions_per_node_hour",
+            "failed probes per node-hour",
+        ),
+        (
+            "views turning a live member failed",
+            "false_failed_transitions_per_node_hour",
+            "false failures per node-hour",
+        ),
+    ]
+    print(
+        f"{real['nodes']} members, {real['profile']} profile, {real['loss']:.0%} loss, "
+        f"{real['duration_s']:g} s; real run of {real.get('date', '?')} (shoal "
+        f"{real.get('versions', {}).get('shoal', '?')}), simulator: {seeds} seeds"
+    )
+    print(
+        f"{'per node-hour':<44}{'real shoal':>12}{'simulated':>12}{'sim/real':>10}{'real serf':>12}"
+    )
+    for what, real_key, simulated_key in rows:
+        ours, theirs = kinds["shoal"].get(real_key), kinds["serf"].get(real_key)
+        model = simulated[simulated_key]
+        ratio = f"{model / ours:.2f}x" if model is not None and ours else "-"
+        print(f"{what:<44}{_number(ours):>12}{_number(model):>12}{ratio:>10}{_number(theirs):>12}")
+
+
 def show(after: dict[str, Figures], baseline: dict[str, Figures] | None) -> None:
     header = f"{'':<62}{'this':>10}"
     if baseline is not None:
@@ -220,11 +264,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="runs per case")
     parser.add_argument("--before", type=Path, help="a checkout to compare with")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--real", type=Path, help="a uniform run's --json file from benchmarks/loss.py: compare"
+    )
     parser.add_argument("--emit", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # a lossy run's engine warnings are the point, not news
     if args.before is not None and not (args.before / "simulator").is_dir():
         parser.error(f"--before {args.before}: not a shoal checkout (no simulator/ in it)")
+    if args.real is not None:
+        fidelity(args.real, args.seeds)
+        return
     after = measure(args.seeds)
     if args.emit:
         print(json.dumps(after))
