@@ -290,6 +290,7 @@ class StateRules:
         if entry.state is not MemberState.ALIVE:
             return
         if entry is table.me:
+            log.info("refuting a suspect message (from: %s)", suspect.from_node)
             self._refute(suspect.incarnation)
             return
         self._gossip.tell(suspect, key=suspect.node)
@@ -361,6 +362,7 @@ class StateRules:
             return
         if entry is table.me:
             if not self._leaving:
+                log.info("refuting a dead message (from: %s)", dead.from_node)
                 self._refute(dead.incarnation)
                 return
             self._gossip.tell(
