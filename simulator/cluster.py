@@ -1134,14 +1134,19 @@ class Cluster:
             self.metrics.repaired(self.now)
 
     def set_link(
-        self, nodes: Iterable[str] | None = None, duration: float | None = None, **changes: Any
+        self,
+        nodes: Iterable[str] | None = None,
+        duration: float | None = None,
+        direction: str = "both",
+        **changes: Any,
     ) -> int:
         """Change the link (``loss=0.1``, ``latency=0.05``, ...) of every path to or from
-        ``nodes`` (all paths when None), for ``duration`` seconds or for good."""
+        ``nodes`` (all paths when None), or only into them (``direction="in"``: loss at their
+        ingress) or out of them (``"out"``), for ``duration`` seconds or for good."""
         listed = None if nodes is None else tuple(nodes)
         link = self.network.default.replace(**changes)
-        self._note("link", "", f"{listed} {changes}")
-        rule_id = self.network.add_link(link, listed)
+        self._note("link", "", f"{listed} {direction} {changes}")
+        rule_id = self.network.add_link(link, listed, direction)
         if duration is not None:
             self.at(self.now + duration, lambda: self.network.remove_link(rule_id))
         return rule_id

@@ -177,6 +177,8 @@ class LinkChange(_Plain):
     duplicate: float | None = None
     nodes: tuple[str, ...] | None = None
     duration: float | None = None
+    direction: str = "both"
+    """``in``: only what arrives at ``nodes``; ``out``: only what leaves them."""
 
     def apply(self, cluster: Cluster) -> None:
         changes = {
@@ -189,7 +191,30 @@ class LinkChange(_Plain):
             )
             if value is not None
         }
-        cluster.set_link(self.nodes, self.duration, **changes)
+        cluster.set_link(self.nodes, self.duration, self.direction, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Flap(_Plain):
+    """Traffic from ``sources`` to ``targets`` is cut for ``period`` seconds, then flows for
+    ``period`` seconds, and so on for ``duration`` seconds: a link that comes and goes."""
+
+    kind: ClassVar[str] = "flap"
+    at: float
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    period: float
+    duration: float
+
+    def apply(self, cluster: Cluster) -> None:
+        if self.period <= 0:
+            raise ScheduleError(f"flap period={self.period} must be > 0 seconds")
+        cluster.cut(self.sources, self.targets, min(self.period, self.duration))
+        rest = self.duration - 2 * self.period
+        if rest > 0:
+            cluster.schedule(
+                dataclasses.replace(self, at=cluster.now + 2 * self.period, duration=rest)
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +345,7 @@ FAULTS: dict[str, type[Any]] = {
         Join,
         Split,
         OneWay,
+        Flap,
         Repair,
         LinkChange,
         Pause,

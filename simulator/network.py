@@ -147,12 +147,31 @@ class _CutRule:
         return source in self.sources and target in self.targets
 
 
-class _LinkRule:
-    __slots__ = ("link", "nodes")
+DIRECTIONS = ("both", "in", "out")
+"""Which traffic of a node a link rule carries: to or from it, to it (its ingress), from it."""
 
-    def __init__(self, link: Link, nodes: Iterable[str] | None) -> None:
+
+class _LinkRule:
+    __slots__ = ("direction", "link", "nodes")
+
+    def __init__(self, link: Link, nodes: Iterable[str] | None, direction: str) -> None:
+        if direction not in DIRECTIONS:
+            raise NetworkError(
+                f"direction={direction!r} is unknown; choose one of {', '.join(DIRECTIONS)}"
+            )
         self.link = link
         self.nodes = None if nodes is None else frozenset(nodes)
+        self.direction = direction
+
+    def carries(self, source: str, target: str) -> bool:
+        nodes = self.nodes
+        if nodes is None:
+            return True
+        if self.direction == "in":
+            return target in nodes
+        if self.direction == "out":
+            return source in nodes
+        return source in nodes or target in nodes
 
 
 class Network:
@@ -194,11 +213,15 @@ class Network:
         """Whether traffic from ``source`` to ``target`` is cut."""
         return any(rule.blocks(source, target) for rule in self._cuts.values())
 
-    def add_link(self, link: Link, nodes: Iterable[str] | None = None) -> int:
-        """Carry traffic to or from any of ``nodes`` (every path when None) over ``link``;
-        the newest matching rule wins.  Returns an id for :meth:`remove_link`."""
+    def add_link(
+        self, link: Link, nodes: Iterable[str] | None = None, direction: str = "both"
+    ) -> int:
+        """Carry traffic to or from any of ``nodes`` (every path when None) over ``link``, or
+        only what arrives at them (``direction="in"``) or leaves them (``"out"``); the newest
+        matching rule wins.  Returns an id for :meth:`remove_link`."""
+        rule = _LinkRule(link, nodes, direction)
         self._serial += 1
-        self._links[self._serial] = _LinkRule(link, nodes)
+        self._links[self._serial] = rule
         self.has_link_rules = True
         return self._serial
 
@@ -210,7 +233,7 @@ class Network:
     def link(self, source: str, target: str) -> Link:
         """The link carrying traffic from ``source`` to ``target``."""
         for rule in reversed(self._links.values()):
-            if rule.nodes is None or source in rule.nodes or target in rule.nodes:
+            if rule.carries(source, target):
                 return rule.link
         return self.default
 

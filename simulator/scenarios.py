@@ -16,7 +16,9 @@ from simulator.faults import (
     Churn,
     Crash,
     Fault,
+    Flap,
     Leave,
+    LinkChange,
     OneWay,
     Pause,
     Query,
@@ -121,6 +123,22 @@ def _partition(names: Sequence[str], duration: float, params: Params) -> list[Fa
     )
 
 
+def _lossy_member(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    return [
+        LinkChange(
+            _number(params, "at"),
+            loss=_number(params, "ingress_loss"),
+            nodes=(names[-1],),
+            direction="in",
+        )
+    ]
+
+
+def _flapping(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
+    at, period = _number(params, "at"), _number(params, "period")
+    return [Flap(at, tuple(names[:-1]), (names[-1],), period, max(0.0, duration - at))]
+
+
 def _slow(names: Sequence[str], duration: float, params: Params) -> list[Fault]:
     lasting = _number(params, "for")
     return [Slow(_number(params, "at"), names[-1], _number(params, "delay"), lasting or None)]
@@ -203,6 +221,21 @@ SCENARIOS: dict[str, Scenario] = {
             "every link loses `--loss` of its packets (10% unless given): false alarms",
             {},
             _steady,
+        ),
+        Scenario(
+            "lossy-member",
+            "from `at`, the last member loses `ingress_loss` of the packets sent to it (its "
+            "own still go out): false alarms about it, and from it",
+            {"at": 10.0, "ingress_loss": 0.2},
+            _lossy_member,
+        ),
+        Scenario(
+            "flapping",
+            "from `at`, everything sent to the last member is cut for `period` s, then flows "
+            "for `period` s, and so on (its own packets still go out): a link that comes "
+            "and goes",
+            {"at": 10.0, "period": 5.0},
+            _flapping,
         ),
         Scenario(
             "slow-node",

@@ -25,6 +25,8 @@ class Counters:
     tcp_fallback_pings: int = 0
     suspicions_raised: int = 0
     suspicions_refuted: int = 0
+    suspicion_checks: int = 0
+    stale_news_corrected: int = 0
     push_pulls: int = 0
     reconnect_attempts: int = 0
     packets_in: int = 0

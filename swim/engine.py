@@ -98,6 +98,8 @@ class Statistics:
     tcp_fallback_pings: int
     suspicions_raised: int
     suspicions_refuted: int
+    suspicion_checks: int
+    stale_news_corrected: int
     push_pulls: int
     reconnect_attempts: int
     packets_in: int
@@ -327,7 +329,7 @@ class Engine:
         me = self._table.me
         old = me.meta
         self._table.update(me, me.incarnation + 1, meta=meta)
-        self._rules.broadcast_alive()
+        self._rules.announce_alive()
         if old != meta:
             self._ctx.emit(MemberUpdated(me.snapshot(), old))
 

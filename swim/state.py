@@ -39,6 +39,32 @@ log = logging.getLogger("swim.engine")
 
 _REACHABLE = (MemberState.ALIVE, MemberState.SUSPECT)
 
+SUSPICION_CHECKS = 3
+"""How many times, a probe interval apart, a suspicion is checked before it runs out."""
+ANNOUNCE_PASSES = 2
+"""How many times our new metadata is sent to each alive member, besides its gossip."""
+
+
+class _Pending:
+    """A suspicion this member holds, with its timers."""
+
+    __slots__ = ("change", "check", "entry", "last_check", "suspicion", "timer")
+
+    def __init__(self, entry: Entry, suspicion: Suspicion, last_check: float | None) -> None:
+        self.entry = entry
+        self.change = entry.state_change
+        """The suspect's state change when it was suspected (a later one ends this)."""
+        self.suspicion = suspicion
+        self.timer: Timer | None = None
+        """When the member is declared dead."""
+        self.check: Timer | None = None
+        self.last_check = last_check
+
+    def cancel(self) -> None:
+        for timer in (self.timer, self.check):
+            if timer is not None:
+                timer.cancel()
+
 
 class StateRules:
     """Every rule about members' states, applied to the shared view."""
@@ -62,10 +88,12 @@ class StateRules:
         self._admissions = 0  # new members the input being handled may still introduce
         self._introducer: Address | None = None  # when set: whom it may introduce (port 0: any)
         self._throttle = Throttle()
-        self._suspicions: dict[str, tuple[Suspicion, Timer]] = {}
+        self._suspicions: dict[str, _Pending] = {}
         self._leaving = False
         self._left = False
         self._leave_timer: Timer | None = None
+        self._sweep: Timer | None = None
+        self._sweep_queue: list[str] = []  # who our latest alive goes to next
 
     @property
     def leaving(self) -> bool:
@@ -280,18 +308,21 @@ class StateRules:
         if suspect.incarnation < entry.incarnation:
             if entry is table.me:
                 self._correct_accuser(suspect.from_node, relayer)
+            else:
+                self._correct_relayer(entry, relayer)
             return
         pending = self._suspicions.get(suspect.node)
         if pending is not None:
-            if pending[0].confirm(suspect.from_node):
+            if pending.suspicion.confirm(suspect.from_node):
                 self._gossip.tell(suspect, key=suspect.node)
-                self._schedule_suspicion(entry, pending[0])
+                self._schedule_suspicion(entry, pending.suspicion)
             return
         if entry.state is not MemberState.ALIVE:
             return
         if entry is table.me:
             log.info("refuting a suspect message (from: %s)", suspect.from_node)
             self._refute(suspect.incarnation)
+            self._correct_accuser(suspect.from_node, relayer)
             return
         self._gossip.tell(suspect, key=suspect.node)
         table.update(entry, suspect.incarnation)
@@ -317,36 +348,107 @@ class StateRules:
         self._ctx.emit(MemberSuspect(entry.snapshot()))
 
     def _schedule_suspicion(self, entry: Entry, suspicion: Suspicion) -> None:
-        """(Re)arm the timer after which ``entry`` is declared dead, unless it refutes."""
+        """(Re)arm the timer after which ``entry`` is declared dead unless it refutes, and
+        the checks before it."""
         old = self._suspicions.get(entry.name)
         if old is not None:
-            old[1].cancel()
-        change = entry.state_change
-
-        def expire() -> None:
-            self._suspicions.pop(entry.name, None)
-            if (
-                self._table.get(entry.name) is entry
-                and entry.state is MemberState.SUSPECT
-                and entry.state_change == change
-            ):
-                log.info(
-                    "marking %s as failed, suspect timeout reached (%d confirmations)",
-                    entry.name,
-                    suspicion.confirmations,
-                )
-                self.on_dead(
-                    wire.Dead(incarnation=entry.incarnation, node=entry.name, from_node=self._name)
-                )
-
+            old.cancel()
+        pending = _Pending(entry, suspicion, old.last_check if old is not None else None)
         deadline = max(suspicion.deadline, self._timers.now)
-        timer = self._timers.schedule(deadline, TimerKind.SUSPICION, expire, entry.name)
-        self._suspicions[entry.name] = (suspicion, timer)
+        pending.timer = self._timers.schedule(
+            deadline, TimerKind.SUSPICION, lambda: self._expire(pending), entry.name
+        )
+        self._suspicions[entry.name] = pending
+        self._arm_check(pending)
+
+    def _expire(self, pending: _Pending) -> None:
+        entry, suspicion = pending.entry, pending.suspicion
+        if not self._still_suspected(pending):
+            self._cancel_suspicion(entry.name)
+            return
+        now = self._timers.now
+        window = SUSPICION_CHECKS * self._config.probe_interval
+        if pending.last_check is None or pending.last_check < now - window:
+            # a late confirmation cut the timeout short of every check: one check first,
+            # and the verdict once its answers had time to come
+            self._check(pending)
+            pending.timer = self._timers.schedule(
+                now + self._config.probe_timeout,
+                TimerKind.SUSPICION,
+                lambda: self._expire(pending),
+                entry.name,
+            )
+            return
+        self._cancel_suspicion(entry.name)
+        log.info(
+            "marking %s as failed, suspect timeout reached (%d confirmations)",
+            entry.name,
+            suspicion.confirmations,
+        )
+        self.on_dead(
+            wire.Dead(incarnation=entry.incarnation, node=entry.name, from_node=self._name)
+        )
+
+    def _still_suspected(self, pending: _Pending) -> bool:
+        entry = pending.entry
+        return (
+            self._suspicions.get(entry.name) is pending
+            and self._table.get(entry.name) is entry
+            and entry.state is MemberState.SUSPECT
+            and entry.state_change == pending.change
+        )
+
+    def _check(self, pending: _Pending) -> None:
+        pending.check = None
+        if not self._still_suspected(pending) or self._leaving or self._left:
+            return
+        pending.last_check = self._timers.now
+        self._check_suspicion(pending.entry, pending.suspicion)
+        self._arm_check(pending)
+
+    def _arm_check(self, pending: _Pending) -> None:
+        """Schedule the next check: one probe interval after the suspicion began or after
+        the last check, and no sooner than :data:`SUSPICION_CHECKS` intervals before the
+        deadline; none when that is not before the deadline."""
+        interval = self._config.probe_interval
+        suspicion = pending.suspicion
+        at = max(
+            self._timers.now,
+            suspicion.start + interval,
+            suspicion.deadline - SUSPICION_CHECKS * interval,
+        )
+        if pending.last_check is not None:
+            at = max(at, pending.last_check + interval)
+        if at < suspicion.deadline:
+            pending.check = self._timers.schedule(
+                at, TimerKind.SUSPICION_CHECK, lambda: self._check(pending), pending.entry.name
+            )
+
+    def _check_suspicion(self, entry: Entry, suspicion: Suspicion) -> None:
+        """Pass the suspicion to the suspect and to a few alive members, before it runs out.
+
+        A refutation gossiped under loss misses a member now and then, and memberlist's
+        members then declare a live member dead.  The suspect answers an accusation it has
+        refuted with its current alive, and so does a member that holds the suspect alive
+        at a newer incarnation (:meth:`_correct_relayer`): either reply ends our suspicion.
+        A member that crashed answers nothing, so a real failure is declared as soon as
+        before.  The suspicion passed on is the first accuser's, which confirms nothing."""
+        self._ctx.counters.suspicion_checks += 1
+        message = wire.encode(
+            wire.Suspect(
+                incarnation=suspicion.incarnation,
+                node=entry.name,
+                from_node=suspicion.suspector,
+            )
+        )
+        askers = self._table.alive_sample(self._config.gossip_nodes, lambda name: True)
+        for target in (entry, *askers):
+            self._gossip.send_packet(target.address, [message], target)
 
     def _cancel_suspicion(self, name: str) -> None:
         pending = self._suspicions.pop(name, None)
         if pending is not None:
-            pending[1].cancel()
+            pending.cancel()
 
     def on_dead(self, dead: wire.Dead, relayer: Address | None = None) -> None:
         table = self._table
@@ -356,6 +458,8 @@ class StateRules:
         if dead.incarnation < entry.incarnation:
             if entry is table.me:
                 self._correct_accuser(dead.from_node, relayer)
+            else:
+                self._correct_relayer(entry, relayer)
             return
         self._cancel_suspicion(dead.node)
         if entry.state in (MemberState.DEAD, MemberState.LEFT):
@@ -364,6 +468,7 @@ class StateRules:
             if not self._leaving:
                 log.info("refuting a dead message (from: %s)", dead.from_node)
                 self._refute(dead.incarnation)
+                self._correct_accuser(dead.from_node, relayer)
                 return
             self._gossip.tell(
                 dead, key=dead.node, on_done=lambda: self.finish_leave(timed_out=False)
@@ -374,6 +479,38 @@ class StateRules:
         left = dead.node == dead.from_node
         table.set_state(entry, MemberState.LEFT if left else MemberState.DEAD, self._timers.now)
         self._ctx.emit((MemberLeft if left else MemberFailed)(entry.snapshot()))
+        if not left and entry is not table.me:
+            self._arm_dead_check(entry, entry.state_change, self._config.probe_interval)
+
+    def _arm_dead_check(self, entry: Entry, change: float, wait: float) -> None:
+        """Tell a member we hold dead our verdict, ``wait`` from now, then at doubling waits
+        while dead members still hear gossip (``gossip_to_the_dead_time``).
+
+        If it lives (the verdict was false, or a partition cut us off), it answers with its
+        refutation, which a member that missed it would otherwise hear of only when the
+        member happens to probe it, or at a push-pull: tens of seconds after a partition
+        heals.  One datagram per check, to the dead member alone."""
+        at = self._timers.now + wait
+        if at - change > self._config.gossip_to_the_dead_time:
+            return
+
+        def check() -> None:
+            if (
+                self._table.get(entry.name) is not entry
+                or entry.state is not MemberState.DEAD
+                or entry.state_change != change
+                or self._leaving
+                or self._left
+            ):
+                return
+            self._ctx.counters.suspicion_checks += 1
+            verdict = wire.Dead(
+                incarnation=entry.incarnation, node=entry.name, from_node=self._name
+            )
+            self._gossip.send_packet(entry.address, [wire.encode(verdict)], entry)
+            self._arm_dead_check(entry, change, 2 * wait)
+
+        self._timers.schedule(at, TimerKind.SUSPICION_CHECK, check, entry.name)
 
     def _refute(self, accused_incarnation: int) -> None:
         me = self._table.me
@@ -396,6 +533,47 @@ class StateRules:
     def broadcast_alive(self) -> None:
         self._gossip.tell(self.alive_message(), key=self._name)
 
+    def announce_alive(self) -> None:
+        """Gossip our new alive, and also send it to every alive member in turn, twice over.
+
+        With memberlist's few retransmissions (two below ten members on the local profile)
+        an epidemic sometimes dies out before it reaches everyone, and a member then holds
+        our old metadata until the next push-pull: 29 of 100 five-member runs took 15 to
+        25 s for a tag change, even without loss.  The sweep costs two datagrams per member
+        per change (:data:`ANNOUNCE_PASSES`), ``gossip_nodes`` of them each
+        ``gossip_interval``; the second pass covers a datagram the first lost.  Refutations
+        do not sweep: they are frequent under loss, and suspicion checks already fetch a
+        missed one."""
+        self.broadcast_alive()
+        if self._sweep is not None:
+            self._sweep.cancel()
+        table = self._table
+        self._sweep_queue = [
+            entry.name
+            for _ in range(ANNOUNCE_PASSES)
+            for entry in table.alive_sample(table.alive_peers, lambda name: True)
+        ]
+        self._sweep_next()
+
+    def _sweep_next(self) -> None:
+        self._sweep = None
+        if self._leaving or self._left:
+            self._sweep_queue = []
+            return
+        batch = self._sweep_queue[: self._config.gossip_nodes]
+        del self._sweep_queue[: len(batch)]
+        message = wire.encode(self.alive_message())
+        for name in batch:
+            entry = self._table.get(name)
+            if entry is not None and entry.state in _REACHABLE:
+                self._gossip.send(entry.address, message, entry)
+        if self._sweep_queue:
+            self._sweep = self._timers.schedule(
+                self._timers.now + self._config.gossip_interval,
+                TimerKind.ANNOUNCE,
+                self._sweep_next,
+            )
+
     def _correct_accuser(self, accuser: str, relayer: Address | None) -> None:
         """An accusation against us older than our incarnation: its author (and the member
         that passed it on to us, if another) missed our refutation (lost, or gossiped while a
@@ -413,13 +591,33 @@ class StateRules:
                 alive = [wire.encode(self.alive_message())]
                 self._gossip.send_packet(entry.address, alive, entry)
 
+    def _correct_relayer(self, entry: Entry, relayer: Address | None) -> None:
+        """An accusation against ``entry`` older than the alive we hold: the member that
+        passed it to us missed the refutation; send it the alive, as the accused would (a
+        member checking its suspicion asks us so, see :meth:`_check_suspicion`)."""
+        if relayer is None or entry.state is not MemberState.ALIVE:
+            return
+        peer = self._table.at(relayer)
+        if peer is None or peer is entry or peer.state not in _REACHABLE:
+            return
+        self._ctx.counters.stale_news_corrected += 1
+        alive = wire.Alive(
+            incarnation=entry.incarnation,
+            node=entry.name,
+            addr=entry.addr,
+            port=entry.port,
+            vsn=entry.vsn,
+            meta=entry.meta,
+        )
+        self._gossip.send_packet(peer.address, [wire.encode(alive)], peer)
+
     def rejoin(self) -> None:
         """Come back after a leave: alive again, at a higher incarnation than the leave."""
         self._left = self._leaving = False
         table = self._table
         table.update(table.me, table.me.incarnation + 1)
         table.set_state(table.me, MemberState.ALIVE, self._timers.now)
-        self.broadcast_alive()
+        self.announce_alive()
         self._restart_loops()
 
     def finish_leave(self, timed_out: bool) -> None:

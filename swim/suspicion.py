@@ -22,7 +22,16 @@ class Suspicion:
     """One suspected member's timer: it starts at the longest timeout and shrinks toward the
     shortest as ``k`` independent members confirm the suspicion."""
 
-    __slots__ = ("_confirmers", "_k", "_longest", "_shortest", "deadline", "incarnation", "start")
+    __slots__ = (
+        "_confirmers",
+        "_k",
+        "_longest",
+        "_shortest",
+        "deadline",
+        "incarnation",
+        "start",
+        "suspector",
+    )
 
     def __init__(
         self,
@@ -36,6 +45,8 @@ class Suspicion:
     ) -> None:
         self.start = start
         self.incarnation = incarnation
+        self.suspector = suspector
+        """Who accused first (the ``from_node`` of the suspicion passed on when checking)."""
         self._k = k
         self._shortest = shortest
         self._longest = longest

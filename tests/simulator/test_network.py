@@ -83,3 +83,14 @@ def test_the_newest_matching_link_rule_wins_and_can_be_removed() -> None:
     network.remove_link(around_b)
     network.remove_link(everywhere)
     assert network.link("a", "b") is default and not network.has_link_rules
+
+
+def test_a_link_rule_may_carry_only_a_nodes_ingress_or_egress() -> None:
+    network = Network(Link(), random.Random(1))
+    inbound, outbound = Link(loss=0.5), Link(latency=1.0)
+    network.add_link(inbound, ["b"], direction="in")
+    assert network.link("a", "b") is inbound and network.link("b", "a") is network.default
+    network.add_link(outbound, ["b"], direction="out")
+    assert network.link("b", "a") is outbound and network.link("a", "b") is inbound
+    with pytest.raises(NetworkError, match="direction='up' is unknown"):
+        network.add_link(inbound, ["b"], direction="up")
