@@ -78,10 +78,12 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.agents import (
+    CLK_TCK,
     REPO,
     Agent,
     BenchError,
     check_running,
+    cpu_ticks,
     free_ports,
     serf_version,
     start_agent,
@@ -101,6 +103,7 @@ from benchmarks.serf_side_by_side import (
     detect,
     falsely_failed,
     gaps,
+    live,
     log_text,
     poll,
     ratio,
@@ -318,6 +321,8 @@ class LossRecord(ClusterRecord):
     marks: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per agent, its log's size at "window", "kill" and "end"."""
     live_seconds: float = 0.0
+    cpu: float | None = None
+    """CPU seconds per second per agent in the window (the members that were not killed)."""
     """Seconds the members of the cluster were alive in the window, summed."""
     logs: dict[str, LogCounts] = field(default_factory=dict)
     """Per phase ("startup", "window")."""
@@ -334,6 +339,8 @@ class Run:
     loads: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     cuts: int = 0
     cut_seconds: float = 0.0
+    poller_cpu: float = 0.0
+    """This script's CPU seconds per second in the window."""
 
 
 def observe(
@@ -431,6 +438,8 @@ async def run(args: argparse.Namespace, agents: list[Agent], outcome: Run) -> Ru
             await converge(args, agents, records)
 
             mark(records, "window")
+            ticks = {agent.name: cpu_ticks(agent.process.pid) for agent in agents}
+            poller = time.process_time()
             outcome.loads["window"] = os.getloadavg()
             if args.faults_from == "window":
                 start_faults()
@@ -473,6 +482,13 @@ async def run(args: argparse.Namespace, agents: list[Agent], outcome: Run) -> Ru
             )
             window_end = trio.current_time()
             mark(records, "end")
+            for record in records.values():
+                kept = live(record.agents)
+                used = sum(cpu_ticks(a.process.pid) - ticks[a.name] for a in kept)
+                record.cpu = used / CLK_TCK / (trio.current_time() - window_start) / len(kept)
+            outcome.poller_cpu = (time.process_time() - poller) / (
+                trio.current_time() - window_start
+            )
             outcome.window = window_end - window_start
             outcome.loads["end"] = os.getloadavg()
             if faults.created:
@@ -589,6 +605,7 @@ def figures(args: argparse.Namespace, outcome: Run) -> dict[str, Any]:
                 "refutations": startup.refuted,
             },
             "polls_unanswered": record.unanswered,
+            "cpu_per_agent": record.cpu,
         }
     ratios: dict[str, float | None] = {}
     for key, value in kinds["shoal"].items():
@@ -623,6 +640,7 @@ def figures(args: argparse.Namespace, outcome: Run) -> dict[str, Any]:
             "nft": command(["nft", "--version"]).strip(),
         },
         "load_average": {k: list(v) for k, v in outcome.loads.items()},
+        "poller_cpu": outcome.poller_cpu,
         "packets": {
             "to_or_from_gossip_ports": seen,
             "to_targets": outcome.counters.get("to a target", 0),
@@ -651,11 +669,11 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> None:
     print(f"load average (1 min): {loads}")
     packets = data["packets"]
     if args.fault == "uniform" and packets["to_or_from_gossip_ports"]:
-        share = packets["lost"] / packets["to_or_from_gossip_ports"]
-        print(f"nftables dropped {share:.1%} of {packets['to_or_from_gossip_ports']:,} packets")
+        dropped = packets["lost"] / packets["to_or_from_gossip_ports"]
+        print(f"nftables dropped {dropped:.1%} of {packets['to_or_from_gossip_ports']:,} packets")
     elif args.fault == "ingress" and packets["to_targets"]:
-        share = packets["lost"] / packets["to_targets"]
-        print(f"nftables dropped {share:.1%} of {packets['to_targets']:,} packets to the targets")
+        dropped = packets["lost"] / packets["to_targets"]
+        print(f"nftables dropped {dropped:.1%} of {packets['to_targets']:,} packets to the targets")
     elif args.fault == "flap":
         print(
             f"cut {data['flap']['cuts']} times; dropped {packets['cut']:,} of "
@@ -719,6 +737,17 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> None:
     ):
         row(label, shoal["startup"][key], serf["startup"][key])
     row("polls unanswered in time", shoal["polls_unanswered"], serf["polls_unanswered"])
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2%}"
+
+    row(
+        "CPU per agent in the window (of a core)",
+        shoal["cpu_per_agent"],
+        serf["cpu_per_agent"],
+        share,
+    )
+    print(f"{'this script (the poller), CPU':<46}{share(data['poller_cpu']):>12}")
     print(
         f"  (node-hours in the window: serf {serf['node_hours']:.2f}, "
         f"shoal {shoal['node_hours']:.2f}; a suspicion is one failed probe's log line)"
