@@ -26,6 +26,7 @@ class Counters:
     suspicions_raised: int = 0
     suspicions_refuted: int = 0
     suspicion_checks: int = 0
+    verdicts_told: int = 0
     stale_news_corrected: int = 0
     push_pulls: int = 0
     reconnect_attempts: int = 0

@@ -99,6 +99,7 @@ class Statistics:
     suspicions_raised: int
     suspicions_refuted: int
     suspicion_checks: int
+    verdicts_told: int
     stale_news_corrected: int
     push_pulls: int
     reconnect_attempts: int

@@ -503,7 +503,7 @@ class StateRules:
                 or self._left
             ):
                 return
-            self._ctx.counters.suspicion_checks += 1
+            self._ctx.counters.verdicts_told += 1
             verdict = wire.Dead(
                 incarnation=entry.incarnation, node=entry.name, from_node=self._name
             )

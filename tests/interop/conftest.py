@@ -2,8 +2,9 @@
 
 Agents run in their own processes, so these tests use real time: agents use Serf's ``local``
 profile and shoal nodes ``Config.local()`` (the same timings), and every wait polls with short
-sleeps inside a deadline.  Every agent started is terminated (killed after a bounded wait) when
-its test ends, pass or fail.
+sleeps inside a deadline.  The helpers are written on AnyIO, so a test may run under asyncio
+or trio (``both_backends``).  Every agent started is terminated (killed after a bounded wait)
+when its test ends, pass or fail.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
+from anyio.abc import TaskGroup, TaskStatus
 
 from swim import wire
 from swim.config import Config
@@ -78,14 +80,8 @@ def serf_environment() -> dict[str, str]:
 async def serf_cli(*args: str, check: bool = True) -> tuple[int, str]:
     """Run the real `serf` command; its exit status and what it printed (serf prints its
     errors on stdout)."""
-    with trio.fail_after(CLI_LIMIT):
-        done = await trio.run_process(
-            [serf_binary(), *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=serf_environment(),
-        )
+    with anyio.fail_after(CLI_LIMIT):
+        done = await anyio.run_process([serf_binary(), *args], check=False, env=serf_environment())
     out = (done.stdout + done.stderr).decode()
     if check and done.returncode != 0:
         raise AssertionError(f"`serf {' '.join(args)}` exited {done.returncode}:\n{out}")
@@ -212,12 +208,12 @@ class Agents:
             )
         agent = Agent(name, port, rpc_port, log_path, process, shoal)
         self.started.append(agent)
-        with trio.move_on_after(START_LIMIT):
+        with anyio.move_on_after(START_LIMIT):
             while process.poll() is None:
                 status, _ = await agent.cli("members", check=False)
                 if status == 0:
                     return agent
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
         raise AssertionError(
             f"agent {name} did not start (exit status {process.poll()}):\n{agent.log()}"
         )
@@ -252,13 +248,13 @@ def seed_of(member: Agent | Node) -> str:
 
 
 class Shoal:
-    """Shoal nodes started in one nursery, each in its own cancel scope so that a test can
+    """Shoal nodes started in one task group, each in its own cancel scope so that a test can
     crash it (its sockets close and it says nothing)."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: TaskGroup) -> None:
         self.nursery = nursery
         self.nodes: dict[str, Node] = {}
-        self.scopes: dict[str, trio.CancelScope] = {}
+        self.scopes: dict[str, anyio.CancelScope] = {}
 
     async def start(
         self,
@@ -270,8 +266,8 @@ class Shoal:
     ) -> Node:
         keyring = None if key is None else wire.Keyring([key])
 
-        async def run(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
-            with trio.CancelScope() as scope:
+        async def run(task_status: TaskStatus[Node] = anyio.TASK_STATUS_IGNORED) -> None:
+            with anyio.CancelScope() as scope:
                 self.scopes[name] = scope
                 async with Node(
                     LOCAL,
@@ -282,7 +278,7 @@ class Shoal:
                     **kwargs,
                 ) as node:
                     task_status.started(node)
-                    await trio.sleep_forever()
+                    await anyio.sleep_forever()
 
         node: Node = await self.nursery.start(run)
         self.nodes[name] = node
@@ -294,7 +290,7 @@ class Shoal:
 
 @asynccontextmanager
 async def shoal() -> AsyncIterator[Shoal]:
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
         yield Shoal(nursery)
         nursery.cancel_scope.cancel()
 
@@ -314,15 +310,15 @@ async def eventually(
 ) -> float:
     """Retry ``check`` (which asserts) until it passes; how long that took.  After ``limit``
     seconds, fail with the last assertion."""
-    start = trio.current_time()
+    start = anyio.current_time()
     last: AssertionError | None = None
-    with trio.move_on_after(limit):
+    with anyio.move_on_after(limit):
         while True:
             try:
                 await check()
             except AssertionError as error:
                 last = error
             else:
-                return trio.current_time() - start
-            await trio.sleep(every)
+                return anyio.current_time() - start
+            await anyio.sleep(every)
     raise AssertionError(f"not within {limit:.1f} s: {what}\n{last}") from last

@@ -1,7 +1,8 @@
 """Mixed clusters: real `serf agent` processes (Serf 0.9.4) and shoal nodes on loopback.
 
 Each test starts its own agents and nodes and checks both sides' views: `serf members
--format=json` for the agents, ``node.serf.members()`` for shoal.
+-format=json` for the agents, ``node.serf.members()`` for shoal.  Every test runs under asyncio
+and under trio (``both_backends``): the shoal nodes are the runtime on either event loop.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
-import trio
+from anyio.abc import TaskStatus
 
 from swim import wire
 from swim.members import MemberState
@@ -64,6 +66,7 @@ async def views_agree(
 # 1. Joining in both directions
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "encrypted"])
 async def test_shoal_joins_an_agent_and_an_agent_joins_shoal(
     agents: Agents, encrypted: bool
@@ -105,6 +108,7 @@ async def test_shoal_joins_an_agent_and_an_agent_joins_shoal(
 # 2. A mixed cluster converges
 
 
+@pytest.mark.both_backends
 async def test_three_agents_and_three_shoal_nodes_converge(agents: Agents) -> None:
     tags = {f"agent-{i}": {"kind": "agent", "i": str(i)} for i in range(3)} | {
         f"shoal-{i}": {"kind": "shoal", "i": str(i)} for i in range(3)
@@ -205,6 +209,7 @@ def failure_bound(members: int) -> float:
 # 3. Crashes
 
 
+@pytest.mark.both_backends
 async def test_crashes_are_detected_both_ways_within_the_suspicion_bounds(
     agents: Agents,
 ) -> None:
@@ -255,6 +260,7 @@ async def test_crashes_are_detected_both_ways_within_the_suspicion_bounds(
 # 4. Graceful leaves
 
 
+@pytest.mark.both_backends
 async def test_graceful_leaves_read_left_on_both_sides(agents: Agents) -> None:
     names = ["agent-0", "agent-1", "agent-2", "shoal-0", "shoal-1"]
     async with shoal() as cluster:
@@ -262,10 +268,10 @@ async def test_graceful_leaves_read_left_on_both_sides(agents: Agents) -> None:
         a0, a1, a2 = by_agent["agent-0"], by_agent["agent-1"], by_agent["agent-2"]
         s0, s1 = by_node["shoal-0"], by_node["shoal-1"]
 
-        with trio.fail_after(LOCAL.leave_timeout + 2.0):
+        with anyio.fail_after(LOCAL.leave_timeout + 2.0):
             await s0.leave()
         # then the application exits, as an agent does after its LeavePropagateDelay
-        await trio.sleep(LEAVE_PROPAGATE_DELAY)
+        await anyio.sleep(LEAVE_PROPAGATE_DELAY)
         cluster.crash("shoal-0")
 
         async def shoal_left() -> None:
@@ -338,7 +344,7 @@ class Listener:
     node: Node
     events: list[tuple[str, bytes]] = field(default_factory=list)
 
-    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+    async def run(self, task_status: TaskStatus[None]) -> None:
         stream = self.node.events()
         task_status.started()
         async for event in stream:
@@ -357,9 +363,9 @@ async def delivered(
     only with the next push-pull, up to 30 s later)."""
     for attempt in range(QUERY_ATTEMPTS):
         await send(attempt)
-        with trio.move_on_after(GOSSIP_WAIT):
+        with anyio.move_on_after(GOSSIP_WAIT):
             while not arrived(attempt):
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
             return
     raise AssertionError(f"{what}: never arrived everywhere in {QUERY_ATTEMPTS} tries")
 
@@ -368,6 +374,7 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.both_backends
 async def test_user_events_and_queries_flow_both_ways(agents: Agents) -> None:
     received = {name: agents.directory / f"{name}.events" for name in ("agent-0", "agent-1")}
     flags = {
@@ -406,7 +413,7 @@ async def test_user_events_and_queries_flow_both_ways(agents: Agents) -> None:
             )
 
         await delivered(shoal_event, at_agents, "the shoal user event")
-        await trio.sleep(1.0)  # every re-gossiped copy has arrived by now
+        await anyio.sleep(1.0)  # every re-gossiped copy has arrived by now
         for listener in listeners:
             assert len(set(listener.events)) == len(listener.events), listener.node.name
             # shoal nodes see the shoal event too (its sender included, as in Serf)
@@ -480,6 +487,7 @@ async def cluster_keys(agent: Agent) -> dict[str, str]:
     return {key: count for key, count in lines}
 
 
+@pytest.mark.both_backends
 async def test_serf_keys_rotate_the_keyring_of_every_member(agents: Agents) -> None:
     old, new = os.urandom(32), os.urandom(32)
     keyring_file = agents.directory / "shoal-0.keyring"
@@ -514,7 +522,7 @@ async def test_serf_keys_rotate_the_keyring_of_every_member(agents: Agents) -> N
         assert "Successfully removed key" in await serf_keys(a1, "-remove", b64(old))
 
         # everyone still talks to everyone, with the new key only
-        await trio.sleep(2 * LOCAL.probe_interval)
+        await anyio.sleep(2 * LOCAL.probe_interval)
 
         async def all_alive() -> None:
             await views_agree([a0, a1], nodes, everyone)

@@ -144,6 +144,7 @@ def test_a_member_declared_dead_is_told_the_verdict_at_doubling_waits() -> None:
     ]
     later = [after for after in verdicts if after >= 1.0]  # the verdict's gossip is over by then
     assert later == [1.0, 3.0, 7.0, 15.0]  # doubling, until gossip_to_the_dead_time (30 s)
+    assert engine.statistics().verdicts_told == 4
     feed(engine, 20.0, alive("p1", 1, incarnation=2), source=address_of(1))  # its refutation
     member = engine.member("p1")
     assert member is not None and member.state is MemberState.ALIVE
