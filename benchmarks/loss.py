@@ -10,13 +10,15 @@ loss looks like) and only for the gossip ports, TCP and UDP alike, never the RPC
 - ``uniform``: every packet to or from a gossip port is dropped with probability ``--loss``
   (``numgen random mod 100 < P drop``): UDP datagrams, TCP segments to a gossip port and TCP
   segments from one (the replies on streams an agent accepted).
-- ``ingress``: the same loss, only for what is sent to one member of each cluster
-  (``--target``): UDP to its port and the TCP streams others open to it.  Replies on streams it
-  opens itself arrive at an ephemeral port and pass.
-- ``flap``: one member of each cluster (``--target``) is cut off from the others every
-  ``--flap-off + --flap-on`` seconds for ``--flap-on`` seconds: everything sent to its port is
-  dropped.  It can still send, and the replies on streams it opens pass (as through a stateful
-  firewall that drops new inbound traffic).
+- ``ingress``: the same loss, only for what is sent to one member of each cluster (``--target``,
+  the last by default, as in the simulator's ``lossy-member``): UDP to its port and the TCP
+  streams others open to it.  Replies on streams it opens itself arrive at an ephemeral port and
+  pass.
+- ``flap``: one member of each cluster (``--target``) is cut off from the others for
+  ``--flap-on`` seconds, then let through for ``--flap-off`` seconds, and so on (5 and 5, as the
+  simulator's ``flapping`` scenario): everything sent to its port is dropped.  It can still
+  send, and the replies on streams it opens pass (as through a stateful firewall that drops new
+  inbound traffic).
 
 Agents start ``--start-gap`` (0.1 s) apart in each cluster, alternating kinds, serf first, each
 joining its cluster's first agent.  The faults apply once both clusters have converged
@@ -268,11 +270,10 @@ class Faults:
         return counts
 
     async def flap(self, on: float, off: float) -> None:
-        """Cut the targets off for ``on`` seconds after each ``off`` seconds, until cancelled
-        (then they are let through again)."""
+        """Cut the targets off for ``on`` seconds, let them through for ``off`` seconds, and
+        so on until cancelled (then they are let through again)."""
         elements = "{ " + ", ".join(str(p) for p in self.targets) + " }"
         while True:
-            await trio.sleep(off)
             cut_at = trio.current_time()
             try:
                 await trio.run_process(["nft", "add", "element", "inet", TABLE, "cut", elements])
@@ -282,6 +283,7 @@ class Faults:
                 with trio.CancelScope(shield=True):
                     await trio.run_process(["nft", "flush", "set", "inet", TABLE, "cut"])
                 self.cut_seconds += trio.current_time() - cut_at
+            await trio.sleep(off)
 
 
 @dataclass
@@ -765,9 +767,9 @@ def main() -> None:
     flag("--loss", type=float, default=0.2, help="drop probability (uniform, ingress)")
     flag("--duration", type=float, default=300.0, help="the window after convergence, s")
     flag("--kill", action="store_true", help="kill -9 one member of each kind at mid-window")
-    flag("--target", type=int, default=1, help="the member the ingress and flap faults hit")
-    flag("--flap-on", type=float, default=4.0, help="how long each cut lasts, s")
-    flag("--flap-off", type=float, default=4.0, help="how long between cuts, s")
+    flag("--target", type=int, default=None, help="the member ingress and flap hit (last)")
+    flag("--flap-on", type=float, default=5.0, help="how long each cut lasts, s")
+    flag("--flap-off", type=float, default=5.0, help="how long between cuts, s")
     flag("--faults-from", default="window", choices=("window", "start"), help="when faults begin")
     flag("--json", default=None, metavar="FILE", help="write the figures to FILE as JSON")
     flag("--interval", type=float, default=0.5, help="time between polls in the window, s")
@@ -781,6 +783,8 @@ def main() -> None:
     flag("--serf", default=shutil.which("serf") or "/usr/bin/serf")
     flag("--logs", default=None, help="keep the agents' logs in this directory")
     args = parser.parse_args()
+    if args.target is None:
+        args.target = args.nodes - 1
     if args.nodes < 3 or not 1 <= args.target < args.nodes:
         parser.error("need --nodes >= 3 and 1 <= --target < --nodes")
     if not 0 < args.loss <= 1 or abs(args.loss * 100 - round(args.loss * 100)) > 1e-9:
