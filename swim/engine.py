@@ -174,7 +174,7 @@ class Engine:
         self._rules = rules = StateRules(ctx, self._gossip, self._awareness, self._start_loops)
         self._prober = Prober(ctx, self._gossip, self._awareness, self._open_ping, rules.on_suspect)
         self._anti_entropy = AntiEntropy(
-            ctx, rules.apply_states, self._open_exchange, self._running
+            ctx, rules.apply_states, self._open_exchange, self._running, rules.announce_alive
         )
         self._replays = (
             wire.ReplayFilter(config.replay_window)

@@ -30,6 +30,13 @@ PUSH_PULL_SCALE_THRESHOLD = 32
 """Clusters larger than this push-pull less often (memberlist's ``pushPullScaleThreshold``)."""
 FOLLOW_UP_PROBES = 2
 """Probe intervals after a join at which the joiner push-pulls with one of its seeds again."""
+JOIN_RETRY_BUDGET = 3.0
+"""Seconds within which a join tries a seed again after a failed connection, while another
+``tcp_timeout`` still fits: a lost SYN is sent again only after 1 s, which the local
+profile's 1 s timeout never waits for (one join in five failed at 20% loss); LAN's 10 s
+timeout already covers three retransmissions, so it tries once."""
+JOIN_ATTEMPTS = 3
+"""The most connections a join opens to one seed (a refusal comes back at once)."""
 MERGE_SLICE = 256
 """Member states merged at once; a larger push-pull is merged a slice per tick, so that probes,
 acks and timers are served between slices instead of after all of them."""
@@ -55,9 +62,11 @@ class JoinOperation:
     """One ``join`` call: its seeds' outcomes as they come."""
 
     join_id: int
+    started: float
     pending: int = 0
     joined: list[Address] = field(default_factory=list)
     failures: dict[Address, str] = field(default_factory=dict)
+    attempts: dict[Address, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -85,11 +94,13 @@ class AntiEntropy:
         apply: ApplyStates,
         open_exchange: OpenExchange,
         running: Callable[[], bool],
+        announce: Callable[[], None],
     ) -> None:
         self._ctx = ctx
         self._apply = apply
         self._open_exchange = open_exchange
         self._running = running
+        self._announce = announce
         self.seeds: list[Address] = []
         self._merges: collections.deque[_Merge] = collections.deque()
         self._body_cache: tuple[tuple[int, bool, bytes], bytes] | None = None
@@ -167,7 +178,7 @@ class AntiEntropy:
         """Push-pull with every seed (``Join`` set); :class:`JoinCompleted` with the returned
         id reports the outcome.  Seeds stay reconnect candidates."""
         self._join_serial += 1
-        operation = JoinOperation(self._join_serial)
+        operation = JoinOperation(self._join_serial, started=self._ctx.now)
         me = self._ctx.table.me
         for seed in seeds:
             if seed == me.address:
@@ -187,7 +198,14 @@ class AntiEntropy:
             JoinCompleted(operation.join_id, tuple(operation.joined), dict(operation.failures))
         )
         if operation.joined:
-            seed = ctx.rng.choice(operation.joined)
+            # every member the seeds told us of hears of us first-hand, not only by gossip,
+            # which now and then misses one (a Serf agent among them) until a push-pull
+            self._announce()
+        # after a failed join too: its reply may be all that was lost (the seed knows us now,
+        # and its members probe us), and the next reconnect with a seed is 30 s away
+        tried = operation.joined or [a for a in operation.failures if a in self.seeds]
+        if tried:
+            seed = ctx.rng.choice(tried)
             ctx.timers.schedule(
                 ctx.now + FOLLOW_UP_PROBES * ctx.config.probe_interval,
                 TimerKind.FOLLOW_UP_JOIN,
@@ -199,7 +217,8 @@ class AntiEntropy:
         once, each learns from a seed only those that joined before it, and the rest reach it
         by gossip alone, which with few retransmits (the local profile's 2) often misses
         someone until the next periodic push-pull, tens of seconds later.  By now the seed
-        has merged every simultaneous join."""
+        has merged every simultaneous join.  After a failed join, the same push-pull is one
+        more try (memberlist would wait for a reconnect)."""
         if self._running():
             self._exchange(seed, Exchange.PERIODIC)
 
@@ -230,6 +249,8 @@ class AntiEntropy:
                 error = f"unexpected reply {type(reply).__name__}"
         if error is not None:
             log.debug("%s with %s failed: %s", kind.value, address, error)
+        if operation is not None and reply is None and self._retry_join(address, operation):
+            return
         if operation is not None:
             if merged:
                 operation.joined.append(address)
@@ -238,6 +259,20 @@ class AntiEntropy:
             operation.pending -= 1
             if operation.pending == 0:
                 self._finish_join(operation)
+
+    def _retry_join(self, address: Address, operation: JoinOperation) -> bool:
+        """Try a seed whose connection failed again, if another attempt still ends within
+        :data:`JOIN_RETRY_BUDGET` of the join's start (at most :data:`JOIN_ATTEMPTS` in all);
+        whether it did."""
+        ctx = self._ctx
+        if ctx.now + ctx.config.tcp_timeout > operation.started + JOIN_RETRY_BUDGET:
+            return False
+        attempts = operation.attempts.get(address, 1)
+        if attempts >= JOIN_ATTEMPTS or not self._running():
+            return False
+        operation.attempts[address] = attempts + 1
+        self._exchange(address, Exchange.JOIN, operation)
+        return True
 
     # ------------------------------------------------------------------ our side
 

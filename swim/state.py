@@ -534,7 +534,8 @@ class StateRules:
         self._gossip.tell(self.alive_message(), key=self._name)
 
     def announce_alive(self) -> None:
-        """Gossip our new alive, and also send it to every alive member in turn, twice over.
+        """Gossip our alive, and also send it to every alive member in turn, twice over: after
+        a join, and when our metadata changes.
 
         With memberlist's few retransmissions (two below ten members on the local profile)
         an epidemic sometimes dies out before it reaches everyone, and a member then holds

@@ -200,13 +200,48 @@ def test_a_join_is_followed_by_a_second_push_pull_with_a_seed() -> None:
     assert follow_up == [(address_of(0), False)]
 
 
-def test_a_failed_join_has_no_follow_up() -> None:
+def test_a_failed_join_is_tried_once_more_two_probe_intervals_later() -> None:
+    # its reply may be all that was lost: the seed knows us, and the next reconnect is 30 s off
     engine = make_engine()
     engine.join([address_of(0)], 0.0)
     (request,) = engine.take_stream_requests()
     engine.stream_finished(request.stream_id, None, 0.1, error="connection refused")
+    (done,) = [e for e in engine.take_events() if isinstance(e, JoinCompleted)]
+    assert done.joined == ()
+    again = []
     while (deadline := engine.next_deadline()) is not None and deadline <= 2.5:
         engine.tick(deadline)
         for request in engine.take_stream_requests():
             sent = wire.StreamReader(engine.wire_options).receive_data(request.data)
-            assert not isinstance(sent, wire.PushPull)
+            if isinstance(sent, wire.PushPull):
+                again.append((deadline, request.address, sent.join))
+    assert again == [(2.1, address_of(0), False)]
+
+
+def test_on_a_short_tcp_timeout_a_join_tries_a_seed_again_within_three_seconds() -> None:
+    # the local profile's 1 s timeout never waits for a lost SYN's retransmission (1 s)
+    engine = make_engine(Config.local(compression=False))
+    join_id = engine.join([address_of(0)], 0.0)
+    opened: list[float] = []
+    now = 0.0
+    while now < 10.0:
+        opened += [now] * len(engine.take_stream_requests())
+        now = engine.next_deadline() or now + 1.0
+        engine.tick(now)
+        if any(isinstance(e, JoinCompleted) for e in engine.take_events()):
+            break
+    assert opened == [0.0, 1.0, 2.0]  # three attempts, each timing out after 1 s
+    assert now == 3.0 and join_id == 1
+
+
+def test_a_refusing_seed_is_tried_three_times_at_most() -> None:
+    engine = make_engine(Config.local(compression=False))
+    engine.join([address_of(0)], 0.0)
+    attempts = 0
+    while requests := engine.take_stream_requests():
+        for request in requests:
+            attempts += 1
+            engine.stream_finished(request.stream_id, None, 0.0, error="connection refused")
+    assert attempts == 3
+    (done,) = [e for e in engine.take_events() if isinstance(e, JoinCompleted)]
+    assert done.failures == {address_of(0): "connection refused"}
