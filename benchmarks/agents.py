@@ -10,9 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import trio
 
 import swim
 from swim.rpc import RpcClient
@@ -21,6 +24,8 @@ REPO = Path(swim.__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_WAIT = 15.0
 """How long agents get to exit after SIGTERM (a shoal agent leaves gracefully, up to 7 s)."""
+
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -126,6 +131,37 @@ def stop_all(agents: Sequence[Agent]) -> None:
         except subprocess.TimeoutExpired:
             agent.process.kill()
             agent.process.wait(timeout=10.0)
+
+
+async def until_terminated(measure: Callable[[], Awaitable[T]]) -> T:
+    """``await measure()``, unless SIGTERM comes first: then BenchError, so that the script
+    stops its agents on the way out as after Ctrl-C."""
+    outcome: list[T | BenchError] = []
+
+    async def run(scope: trio.CancelScope) -> None:
+        try:
+            outcome.append(await measure())
+        except* BenchError as group:  # raised in a nursery of measure(), it comes in a group
+            outcome.append(first_leaf(group))
+        scope.cancel()
+
+    async def on_sigterm(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                outcome.append(BenchError("stopped by SIGTERM"))
+                scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_sigterm, nursery.cancel_scope)
+        nursery.start_soon(run, nursery.cancel_scope)
+    if isinstance(outcome[0], BenchError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def first_leaf(group: BaseExceptionGroup[BenchError]) -> BenchError:
+    found = group.exceptions[0]
+    return found if isinstance(found, BenchError) else first_leaf(found)
 
 
 def check_running(agents: Iterable[Agent]) -> None:

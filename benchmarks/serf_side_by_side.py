@@ -37,9 +37,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -60,11 +61,14 @@ from benchmarks.agents import (
     serf_version,
     start_agent,
     stop_all,
+    until_terminated,
 )
 
 KINDS = ("serf", "shoal")
 SUSPECTED = re.compile(r"suspect (\S+) has failed, no acks received", re.IGNORECASE)
 DECLARED = re.compile(r"marking (\S+) as failed, suspect timeout reached", re.IGNORECASE)
+REFUTED = re.compile(r"refuting a (suspect|dead) message \(from: ([^)]*)\)", re.IGNORECASE)
+"""memberlist logs these three at INFO, INFO and WARN; shoal at INFO, with the same words."""
 
 
 @dataclass
@@ -129,7 +133,7 @@ async def connect_all(stack: AsyncExitStack, agents: Sequence[Agent], seconds: f
 
 
 async def poll(
-    agents: Sequence[Agent], record: dict[str, ClusterRecord], timeout: float
+    agents: Sequence[Agent], record: Mapping[str, ClusterRecord], timeout: float
 ) -> dict[str, View]:
     """Ask every agent for its members at once; the views that came back within ``timeout``."""
     views: dict[str, View] = {}
@@ -181,35 +185,47 @@ def gaps(cluster: Sequence[Agent], views: dict[str, View]) -> str:
     return f"{len(short)} of {len(cluster)} views incomplete: " + "; ".join(short[:4])
 
 
-def false_failures(
-    agents: Sequence[Agent], views: dict[str, View], into: dict[str, set[tuple[str, str]]]
-) -> None:
-    """Add every (observer, member) where a live member shows as failed."""
+def falsely_failed(
+    agents: Sequence[Agent], views: dict[str, View]
+) -> Iterator[tuple[Agent, str, bool]]:
+    """Every (observer, member) of the views, and whether it shows a live member failed."""
     alive = {agent.name for agent in live(agents)}
     for agent in agents:
         view = views.get(agent.name)
-        if view is None:
-            continue
-        for member, status in view.statuses.items():
-            if status == "failed" and member in alive:
-                into[agent.kind].add((agent.name, member))
+        if view is not None:
+            for member, status in view.statuses.items():
+                yield agent, member, status == "failed" and member in alive
+
+
+def false_failures(
+    agents: Sequence[Agent], views: dict[str, View], into: Mapping[str, set[tuple[str, str]]]
+) -> None:
+    """Add every (observer, member) where a live member shows as failed."""
+    for agent, member, falsely in falsely_failed(agents, views):
+        if falsely:
+            into[agent.kind].add((agent.name, member))
 
 
 async def watch(
     agents: Sequence[Agent],
-    record: dict[str, ClusterRecord],
+    record: Mapping[str, ClusterRecord],
     *,
     seconds: float,
     interval: float,
-    into: dict[str, set[tuple[str, str]]],
+    into: Mapping[str, set[tuple[str, str]]] | None = None,
+    observe: Callable[[dict[str, View]], None] | None = None,
     timeout: float,
 ) -> None:
-    """Poll every live agent each ``interval`` for ``seconds``, noting false failures."""
+    """Poll every live agent each ``interval`` for ``seconds``, noting false failures
+    ``into`` (or handing each round's views to ``observe`` instead)."""
+    if observe is None:
+        assert into is not None
+        observe = partial(false_failures, agents, into=into)
     end = trio.current_time() + seconds
     while trio.current_time() < end:
         started = trio.current_time()
         check_running(agents)
-        false_failures(agents, await poll(live(agents), record, timeout), into)
+        observe(await poll(live(agents), record, timeout))
         await trio.sleep(max(0.0, min(end, started + interval) - trio.current_time()))
 
 
@@ -294,39 +310,18 @@ async def run(args: argparse.Namespace, agents: list[Agent]) -> dict[str, Cluste
     return record
 
 
-async def run_until_terminated(
-    args: argparse.Namespace, agents: list[Agent]
-) -> dict[str, ClusterRecord]:
-    """:func:`run`, unless SIGTERM comes first: then BenchError, so that the agents are stopped
-    on the way out as after Ctrl-C."""
-    outcome: list[dict[str, ClusterRecord] | BenchError] = []
-
-    async def measure(scope: trio.CancelScope) -> None:
-        try:
-            outcome.append(await run(args, agents))
-        except BenchError as exc:
-            outcome.append(exc)
-        scope.cancel()
-
-    async def on_sigterm(scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                outcome.append(BenchError("stopped by SIGTERM"))
-                scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_sigterm, nursery.cancel_scope)
-        nursery.start_soon(measure, nursery.cancel_scope)
-    if isinstance(outcome[0], BenchError):
-        raise outcome[0]
-    return outcome[0]
-
-
 async def detect(
-    args: argparse.Namespace, agents: list[Agent], record: dict[str, ClusterRecord], index: int
+    args: argparse.Namespace,
+    agents: list[Agent],
+    record: Mapping[str, ClusterRecord],
+    index: int,
+    *,
+    timeout: float | None = None,
+    observe: Callable[[dict[str, View]], None] | None = None,
 ) -> None:
     """Kill member ``index`` of both clusters and poll the survivors until each reports it
-    failed (or --detect-timeout passes)."""
+    failed (or ``timeout`` passes, --detect-timeout by default).  Each round's views go to
+    ``observe``; by default, live members seen failed are added to the records' kill_false."""
     victims = [record[kind].agents[index] for kind in KINDS]
     for victim in victims:
         victim.process.send_signal(signal.SIGKILL)
@@ -337,8 +332,11 @@ async def detect(
             Detection(victim.name, len(live(record[victim.kind].agents)))
         )
     during = {kind: record[kind].kill_false for kind in KINDS}
+    if observe is None:
+        observe = partial(false_failures, agents, into=during)
     kind_of = {agent.name: agent.kind for agent in agents}
-    deadline = max(v.killed_at or 0.0 for v in victims) + args.detect_timeout
+    wait = args.detect_timeout if timeout is None else timeout
+    deadline = max(v.killed_at or 0.0 for v in victims) + wait
     previous: float | None = None
     while trio.current_time() < deadline:
         started = trio.current_time()
@@ -350,7 +348,7 @@ async def detect(
                 record[kind].poll_rounds.append(started - previous)
         previous = started
         views = await poll(live(agents), record, args.rpc_timeout)
-        false_failures(agents, views, during)
+        observe(views)
         for victim in victims:
             detection = record[victim.kind].detections[-1]
             assert victim.killed_at is not None
@@ -376,18 +374,25 @@ def describe(detection: Detection) -> str:
     return f"{detection.victim} first {first:.2f} s, everywhere {everywhere:.2f} s"
 
 
+def log_text(agent: Agent, start: int = 0, end: int | None = None) -> str:
+    """The agent's log from byte ``start`` up to ``end`` (the end of the file by default);
+    empty if it cannot be read."""
+    try:
+        with agent.log.open("rb") as log:
+            log.seek(start)
+            data = log.read() if end is None else log.read(max(0, end - start))
+    except OSError:
+        return ""
+    return data.decode(errors="replace")
+
+
 def log_counts(record: ClusterRecord) -> tuple[int, int, int]:
     """From the quiet period on: lines suspecting a live member, lines declaring a live member
     failed, and lines suspecting a killed one (a check that the patterns match)."""
     killed = {d.victim for d in record.detections}
     suspected = declared = victims = 0
     for agent in record.agents:
-        try:
-            with agent.log.open("rb") as log:
-                log.seek(record.log_offsets.get(agent.name, 0))
-                text = log.read().decode(errors="replace")
-        except OSError:
-            continue
+        text = log_text(agent, record.log_offsets.get(agent.name, 0))
         for match in SUSPECTED.finditer(text):
             if match.group(1) in killed:
                 victims += 1
@@ -497,7 +502,7 @@ def main() -> None:
         Path(args.log_dir).mkdir(parents=True, exist_ok=True)
         wall, cpu = time.monotonic(), time.process_time()
         try:
-            record = trio.run(run_until_terminated, args, agents)
+            record = trio.run(until_terminated, partial(run, args, agents))
         except BenchError as exc:
             sys.exit(f"serf_side_by_side: {exc}")
         finally:

@@ -320,6 +320,7 @@ class StateRules:
         if entry.state is not MemberState.ALIVE:
             return
         if entry is table.me:
+            log.info("refuting a suspect message (from: %s)", suspect.from_node)
             self._refute(suspect.incarnation)
             self._correct_accuser(suspect.from_node, relayer)
             return
@@ -465,6 +466,7 @@ class StateRules:
             return
         if entry is table.me:
             if not self._leaving:
+                log.info("refuting a dead message (from: %s)", dead.from_node)
                 self._refute(dead.incarnation)
                 self._correct_accuser(dead.from_node, relayer)
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -98,6 +99,18 @@ def test_dead_about_us_is_refuted() -> None:
     feed(engine, 0.0, wire.Dead(incarnation=1, node="me", from_node="p0"))
     assert engine.local_member.state is MemberState.ALIVE
     assert engine.local_member.incarnation == 2
+
+
+def test_refutations_are_logged_as_memberlist_logs_them(caplog: pytest.LogCaptureFixture) -> None:
+    # benchmarks/loss.py counts refutations in both kinds of agent's logs by these lines.
+    engine = make_engine(peers=3)
+    with caplog.at_level(logging.INFO, logger="swim.engine"):
+        feed(engine, 0.0, wire.Suspect(incarnation=1, node="me", from_node="p0"))
+        feed(engine, 0.0, wire.Dead(incarnation=2, node="me", from_node="p1"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "refuting a suspect message (from: p0)",
+        "refuting a dead message (from: p1)",
+    ]
 
 
 def test_stale_messages_are_ignored() -> None:
