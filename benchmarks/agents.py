@@ -52,28 +52,6 @@ def serf_program(serf: str) -> Program:
     return Program((serf,))
 
 
-def checkout_commit(checkout: Path) -> str:
-    """The checkout's commit, short, with "+changes" when its work tree differs from it."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=10.0,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=10.0,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown commit"
-    return head + ("+changes" if dirty else "")
-
-
 @dataclass
 class Agent:
     kind: str

@@ -62,7 +62,6 @@ from benchmarks.agents import (
     BenchError,
     Program,
     check_running,
-    checkout_commit,
     cpu_ticks,
     free_ports,
     rss_mib,
@@ -72,6 +71,7 @@ from benchmarks.agents import (
     start_agent,
     stop_all,
 )
+from benchmarks.baseline import checkout_commit
 
 PER = 30.0
 """CPU is reported per this many seconds."""
