@@ -1,9 +1,11 @@
-"""Another checkout as a benchmark's baseline: its commit, and its own copy of a script run in a
-subprocess with that checkout first on ``PYTHONPATH``.
+"""Another checkout as a benchmark's baseline: its commit, and a script run in a subprocess with
+that checkout first on ``PYTHONPATH``.
 
-A script measuring "after" against "before" runs both sides as the same kind of child process
-(this checkout's copy and the other's), each importing its own checkout's code, so that neither
-side depends on the other's internals; only the figures they print are compared.
+A script measuring "after" against "before" runs both sides as the same kind of child process,
+each importing its own checkout's code, and compares only the figures they print.  Each side
+runs its own copy of the script where that copy works (the script may use internals that
+changed in between), or both run this copy, where the older copy cannot run and this one uses
+only what both checkouts have.
 """
 
 from __future__ import annotations
@@ -43,22 +45,29 @@ def _git(checkout: Path, *arguments: str) -> str:
     return done.stdout.strip()
 
 
-def check_checkout(checkout: Path, script: str) -> str | None:
-    """None when ``checkout`` has its own copy of ``script`` (a path inside it); else why not."""
-    if not (checkout / script).is_file():
-        return f"{checkout} has no {script}; pass a shoal checkout"
+def check_checkout(checkout: Path, path: str) -> str | None:
+    """None when ``checkout`` is a directory with ``path`` in it (its copy of a script, or a
+    module the script needs); else why not."""
+    if not (checkout / path).is_file():
+        return f"{checkout} has no {path}; pass a shoal checkout"
     return None
 
 
 def run_copy(
-    checkout: Path, script: str, arguments: Sequence[str], timeout: float | None = None
+    checkout: Path,
+    script: str,
+    arguments: Sequence[str],
+    *,
+    script_from: Path | None = None,
+    timeout: float | None = None,
 ) -> str:
-    """Run ``checkout``'s own copy of ``script`` with ``arguments``, from that checkout and with
-    it first on ``PYTHONPATH``; what it printed."""
+    """Run ``script`` (a path inside a checkout) with ``arguments``, from ``checkout`` and with
+    it first on ``PYTHONPATH``; what it printed.  The script is ``checkout``'s own copy, or
+    ``script_from``'s when given."""
     checkout = checkout.resolve()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(checkout), env.get("PYTHONPATH")) if p)
-    command = [sys.executable, str(checkout / script), *arguments]
+    command = [sys.executable, str((script_from or checkout).resolve() / script), *arguments]
     try:
         done = subprocess.run(
             command,
@@ -70,7 +79,7 @@ def run_copy(
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise BaselineError(f"{' '.join(command)}: not done within {timeout:g} s") from exc
+        raise BaselineError(f"{' '.join(command)}: not done within {exc.timeout:g} s") from exc
     if done.returncode != 0:
         raise BaselineError(
             f"{' '.join(command)} (in {checkout}) exited with status {done.returncode}:\n"
