@@ -1,5 +1,9 @@
 """Real agent processes for the side-by-side benchmarks: ``swim agent`` and ``serf agent``
-started with the same flags on 127.0.0.1, watched, measured and stopped."""
+started with the same flags on 127.0.0.1, watched, measured and stopped.
+
+What runs for a kind of agent is a :class:`Program`: ``serf``, or ``python -m swim.cli`` from a
+shoal checkout (this one by default, or another one, such as an older commit, to compare with),
+with flags of its own such as ``-event-loop``."""
 
 from __future__ import annotations
 
@@ -30,6 +34,27 @@ T = TypeVar("T")
 
 class BenchError(Exception):
     """The run cannot go on; the message says what happened."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """How one kind of agent is started: ``command`` then ``agent`` and the flags every kind
+    gets, then ``flags`` of its own.  A shoal agent runs from ``checkout``: that directory comes
+    first on its ``PYTHONPATH`` and is its working directory (``python -m`` puts the working
+    directory ahead of ``PYTHONPATH``), so it imports that checkout's ``swim``."""
+
+    command: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+    checkout: Path | None = None
+
+
+def shoal_program(checkout: Path = REPO, *flags: str) -> Program:
+    """``swim agent`` from ``checkout`` (this one by default), with ``flags`` of its own."""
+    return Program((sys.executable, "-m", "swim.cli"), tuple(flags), checkout.resolve())
+
+
+def serf_program(serf: str) -> Program:
+    return Program((serf,))
 
 
 @dataclass
@@ -86,12 +111,16 @@ def start_agent(
     *,
     ports: tuple[int, int],
     join: str,
+    program: Program | None = None,
 ) -> Agent:
-    """Start ``swim agent`` or ``serf agent`` with the same flags, and add it to ``agents`` at
-    once, so that it is stopped whatever happens next."""
+    """Start an agent of ``kind`` with the same flags as every other kind, and add it to
+    ``agents`` at once, so that it is stopped whatever happens next.  ``program`` says what to
+    run; without it, kind "serf" is ``args.serf`` and any other kind this checkout's
+    ``swim agent``."""
     name = f"{kind}-{index:02d}"
     port, rpc_port = ports
-    program = [sys.executable, "-m", "swim.cli"] if kind == "shoal" else [args.serf]
+    if program is None:
+        program = serf_program(args.serf) if kind == "serf" else shoal_program()
     flags = [
         "agent",
         f"-node={name}",
@@ -100,17 +129,21 @@ def start_agent(
         f"-profile={args.profile}",
         *([f"-encrypt={args.key}"] if args.key else []),
         *([f"-join={join}"] if join else []),
+        *program.flags,
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    cwd = program.checkout or REPO
+    if program.checkout is not None:
+        path = (str(program.checkout), env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     log = Path(args.log_dir) / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*program, *flags],
+            [*program.command, *flags],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=cwd,
             env=env,
         )
     agent = Agent(kind, name, port, rpc_port, process, log)

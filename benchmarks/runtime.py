@@ -1,22 +1,36 @@
-"""CPU and traffic of a steady cluster of real agents: ``swim agent`` against ``serf agent``.
+"""CPU, memory and traffic of steady clusters of real agents: ``swim agent`` on trio and on
+asyncio, and ``serf agent``, side by side; with ``--before DIR``, also the ``swim agent`` of an
+older checkout.
 
-Two clusters of ``--nodes`` agents (5 by default), each agent its own process on 127.0.0.1, run
-side by side with the same flags (``-profile``, one ``-encrypt`` key for both).  Once every
-agent's RPC (``serf members -format=json``) shows all its members alive, and after a warm-up, the
-script samples each process's CPU time from ``/proc/<pid>/stat`` (utime + stime) and the traffic
-to the clusters' gossip ports over a window (30 s by default).  Nothing talks to the agents
-during the window.
+One run starts a cluster of ``--nodes`` agents (5 by default) of each kind, each agent its own
+process on 127.0.0.1, all with the same flags (``-profile``, one ``-encrypt`` key for all):
+
+- ``shoal-trio``: this checkout's ``python -m swim.cli agent -event-loop trio``;
+- ``shoal-asyncio``: the same with ``-event-loop asyncio``;
+- ``shoal-before`` (with ``--before DIR``): ``python -m swim.cli agent`` from checkout DIR, run
+  with DIR as its working directory and first on its ``PYTHONPATH``, and without
+  ``-event-loop`` (older commits have no such flag; they run on trio);
+- ``serf``: ``serf agent``.
+
+The clusters start together, their agents interleaved.  Once every agent's RPC
+(``serf members -format=json``) shows all its members alive, and after a warm-up, the script
+samples each process's CPU time from ``/proc/<pid>/stat`` (utime + stime) and the traffic to the
+clusters' gossip ports over a window (30 s by default), and resident memory (``VmRSS``) at its
+end.  Nothing talks to the agents during the window.
 
 Traffic is counted by nftables (``nft``, Debian package ``nftables``) in a table this script
 creates and deletes, hooked on input at loopback: per gossip port, UDP to it, TCP to it (streams
 it accepted) and TCP from it (replies on those streams).  Every packet on loopback is received
 by exactly one agent, so a cluster's total divided by its size is what a node receives per
 second, on average.  The counters see IP packets: bytes include the IP and UDP/TCP headers.
-Without ``nft`` (or the right to use it) the script says why and reports CPU only.
+Without ``nft`` (or the right to use it) the script says why and reports CPU and memory only.
 
-Ratios are shoal / serf, measured in the same run.
+Figures are per node, one column per kind, with ratios measured in the same run: each shoal kind
+/ serf, and with ``--before``, shoal-trio / shoal-before.  The load average is printed at both
+ends of the window.
 
     python benchmarks/runtime.py [--nodes 5] [--window 30] [--warmup 20] [--profile lan]
+                                 [--before DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 # Run as a file, this script's own directory comes first on sys.path; the agent code it
@@ -42,18 +57,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.agents import (
     CLK_TCK,
+    REPO,
     Agent,
     BenchError,
+    Program,
     check_running,
     cpu_ticks,
     free_ports,
     rss_mib,
+    serf_program,
     serf_version,
+    shoal_program,
     start_agent,
     stop_all,
 )
+from benchmarks.baseline import checkout_commit
 
-KINDS = ("shoal", "serf")
 PER = 30.0
 """CPU is reported per this many seconds."""
 UDP_HEADERS = 28
@@ -215,18 +234,55 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}x" if theirs > 0 else "-"
 
 
+def programs(args: argparse.Namespace) -> dict[str, Program]:
+    """Each kind of agent this run starts, in the order of the table's columns."""
+    kinds = {
+        "shoal-trio": shoal_program(REPO, "-event-loop=trio"),
+        "shoal-asyncio": shoal_program(REPO, "-event-loop=asyncio"),
+    }
+    if args.before is not None:
+        kinds["shoal-before"] = shoal_program(args.before)
+    kinds["serf"] = serf_program(args.serf)
+    return kinds
+
+
+def ratios(kinds: Sequence[str]) -> list[tuple[str, str]]:
+    """The (numerator, denominator) kinds of the ratio columns."""
+    pairs = [(kind, "serf") for kind in kinds if kind != "serf"]
+    if "shoal-before" in kinds:
+        pairs.append(("shoal-trio", "shoal-before"))
+    return pairs
+
+
+def short(kind: str) -> str:
+    return kind.removeprefix("shoal-")
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def run(args: argparse.Namespace, agents: list[Agent], counters: list[LoopbackCounters]) -> None:
     n = args.nodes
-    ports = free_ports(4 * n)
+    program = programs(args)
+    kinds = list(program)
+    ports = free_ports(2 * n * len(kinds))
     plan = {
         kind: [(ports[2 * (k * n + i)], ports[2 * (k * n + i) + 1]) for i in range(n)]
-        for k, kind in enumerate(KINDS)
+        for k, kind in enumerate(kinds)
     }
     bytes_off = None
     if shutil.which("nft") is None:
         bytes_off = "`nft` is not installed (apt-get install -y nftables)"
     else:
-        gossip_ports = [port for kind in KINDS for port, _ in plan[kind]]
+        gossip_ports = [port for kind in kinds for port, _ in plan[kind]]
         counter = LoopbackCounters(gossip_ports)
         try:
             counter.create()
@@ -234,31 +290,36 @@ def run(args: argparse.Namespace, agents: list[Agent], counters: list[LoopbackCo
         except BenchError as exc:
             bytes_off = f"cannot create an nftables table: {exc}"
 
-    clusters: dict[str, list[Agent]] = {kind: [] for kind in KINDS}
-    for kind in KINDS:
-        clusters[kind].append(start_agent(agents, args, kind, 0, ports=plan[kind][0], join=""))
-    seeds = [clusters[kind][0] for kind in KINDS]
+    clusters: dict[str, list[Agent]] = {kind: [] for kind in kinds}
+
+    def start(kind: str, i: int, join: str) -> None:
+        agent = start_agent(
+            agents, args, kind, i, ports=plan[kind][i], join=join, program=program[kind]
+        )
+        clusters[kind].append(agent)
+
+    for kind in kinds:
+        start(kind, 0, "")
+    seeds = [clusters[kind][0] for kind in kinds]
     wait_until(
         "the first agents' RPC",
         lambda: next((f"{s.name}'s RPC" for s in seeds if members(s, args.serf) is None), None),
         agents,
         30.0,
     )
-    for kind in KINDS:
-        join = f"127.0.0.1:{clusters[kind][0].port}"
-        for i in range(1, n):
-            agent = start_agent(agents, args, kind, i, ports=plan[kind][i], join=join)
-            clusters[kind].append(agent)
-    start = time.monotonic()
+    for i in range(1, n):  # interleaved, so that no kind starts while the machine is quieter
+        for kind in kinds:
+            start(kind, i, f"127.0.0.1:{clusters[kind][0].port}")
+    started = time.monotonic()
     took: dict[str, float] = {}
 
     def pending() -> str | None:
         reasons = []
-        for kind in KINDS:
+        for kind in kinds:
             if kind not in took:
                 reason = not_converged(clusters[kind], args.serf)
                 if reason is None:
-                    took[kind] = time.monotonic() - start
+                    took[kind] = time.monotonic() - started
                 else:
                     reasons.append(reason)
         return "; ".join(reasons) or None
@@ -266,53 +327,82 @@ def run(args: argparse.Namespace, agents: list[Agent], counters: list[LoopbackCo
     wait_until("convergence", pending, agents, args.converge_timeout)
     print(
         "converged after the last start (polled once a second): "
-        + ", ".join(f"{kind} {took[kind]:.1f} s" for kind in KINDS)
+        + ", ".join(f"{kind} {took[kind]:.1f} s" for kind in kinds)
         + f"; warming up {args.warmup:g} s"
     )
     time.sleep(args.warmup)
     check_running(agents)
 
+    load_before = load_average()
     before_counts = counters[0].read() if counters else {}
     ticks_before = {a.name: cpu_ticks(a.process.pid) for a in agents}
-    start = time.monotonic()
+    started = time.monotonic()
     time.sleep(args.window)
     ticks_after = {a.name: cpu_ticks(a.process.pid) for a in agents}
     after_counts = counters[0].read() if counters else {}
-    seconds = time.monotonic() - start
+    seconds = time.monotonic() - started
+    load_after = load_average()
     rss = {a.name: rss_mib(a.process.pid) for a in agents}
     check_running(agents)
-    still = {kind: not_converged(clusters[kind], args.serf) for kind in KINDS}
+    still = {kind: not_converged(clusters[kind], args.serf) for kind in kinds}
 
     cpu = {
         kind: [
             (ticks_after[a.name] - ticks_before[a.name]) / CLK_TCK * PER / seconds
             for a in clusters[kind]
         ]
-        for kind in KINDS
+        for kind in kinds
     }
-    mean_cpu = {kind: statistics.fmean(cpu[kind]) for kind in KINDS}
+    mean_cpu = {kind: statistics.fmean(cpu[kind]) for kind in kinds}
+    mem = {kind: statistics.fmean(rss[a.name] for a in clusters[kind]) for kind in kinds}
+    pairs = ratios(kinds)
+
     print(
-        f"\n{n} agents per cluster, -profile={args.profile}, encrypted (one key for both), "
-        f"window {seconds:.1f} s, both clusters running at once"
+        f"\n{n} agents per cluster, -profile={args.profile}, encrypted (one key for all), "
+        f"window {seconds:.1f} s, all {len(kinds)} clusters running at once"
     )
-    print(f"shoal: Python {sys.version.split()[0]}; serf: {serf_version(args.serf)}\n")
-    print(f"{'per node':<40}{'shoal':>12}{'serf':>12}{'shoal/serf':>12}")
-    s, g = mean_cpu["shoal"], mean_cpu["serf"]
-    print(f"{'CPU seconds per 30 s':<40}{s:>12.3f}{g:>12.3f}{ratio(s, g):>12}")
-    spread = {kind: f"{min(cpu[kind]):.2f}..{max(cpu[kind]):.2f}" for kind in KINDS}
-    print(f"{'  min..max over nodes':<40}{spread['shoal']:>12}{spread['serf']:>12}")
-    print(f"{'  share of one core':<40}{s / PER:>12.2%}{g / PER:>12.2%}")
-    mem = {kind: statistics.fmean(rss[a.name] for a in clusters[kind]) for kind in KINDS}
-    s, g = mem["shoal"], mem["serf"]
-    print(f"{'resident memory, MiB':<40}{s:>12.1f}{g:>12.1f}{ratio(s, g):>12}")
+    print(
+        f"load average (1, 5, 15 min): {load_before} at the window's start, "
+        f"{load_after} at its end; {os.cpu_count()} CPUs"
+    )
+    print(
+        f"Python {sys.version.split()[0]}, trio {package_version('trio')}, "
+        f"anyio {package_version('anyio')}; serf: {serf_version(args.serf)}"
+    )
+    for kind in kinds:
+        checkout = program[kind].checkout
+        if checkout is not None:
+            print(f"{kind}: {checkout} at {checkout_commit(checkout)}")
+    print()
+
+    width, label_width = 14, 34
+
+    def row(label: str, values: dict[str, float], spec: str, with_ratios: bool = True) -> None:
+        cells = "".join(f"{values[kind]:>{width}{spec}}" for kind in kinds)
+        if with_ratios:
+            cells += "".join(f"{ratio(values[a], values[b]):>{width}}" for a, b in pairs)
+        print(f"{label:<{label_width}}{cells}")
+
+    def text_row(label: str, values: dict[str, str]) -> None:
+        print(f"{label:<{label_width}}" + "".join(f"{values[kind]:>{width}}" for kind in kinds))
+
+    header = [*kinds, *(f"{short(a)}/{short(b)}" for a, b in pairs)]
+    print(f"{'per node':<{label_width}}" + "".join(f"{h:>{width}}" for h in header))
+    row("CPU seconds per 30 s", mean_cpu, ".3f")
+    text_row(
+        "  min..max over nodes",
+        {kind: f"{min(cpu[kind]):.3f}..{max(cpu[kind]):.3f}" for kind in kinds},
+    )
+    text_row("  share of one core", {kind: f"{mean_cpu[kind] / PER:.2%}" for kind in kinds})
+    row("resident memory, MiB", mem, ".1f")
 
     if bytes_off is not None:
         print(f"\nbytes: not measured: {bytes_off}")
     else:
         got = {
-            kind: traffic(clusters[kind], before_counts, after_counts, seconds) for kind in KINDS
+            kind: traffic(clusters[kind], before_counts, after_counts, seconds) for kind in kinds
         }
-        if all(got[kind].total_bytes == 0 for kind in KINDS):
+        if all(got[kind].total_bytes == 0 for kind in kinds):
             print("\nbytes: not measured: the nftables counters stayed at zero")
         else:
             print("\nreceived per node per second (nftables, loopback input; IP packet bytes)")
@@ -325,15 +415,15 @@ def run(args: argparse.Namespace, agents: list[Agent], counters: list[LoopbackCo
                 ("total bytes/s (UDP + TCP)", lambda t: t.total_bytes, ",.0f"),
             ]
             for label, pick, spec in rows:
-                s, g = pick(got["shoal"]), pick(got["serf"])
-                print(f"{label:<40}{s:>12{spec}}{g:>12{spec}}{ratio(s, g):>12}")
-            spread = {
-                kind: f"{min(got[kind].udp_per_node):,.0f}..{max(got[kind].udp_per_node):,.0f}"
-                for kind in KINDS
-            }
-            label = "  UDP bytes/s min..max over nodes"
-            print(f"{label:<40}{spread['shoal']:>12}{spread['serf']:>12}")
-    for kind in KINDS:
+                row(label, {kind: pick(got[kind]) for kind in kinds}, spec)
+            text_row(
+                "  UDP bytes/s min..max over nodes",
+                {
+                    kind: f"{min(got[kind].udp_per_node):,.0f}..{max(got[kind].udp_per_node):,.0f}"
+                    for kind in kinds
+                },
+            )
+    for kind in kinds:
         if still[kind] is not None:
             print(f"\nwarning: after the window, in the {kind} cluster, {still[kind]}")
 
@@ -354,9 +444,18 @@ def main() -> None:
     parser.add_argument("--serf", default=shutil.which("serf") or "/usr/bin/serf")
     parser.add_argument("--converge-timeout", type=float, default=120.0)
     parser.add_argument("--logs", default=None, help="keep the agents' logs in this directory")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run a cluster of the swim agent of the shoal checkout DIR (shoal-before)",
+    )
     args = parser.parse_args()
     if args.nodes < 2:
         parser.error("--nodes must be at least 2")
+    if args.before is not None and not (args.before / "swim" / "cli.py").is_file():
+        parser.error(f"--before {args.before}: no swim/cli.py there; pass a shoal checkout")
     if not os.access(args.serf, os.X_OK):
         parser.error(f"no serf binary at {args.serf}; pass --serf PATH")
     args.key = base64.b64encode(os.urandom(32)).decode()

@@ -19,14 +19,24 @@ measured rather than derived.  ``--engine-share`` times the engine's public meth
 more quiet seconds.  Peak memory is taken before the measured period.  Ratios are to the
 first size, measured in the same run.
 
+With ``--before DIR``, every size is also measured by checkout DIR's own copy of this script
+(its ``--one`` child, with DIR first on ``PYTHONPATH``), ``--rounds`` times (2 by default); this
+copy's child runs the same way, with this checkout first, and the two alternate which goes first
+from one size and round to the next.  Each figure is printed after / before: on each side the
+best of the rounds (the lowest time, the highest rate; for the engine share the mean, for the
+peak the highest), and the ratio of those; then the ratio in each round, which shows the noise.
+
     python benchmarks/simulator.py [--sizes 100,1000,5000] [--full 100,1000] [--engine-share]
+                                   [--before DIR [--rounds 2]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +53,19 @@ from simulator.cluster import Cluster  # noqa: E402
 from swim.engine import Engine  # noqa: E402
 from swim.members import Address  # noqa: E402
 from swim.pushpull import push_pull_period  # noqa: E402
+
+# Its siblings come from the repository root, put last, once the code it measures is imported.
+sys.path.append(str(_HERE.parent))
+
+from benchmarks.baseline import (  # noqa: E402
+    HERE,
+    BaselineError,
+    check_checkout,
+    checkout_commit,
+    run_copy,
+)
+
+SCRIPT = "benchmarks/simulator.py"
 
 QUIET = 25.0
 """Virtual seconds before any engine's first push-pull (they come 30 to 60 s in)."""
@@ -131,16 +154,108 @@ def measure(n: int, full: bool, engine_share: bool) -> dict[str, float]:
     return figures
 
 
+COMPARED = (
+    # figure, heading, format, how its rounds combine, and whether the per-round table shows it
+    ("warm_start", "warm start, s", ".1f", min, False),
+    ("quiet_rate", "quiet, node-s/s", ",.0f", max, True),
+    ("first_exchange_ms", "push-pull first, ms", ".1f", min, True),
+    ("exchange_ms", "push-pull kept, ms", ".1f", min, True),
+    ("steady_rate", "steady, node-s/s", ",.0f", max, True),
+    ("measured_rate", "steady measured, node-s/s", ",.0f", max, True),
+    ("engine_share", "engine share", ".0%", statistics.fmean, False),
+    ("peak_gib", "peak, GiB", ".2f", max, False),
+)
+
+
+def child_arguments(size: int, args: argparse.Namespace) -> list[str]:
+    return ["--one", str(size), "--full", args.full, *(["--engine-share"] * args.engine_share)]
+
+
+def compare(args: argparse.Namespace, sizes: list[int]) -> None:
+    """Every size measured by this checkout's copy and by ``args.before``'s, alternately."""
+    checkouts = {"after": HERE, "before": args.before.resolve()}
+    load_before = os.getloadavg()
+    got: dict[str, dict[int, list[dict[str, float]]]] = {
+        side: {size: [] for size in sizes} for side in checkouts
+    }
+    for round_ in range(args.rounds):
+        for j, size in enumerate(sizes):
+            sides = ("before", "after") if (round_ + j) % 2 == 0 else ("after", "before")
+            for side in sides:
+                printed = run_copy(checkouts[side], SCRIPT, child_arguments(size, args))
+                got[side][size].append(json.loads(printed))
+            print(f"round {round_ + 1} of {args.rounds}: n={size} done", file=sys.stderr)
+    load_after = os.getloadavg()
+    for side, checkout in checkouts.items():
+        print(f"{side}: {checkout} at {checkout_commit(checkout)}")
+    print(
+        "load average (1, 5, 15 min): "
+        + " ".join(f"{x:.2f}" for x in load_before)
+        + " at the start, "
+        + " ".join(f"{x:.2f}" for x in load_after)
+        + " at the end"
+    )
+    print(
+        f"after / before (ratio); each side the best of {args.rounds} rounds (lowest time, "
+        "highest rate; engine share: the mean; peak: the highest), run alternately; a rate"
+        " below 1.00x or a time above it is slower"
+    )
+    print("| n | " + " | ".join(heading for _, heading, _, _, _ in COMPARED) + " |")
+    print("|---" * (len(COMPARED) + 1) + "|")
+    for size in sizes:
+        cells = []
+        for key, _, spec, best, _ in COMPARED:
+            values = {
+                side: [row[key] for row in got[side][size] if key in row] for side in checkouts
+            }
+            if not values["after"] or not values["before"]:
+                cells.append("-")
+                continue
+            after, before = best(values["after"]), best(values["before"])
+            cells.append(f"{after:{spec}} / {before:{spec}} ({after / before:.2f}x)")
+        print(f"| {size:,} | " + " | ".join(cells) + " |")
+    per_round = [(key, heading) for key, heading, _, _, shown in COMPARED if shown]
+    print("\nafter / before in each round")
+    print("| n | " + " | ".join(heading for _, heading in per_round) + " |")
+    print("|---" * (len(per_round) + 1) + "|")
+    for size in sizes:
+        pairs = list(zip(got["after"][size], got["before"][size], strict=True))
+        cells = [
+            ", ".join(f"{a[key] / b[key]:.2f}x" for a, b in pairs if key in a and key in b) or "-"
+            for key, _ in per_round
+        ]
+        print(f"| {size:,} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--full", default="100,1000", help="sizes to run a whole push-pull period")
     parser.add_argument("--engine-share", action="store_true")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="compare with the copy of this script in the shoal checkout DIR",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="with --before: runs of each copy")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     full = {int(size) for size in args.full.split(",") if size}
     if args.one is not None:
         print(json.dumps(measure(args.one, args.one in full, args.engine_share)))
+        return
+    if args.before is not None:
+        problem = check_checkout(args.before, SCRIPT)
+        if problem is not None:
+            parser.error(f"--before: {problem}")
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        try:
+            compare(args, [int(size) for size in args.sizes.split(",")])
+        except BaselineError as exc:
+            sys.exit(f"simulator: {exc}")
         return
     rows = []
     for size in (int(size) for size in args.sizes.split(",")):
