@@ -86,3 +86,21 @@ def run_copy(
             + done.stderr[-2000:]
         )
     return done.stdout
+
+
+def print_sides(
+    checkouts: dict[str, Path],
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> None:
+    """Which commit each side ran, and the machine's load average around the runs."""
+    for side, checkout in checkouts.items():
+        print(f"{side}: {checkout} at {checkout_commit(checkout)}")
+
+    def load(figures: tuple[float, float, float]) -> str:
+        return " ".join(f"{x:.2f}" for x in figures)
+
+    print(
+        f"load average (1, 5, 15 min): {load(load_before)} at the start, "
+        f"{load(load_after)} at the end"
+    )

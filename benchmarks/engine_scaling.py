@@ -42,7 +42,7 @@ from benchmarks.baseline import (
     HERE,
     BaselineError,
     check_checkout,
-    checkout_commit,
+    print_sides,
     run_copy,
 )
 
@@ -168,16 +168,8 @@ def compare(args: argparse.Namespace, sizes: list[int]) -> None:
             got[side].append(rows)
         print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr)
     load_after = os.getloadavg()
-    for side, checkout in checkouts.items():
-        print(f"{side}: {checkout} at {checkout_commit(checkout)}")
+    print_sides(checkouts, load_before, load_after)
     print(f"both measured by {HERE / SCRIPT}")
-    print(
-        "load average (1, 5, 15 min): "
-        + " ".join(f"{x:.2f}" for x in load_before)
-        + " at the start, "
-        + " ".join(f"{x:.2f}" for x in load_after)
-        + " at the end"
-    )
     print(
         f"CPU microseconds, after / before (ratio); each side the lowest of {args.rounds} "
         "rounds, run alternately"

@@ -61,7 +61,7 @@ from benchmarks.baseline import (  # noqa: E402
     HERE,
     BaselineError,
     check_checkout,
-    checkout_commit,
+    print_sides,
     run_copy,
 )
 
@@ -186,15 +186,7 @@ def compare(args: argparse.Namespace, sizes: list[int]) -> None:
                 got[side][size].append(json.loads(printed))
             print(f"round {round_ + 1} of {args.rounds}: n={size} done", file=sys.stderr)
     load_after = os.getloadavg()
-    for side, checkout in checkouts.items():
-        print(f"{side}: {checkout} at {checkout_commit(checkout)}")
-    print(
-        "load average (1, 5, 15 min): "
-        + " ".join(f"{x:.2f}" for x in load_before)
-        + " at the start, "
-        + " ".join(f"{x:.2f}" for x in load_after)
-        + " at the end"
-    )
+    print_sides(checkouts, load_before, load_after)
     print(
         f"after / before (ratio); each side the best of {args.rounds} rounds (lowest time, "
         "highest rate; engine share: the mean; peak: the highest), run alternately; a rate"
