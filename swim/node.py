@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, UDPSocket
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from swim import wire
 from swim.background import Background
@@ -65,6 +65,9 @@ RECEIVE_BUFFER = 65_536
 LARGE_STREAM = 65_536
 """Past this many bytes a stream is decoded in a worker thread: decompressing and parsing a
 large push-pull takes a large share of a second, which would otherwise hold up probes and acks."""
+RECEIVE_BATCH = 64
+"""Datagrams read in one wake-up before the receive task yields: one wake-up and one flush
+serve a burst, and a flood cannot starve the timers or the streams."""
 RECEIVE_RETRY_DELAY = 0.01
 """The pause after a failed datagram receive, so that a socket that keeps failing does not
 keep a core busy; one failure (an ICMP error report) costs no more than this."""
@@ -284,9 +287,8 @@ class Node:
         self._queries: dict[int, QueryResult] = {}
         self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
-        self._udp: UDPSocket | None = None
         self._udp_socket: socket.socket | None = None
-        """The socket under ``_udp``, which sends go through (see :meth:`_send`)."""
+        """Non-blocking, read and written directly: no wrapper object per datagram."""
         self._listener: SocketListener | None = None
         self._background = Background()
         self._wakeup = anyio.Event()
@@ -322,8 +324,8 @@ class Node:
 
     async def _start(self) -> None:
         host, port = self._bind
-        self._udp_socket, self._udp, self._listener = await _bind_udp_and_tcp(host, port)
-        bound_port = self._udp.extra(SocketAttribute.local_port)
+        self._udp_socket, self._listener = await _bind_udp_and_tcp(host, port)
+        bound_port = self._udp_socket.getsockname()[1]
         advertise = self._advertise or (_advertise_host(host), bound_port)
         self._stack = MemberStack(
             self._name,
@@ -347,9 +349,11 @@ class Node:
 
     async def _close_sockets(self) -> None:
         with anyio.CancelScope(shield=True):
-            for resource in (self._udp, self._listener):
-                if resource is not None:
-                    await resource.aclose()
+            if self._udp_socket is not None:
+                anyio.notify_closing(self._udp_socket)
+                self._udp_socket.close()
+            if self._listener is not None:
+                await self._listener.aclose()
 
     # ------------------------------------------------------------------ queries
 
@@ -653,22 +657,26 @@ class Node:
             self._flush(wake_timers=False)
 
     async def _receive_datagrams(self) -> None:
-        assert self._udp is not None
+        """Read datagrams as they come, a burst at a time, straight from the socket (as sends
+        go): no wrapper object per datagram, one flush per burst."""
+        udp = self._udp_socket
+        assert udp is not None
         stack = self.stack
         while True:
-            try:
-                data, source = await self._udp.receive()
-            except (OSError, anyio.BrokenResourceError) as exc:  # e.g. an ICMP error reported
-                self._count("receive_errors")
-                log.debug("receive error: %s", connect_failure(exc))
-                await anyio.sleep(RECEIVE_RETRY_DELAY)  # a socket that keeps failing must not spin
-                continue
-            self._guarded(
-                stack.receive_datagram,
-                data,
-                peer_address(source[0], source[1]),
-                anyio.current_time(),
-            )
+            await anyio.wait_readable(udp)
+            now = anyio.current_time()
+            for _ in range(RECEIVE_BATCH):
+                try:
+                    data, source = udp.recvfrom(RECEIVE_BUFFER)
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # e.g. an ICMP error reported on the socket
+                    self._count("receive_errors")
+                    log.debug("receive error: %s", connect_failure(exc))
+                    self._flush()
+                    await anyio.sleep(RECEIVE_RETRY_DELAY)  # a failing socket must not spin
+                    break
+                self._guarded(stack.receive_datagram, data, peer_address(source[0], source[1]), now)
             self._flush()
 
     def _guarded(self, handler: Callable[..., T], *args: Any) -> T | None:
@@ -821,8 +829,8 @@ def _bind_failure(host: str, port: int, cause: OSError) -> str:
 
 async def _bind_udp_and_tcp(
     host: str, port: int, attempts: int = 20
-) -> tuple[socket.socket, UDPSocket, SocketListener]:
-    """A UDP socket (itself, and wrapped) and a TCP listener on the same port (port 0: a free
+) -> tuple[socket.socket, SocketListener]:
+    """A non-blocking UDP socket and a TCP listener on the same port (port 0: a free
     one for both)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     last_error: OSError | None = None
@@ -846,7 +854,7 @@ async def _bind_udp_and_tcp(
                 break
             continue  # port 0: UDP got a free port that TCP has taken; try another
         udp.setblocking(False)
-        return udp, await UDPSocket.from_socket(udp), await SocketListener.from_socket(tcp)
+        return udp, await SocketListener.from_socket(tcp)
     assert last_error is not None
     raise BindError(host, port, last_error)
 

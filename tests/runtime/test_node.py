@@ -29,6 +29,7 @@ from swim.events import (
 from swim.members import MemberState
 from swim.node import (
     FIRST_BYTES_TIMEOUT,
+    RECEIVE_BATCH,
     BindError,
     EventsLost,
     IsolatedError,
@@ -418,6 +419,34 @@ async def test_junk_datagrams_and_streams_are_dropped_and_counted() -> None:
         statistics = node.statistics()
         assert statistics.engine.decode_errors >= 6
         assert statistics.runtime.stream_errors >= 3
+
+
+@pytest.mark.both_backends
+async def test_a_burst_of_pings_longer_than_one_read_is_answered_in_full() -> None:
+    """The node reads datagrams a burst at a time: every ping of a burst several times longer
+    than one read gets its ack."""
+    options = wire.WireOptions()
+    count = 3 * RECEIVE_BATCH + 5
+    async with Node(FAST, name="target", bind=(LOOPBACK, 0)) as node:
+        host, port = node.address
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            # a plain socket: AnyIO's asyncio datagram queue would drop acks past 100
+            sender.bind((LOOPBACK, 0))
+            sender.setblocking(False)
+            for seq_no in range(count):
+                ping = wire.encode_packet([wire.encode(wire.Ping(seq_no=seq_no))], options)
+                sender.sendto(ping, (host, port))
+            acked: set[int] = set()
+            with anyio.fail_after(5):
+                while len(acked) < count:
+                    await anyio.wait_readable(sender)
+                    data = sender.recv(65_536)
+                    acked.update(
+                        message.seq_no
+                        for message in wire.decode_packet(data, options)
+                        if isinstance(message, wire.Ack)
+                    )
+        assert acked == set(range(count))
 
 
 @pytest.mark.both_backends
