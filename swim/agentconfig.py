@@ -140,18 +140,29 @@ _LISTS = ("start_join", "retry_join")
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags for config files and retried joins (serf's names, single or double dash)."""
     flag = parser.add_argument
-    for name, what in (("config-file", "a JSON config file"), ("config-dir", "a directory")):
+    for name, metavar, what in (
+        ("config-file", "FILE", "a JSON file of serf's settings; repeatable"),
+        ("config-dir", "DIR", "its *.json files, in lexical order; repeatable"),
+    ):
         flag(
             f"-{name}",
             f"--{name}",
             dest="config_paths",
             action="append",
             default=[],
-            help=f"read serf's settings from {what} (its *.json, in order); repeatable",
+            metavar=metavar,
+            help=what,
         )
-    flag("-retry-join", "--retry-join", action="append", default=[], help="seed to join, retried")
-    flag("-retry-interval", "--retry-interval", default=None, help="between retries (30s)")
-    flag("-retry-max", "--retry-max", default=None, help="retries before exiting (0: no limit)")
+    flag(
+        "-retry-join",
+        "--retry-join",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="seed to keep trying (repeatable)",
+    )
+    flag("-retry-interval", "--retry-interval", metavar="DURATION", help="between tries (30s)")
+    flag("-retry-max", "--retry-max", metavar="N", help="failed tries before exiting (0: never)")
 
 
 def flag_settings(args: argparse.Namespace) -> AgentSettings:
