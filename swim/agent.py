@@ -94,9 +94,6 @@ LOG_LEVELS = {
 """``-log-level`` names, in any case: Serf's (TRACE, DEBUG, INFO, WARN, ERR) and Python's.  shoal
 logs nothing finer than DEBUG, so TRACE shows what DEBUG does."""
 
-PROFILES = ("lan", "wan", "local")
-"""``-profile`` names: memberlist's timing profiles."""
-
 EVENT_LOOPS = ("trio", "asyncio")
 """What ``-event-loop`` runs the agent on: the same code either way (AnyIO)."""
 
@@ -113,6 +110,12 @@ class AgentOptions:
     bind: tuple[str, int] = ("0.0.0.0", 7946)
     advertise: tuple[str, int] | None = None
     join: list[str] = field(default_factory=list)
+    retry_join: list[str] = field(default_factory=list)
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    retry_max: int = 0
+    """Failed ``-retry-join`` attempts before the agent gives up; 0: never."""
+    warnings: tuple[str, ...] = ()
+    """What to log once the agent runs (a config file readable by others, ...)."""
     encrypt: str | None = None
     keyring_file: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -123,32 +126,24 @@ class AgentOptions:
     rejoin_after_leave: bool = False
     log_level: str = "INFO"
     event_loop: str = "trio"
-    retry_join: list[str] = field(default_factory=list)
-    retry_interval: float = DEFAULT_RETRY_INTERVAL
-    retry_max: int = 0
-    """Failed ``-retry-join`` attempts before the agent gives up; 0: never."""
-    warnings: tuple[str, ...] = ()
-    """What to log once the agent runs (a config file readable by others, ...)."""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    """``serf agent``'s flags (single dash, as serf spells them; ``--`` works too).  Those a
-    config file may also set default to None: the defaults apply after the merge."""
+    """``serf agent``'s flags (single dash, as serf spells them; ``--`` works too)."""
     flag = parser.add_argument
     flag("-node", "--node", default=None, help="node name (default: the host name)")
-    flag("-bind", "--bind", default=None, help="address to bind UDP and TCP to (0.0.0.0:7946)")
+    flag("-bind", "--bind", default="0.0.0.0:7946", help="address to bind UDP and TCP to")
     flag("-advertise", "--advertise", default=None, help="address to advertise to others")
     flag("-join", "--join", action="append", default=[], help="seed to join (repeatable)")
     flag("-encrypt", "--encrypt", default=None, help="base64 key to encrypt traffic with")
     flag("-keyring-file", "--keyring-file", default=None, help="Serf keyring file to use")
     flag("-tag", "--tag", action="append", default=[], help="tag as key=value (repeatable)")
-    flag("-profile", "--profile", default=None, choices=PROFILES, help="timings (lan)")
-    flag("-rpc-addr", "--rpc-addr", default=None, help=f"RPC endpoint ({DEFAULT_RPC_ADDR})")
+    flag("-profile", "--profile", default="lan", choices=("lan", "wan", "local"))
+    flag("-rpc-addr", "--rpc-addr", default=DEFAULT_RPC_ADDR, help="RPC endpoint address")
     flag("-rpc-auth", "--rpc-auth", default=None, help="token RPC clients must present")
     flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
-    flag("-rejoin", "--rejoin", action="store_true", default=None, help="rejoin after a leave")
-    flag("-log-level", "--log-level", default=None, help="trace, debug, info, warn or err")
-    add_config_arguments(parser)
+    flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
+    flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")
     flag(
         "-event-loop",
         "--event-loop",
@@ -156,6 +151,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EVENT_LOOPS,
         help="event loop to run on (default: trio)",
     )
+    add_config_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
@@ -189,8 +185,10 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
     except ValueError as exc:
         raise AgentError(f"{origin('rpc_addr')}: {exc}") from None
     profile = settings.profile or "lan"
-    if profile not in PROFILES:
-        raise AgentError(f"{origin('profile')} {profile!r} is not a profile; use lan, wan or local")
+    try:
+        Config.profile(profile)
+    except ConfigError as exc:
+        raise AgentError(f"{origin('profile')}: {exc}") from None
     retry_max = settings.retry_max_attempts or 0
     if retry_max < 0:
         raise AgentError(

@@ -18,13 +18,13 @@ import dataclasses
 import difflib
 import json
 import os
-import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swim.config import parse_duration
 from swim.toplevel import describe
 
 DEFAULT_RETRY_INTERVAL = 30.0
@@ -138,7 +138,11 @@ _LISTS = ("start_join", "retry_join")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags for config files and retried joins (serf's names, single or double dash)."""
+    """The flags for config files and retried joins (serf's names, single or double dash).
+
+    The agent's flags that a file may set too default to None here, so that :func:`merge`
+    sees which ones the command line gave; their defaults apply after the merge."""
+    parser.set_defaults(bind=None, profile=None, rpc_addr=None, rejoin=None, log_level=None)
     flag = parser.add_argument
     for name, metavar, what in (
         ("config-file", "FILE", "a JSON file of serf's settings; repeatable"),
@@ -326,21 +330,6 @@ def _quoted(value: object) -> str:
 
 def _whole(value: object) -> bool:
     return isinstance(value, str) and value.strip().lstrip("-").isdigit()
-
-
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration (``500ms``, ``1m30s``, ``0``) in seconds; ``ValueError`` says what one
-    looks like."""
-    if text == "0":
-        return 0.0
-    parts = list(_DURATION_PART.finditer(text))
-    if not parts or "".join(p.group() for p in parts) != text:
-        raise ValueError(f"{text!r} is not a duration such as 5s, 500ms or 1m30s")
-    return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
 
 
 def readable_by_others(path: str | os.PathLike[str], what: str) -> str | None:

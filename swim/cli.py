@@ -20,7 +20,7 @@ import trio
 
 from swim import __version__, agent
 from swim.agent import AgentError, add_agent_arguments
-from swim.agentconfig import parse_duration
+from swim.config import parse_duration
 from swim.demo import DemoError, run_demo
 from swim.rpc import (
     AUTH_REQUIRED,

@@ -187,7 +187,8 @@ async def test_retry_join_keeps_trying_until_the_seed_is_up(
             await trio.sleep(100)  # attempts at 0, 30, 60 and 90 s find nobody
             assert [m.name for m in waiting.node.serf.members()] == ["early"]
             async with agent(options("seed", bind=(LOOPBACK, port))) as seed:
-                await wait_until(lambda: len(seed.node.serf.members()) == 2)
+                # the attempt at 120 s finds it
+                await wait_until(lambda: len(seed.node.serf.members()) == 2, limit=60)
                 await wait_until(lambda: len(waiting.node.serf.members()) == 2)
     assert (
         caplog.messages

@@ -18,7 +18,7 @@ from swim.agent import (
     load_keyring,
     options_from_args,
 )
-from swim.agentconfig import parse_duration
+from swim.config import parse_duration
 from swim.wire import Keyring
 from swim.wire.crypto import encode_key
 
@@ -201,7 +201,7 @@ def test_a_value_a_file_got_wrong_names_the_file_and_key_not_a_flag(tmp_path: Pa
     )
     config = write(tmp_path / "agent.json", {"retry_max_attempts": -1, "profile": "fast"})
     assert refusal(f"-config-file={config}") == (
-        f"config file {config}: profile 'fast' is not a profile; use lan, wan or local"
+        f"config file {config}: profile: unknown profile 'fast'; choose lan, wan or local"
     )
 
 
