@@ -131,6 +131,10 @@ SERF_ONLY_KEYS = frozenset(
 """Keys serf agent reads and ``swim agent`` has no setting for: a warning, and ignored.  Any
 other key is an error, as in serf (which decodes with ``ErrorUnused``)."""
 
+MAX_CONFIG_FILE = 1 << 20
+"""Bytes a config file may hold: far more than any has, and a device given by mistake (such as
+/dev/zero) is refused rather than read without end."""
+
 SECRET_KEYS = ("encrypt_key", "rpc_auth")
 """Keys whose values let whoever reads them into the cluster or the RPC endpoint."""
 
@@ -192,7 +196,7 @@ def flag_settings(args: argparse.Namespace) -> AgentSettings:
             raise SettingsError(f"-retry-interval: {exc}") from None
     if "retry_max_attempts" in said:
         text = said["retry_max_attempts"]
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise SettingsError(
                 f"-retry-max {text!r}: expected how many attempts, such as 5 (0: no limit)"
             )
@@ -247,11 +251,16 @@ def read_config_file(path: Path) -> AgentSettings:
     and the fix for anything wrong."""
     where = f"config file {path}"
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SettingsError(f"{where}: not UTF-8 text; save it as UTF-8 JSON") from None
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_FILE + 1)
     except OSError as exc:
         raise SettingsError(f"cannot read the {where} ({describe(exc)})") from None
+    if len(data) > MAX_CONFIG_FILE:
+        raise SettingsError(f"{where}: over {MAX_CONFIG_FILE >> 20} MiB; is it a config file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{where}: not UTF-8 text; save it as UTF-8 JSON") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -205,6 +205,17 @@ def test_a_value_a_file_got_wrong_names_the_file_and_key_not_a_flag(tmp_path: Pa
     )
 
 
+def test_a_device_or_a_binary_file_is_refused_not_read_whole(tmp_path: Path) -> None:
+    assert refusal("-config-file=/dev/zero") == (
+        "config file /dev/zero: over 1 MiB; is it a config file?"
+    )
+    binary = write(tmp_path / "agent.json", "")
+    binary.write_bytes(b'{"node_name": "\xff"}')
+    assert refusal(f"-config-file={binary}") == (
+        f"config file {binary}: not UTF-8 text; save it as UTF-8 JSON"
+    )
+
+
 def test_a_missing_config_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
     assert refusal(f"-config-file={missing}") == (
@@ -214,9 +225,10 @@ def test_a_missing_config_file_names_it(tmp_path: Path) -> None:
 
 
 def test_the_retry_flags_are_checked_and_a_short_interval_is_raised_as_serf_does() -> None:
-    assert refusal("-retry-max=many") == (
-        "-retry-max 'many': expected how many attempts, such as 5 (0: no limit)"
-    )
+    for many in ("many", "-1", "²"):
+        assert refusal(f"-retry-max={many}") == (
+            f"-retry-max {many!r}: expected how many attempts, such as 5 (0: no limit)"
+        )
     assert refusal("-retry-interval=5") == (
         "-retry-interval: '5' is not a duration such as 5s, 500ms or 1m30s"
     )
