@@ -24,6 +24,16 @@ import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
 from swim import keys, wire
+from swim.agentconfig import (
+    DEFAULT_RETRY_INTERVAL,
+    MIN_RETRY_INTERVAL,
+    AgentSettings,
+    SettingsError,
+    add_config_arguments,
+    flag_settings,
+    load_settings,
+    readable_by_others,
+)
 from swim.background import Background
 from swim.config import Config, ConfigError
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
@@ -100,6 +110,12 @@ class AgentOptions:
     bind: tuple[str, int] = ("0.0.0.0", 7946)
     advertise: tuple[str, int] | None = None
     join: list[str] = field(default_factory=list)
+    retry_join: list[str] = field(default_factory=list)
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    retry_max: int = 0
+    """Failed ``-retry-join`` attempts before the agent gives up; 0: never."""
+    warnings: tuple[str, ...] = ()
+    """What to log once the agent runs (a config file readable by others, ...)."""
     encrypt: str | None = None
     keyring_file: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
@@ -135,46 +151,83 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EVENT_LOOPS,
         help="event loop to run on (default: trio)",
     )
+    add_config_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
-    """Validate the parsed flags; :class:`AgentError` names any bad one."""
-    tags: dict[str, str] = {}
-    for item in args.tag:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise AgentError(f"-tag {item!r}: expected key=value, for example -tag role=web")
-        tags[key] = value
-    if args.log_level.lower() not in LOG_LEVELS:
+    """The parsed flags over the ``-config-file`` and ``-config-dir`` files, validated;
+    :class:`AgentError` names any bad value and the flag, or file and key, it came from."""
+    try:
+        settings = load_settings(args.config_paths, flag_settings(args))
+    except SettingsError as exc:
+        raise AgentError(str(exc)) from None
+    return options_from_settings(settings, event_loop=args.event_loop)
+
+
+def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") -> AgentOptions:
+    """Check merged settings and fill in serf's defaults for what none of them said."""
+    origin = settings.origin
+    log_level = settings.log_level or "INFO"
+    if log_level.lower() not in LOG_LEVELS:
         raise AgentError(
-            f"-log-level {args.log_level!r} is not a level; use trace, debug, info, warn or err "
-            "(or warning, error, critical)"
+            f"{origin('log_level')} {log_level!r} is not a level; use trace, debug, info, warn "
+            "or err (or warning, error, critical)"
         )
-    node = args.node or os.uname().nodename
+    node = settings.node_name or os.uname().nodename
     problem = name_problem(node)
     if problem is not None:
-        raise AgentError(f"-node '{printable(node)}': {problem}; give a printable name")
+        raise AgentError(
+            f"{origin('node_name')} '{printable(node)}': {problem}; give a printable name"
+        )
+    rpc_addr = settings.rpc_addr or DEFAULT_RPC_ADDR
     try:
-        parse_rpc_addr(args.rpc_addr, any_port=True)
+        parse_rpc_addr(rpc_addr, any_port=True)
     except ValueError as exc:
-        raise AgentError(f"-rpc-addr: {exc}") from None
+        raise AgentError(f"{origin('rpc_addr')}: {exc}") from None
+    profile = settings.profile or "lan"
+    try:
+        Config.profile(profile)
+    except ConfigError as exc:
+        raise AgentError(f"{origin('profile')}: {exc}") from None
+    retry_max = settings.retry_max_attempts or 0
+    if retry_max < 0:
+        raise AgentError(
+            f"{origin('retry_max_attempts')} {retry_max}: expected how many attempts, such as "
+            "5 (0: no limit)"
+        )
+    warnings = list(settings.warnings)
+    retry_interval = settings.retry_interval
+    if retry_interval is None:
+        retry_interval = DEFAULT_RETRY_INTERVAL
+    elif retry_interval < MIN_RETRY_INTERVAL:  # as serf: raised, with a warning
+        warnings.append(
+            f"{origin('retry_interval')} is below {MIN_RETRY_INTERVAL:g}s; retrying every "
+            f"{MIN_RETRY_INTERVAL:g}s"
+        )
+        retry_interval = MIN_RETRY_INTERVAL
     return AgentOptions(
         node=node,
-        bind=_address("-bind", args.bind, 7946, any_port=True),
+        bind=_address(origin("bind"), settings.bind or "0.0.0.0:7946", 7946, any_port=True),
         advertise=(
-            _address("-advertise", args.advertise, 7946, any_port=False) if args.advertise else None
+            _address(origin("advertise"), settings.advertise, 7946, any_port=False)
+            if settings.advertise
+            else None
         ),
-        join=list(args.join),
-        encrypt=args.encrypt,
-        keyring_file=args.keyring_file,
-        tags=tags,
-        profile=args.profile,
-        rpc_addr=args.rpc_addr,
-        rpc_auth=args.rpc_auth,
-        snapshot=args.snapshot,
-        rejoin_after_leave=args.rejoin,
-        log_level=args.log_level,
-        event_loop=args.event_loop,
+        join=list(settings.start_join),
+        encrypt=settings.encrypt_key,
+        keyring_file=settings.keyring_file,
+        tags=dict(settings.tags),
+        profile=profile,
+        rpc_addr=rpc_addr,
+        rpc_auth=settings.rpc_auth,
+        snapshot=settings.snapshot_path,
+        rejoin_after_leave=bool(settings.rejoin_after_leave),
+        log_level=log_level,
+        event_loop=event_loop,
+        retry_join=list(settings.retry_join),
+        retry_interval=retry_interval,
+        retry_max=retry_max,
+        warnings=tuple(warnings),
     )
 
 
@@ -192,6 +245,9 @@ def load_keyring(options: AgentOptions) -> wire.Keyring | None:
     try:
         if options.keyring_file and os.path.exists(options.keyring_file):
             keys = list(wire.Keyring.from_file(options.keyring_file).keys)
+            exposed = readable_by_others(options.keyring_file, "a keyring file")
+            if exposed is not None:
+                log.warning("%s", exposed)
     except (KeyringError, OSError) as exc:
         raise AgentError(f"-keyring-file {options.keyring_file}: {describe(exc)}") from None
     if options.encrypt:
@@ -262,15 +318,18 @@ def _listen_advice(flag: str, host: str, port: int, exc: OSError, example: str) 
     return f"{where}: {describe(exc)}"
 
 
-def _join_advice(exc: JoinError) -> str:
+def _join_advice(exc: JoinError, flag: str = "-join") -> str:
+    """Why ``flag``'s seeds could not be joined, and the fix, after ``flag: ``."""
     if UNREADABLE_REPLY in exc.failures.values():
         fix = "-encrypt (or -keyring-file) must hold the cluster's key"
-    else:
+    elif flag == "-join":
         fix = (
             "check the -join addresses (an agent must run there), or leave -join out to "
             "start a new cluster"
         )
-    return f"-join: {exc}; {fix}"
+    else:
+        fix = f"check the {flag} addresses (an agent must run there)"
+    return f"{exc}; {fix}"
 
 
 @dataclass(frozen=True)
@@ -490,6 +549,8 @@ async def run_agent(
         config = Config.profile(options.profile)
     except ConfigError as exc:
         raise AgentError(f"-profile: {exc}") from None
+    for warning in options.warnings:
+        log.warning("%s", warning)
     keyring = load_keyring(options)
     too_big = tags_over_limit(options.tags, config.meta_max_size, "-tag")
     if too_big is not None:
@@ -523,7 +584,7 @@ async def run_agent(
         try:
             await _initial_join(node, options, snapshot.previous if snapshot else None)
         except JoinError as exc:
-            raise AgentError(_join_advice(exc)) from None
+            raise AgentError(f"-join: {_join_advice(exc)}") from None
         log.info(
             "agent %s running at %s:%d, RPC at %s:%d, on %s",
             node.name,
@@ -532,6 +593,8 @@ async def run_agent(
             rpc_port,
             sniffio.current_async_library(),
         )
+        if options.retry_join:
+            nursery.start_soon(_retry_join, node, options)
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
         if node.engine.local_member.state is not MemberState.LEFT:
@@ -611,6 +674,28 @@ async def _initial_join(node: Node, options: AgentOptions, previous: SnapshotSta
         except JoinError:
             continue
     log.warning("no member from the snapshot answered; running alone until someone joins")
+
+
+async def _retry_join(node: Node, options: AgentOptions) -> None:
+    """Join the ``-retry-join`` seeds, trying again every ``-retry-interval`` until one answers,
+    as serf does; after ``-retry-max`` failed attempts (0: no limit) :class:`AgentError` ends
+    the agent."""
+    failed = 0
+    while True:
+        try:
+            joined = await node.join(options.retry_join)
+        except JoinError as exc:
+            failed += 1
+            if failed == options.retry_max:
+                raise AgentError(
+                    f"-retry-max: gave up after {failed} attempt{'s' if failed > 1 else ''} to "
+                    f"join: {_join_advice(exc, '-retry-join')}, or raise -retry-max (0: no limit)"
+                ) from None
+            log.warning("-retry-join: %s; retrying in %gs", exc, options.retry_interval)
+            await anyio.sleep(options.retry_interval)
+        else:
+            log.info("joined the cluster through %d of the -retry-join seeds", joined)
+            return
 
 
 async def _forward_events(node: Node, backend: NodeBackend, snapshot: Snapshot | None) -> None:

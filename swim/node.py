@@ -32,6 +32,12 @@ from swim.events import (
     Event,
     JoinCompleted,
     LeaveCompleted,
+    MemberAlive,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspect,
+    MemberUpdated,
     UserMessage,
 )
 from swim.logs import bump
@@ -39,6 +45,7 @@ from swim.members import Address, Member, peer_address
 from swim.queues import LossyQueue
 from swim.serf.layer import (
     KeyringChanged,
+    MemberReaped,
     QueryAck,
     QueryAnswer,
     QueryDone,
@@ -59,6 +66,9 @@ from swim.stack import (
 )
 
 log = logging.getLogger("swim.node")
+membership_log = logging.getLogger("swim.serf")
+"""Membership changes, one line each at INFO, as serf logs them (``serf: EventMemberJoin: NAME
+ADDR``); suspicions and refutations, which steady state sees now and then, at DEBUG."""
 T = TypeVar("T")
 
 RECEIVE_BUFFER = 65_536
@@ -228,6 +238,28 @@ def parse_host_port(text: str, default_port: int, *, any_port: bool = False) -> 
 
 def _host_text(host: str) -> str:
     return host if ":" not in host else f"[{host}]"
+
+
+_SERF_EVENT_NAMES: dict[type, str] = {
+    MemberJoined: "EventMemberJoin",
+    MemberLeft: "EventMemberLeave",
+    MemberFailed: "EventMemberFailed",
+}
+
+
+def _log_membership(event: Event | SerfEvent) -> None:
+    """One log line for a membership change, worded as serf's."""
+    if isinstance(event, MemberJoined | MemberLeft | MemberFailed):
+        name = _SERF_EVENT_NAMES[type(event)]
+        membership_log.info("%s: %s %s", name, event.member.name, event.member.address[0])
+    elif isinstance(event, MemberUpdated):
+        membership_log.info("EventMemberUpdate: %s", event.member.name)
+    elif isinstance(event, MemberReaped):
+        membership_log.info("EventMemberReap: %s", event.name)
+    elif isinstance(event, MemberSuspect):
+        membership_log.debug("suspect: %s %s", event.member.name, event.member.address[0])
+    elif isinstance(event, MemberAlive):
+        membership_log.debug("refuted: %s %s", event.member.name, event.member.address[0])
 
 
 class Node:
@@ -640,6 +672,7 @@ class Node:
                 self._keyring.save(self._keyring_file)
             except OSError as exc:
                 log.error("cannot write the keyring file %s: %s", self._keyring_file, exc)
+        _log_membership(event)
         self._publish(event)
 
     def _publish(self, event: Event | SerfEvent) -> None:

@@ -177,6 +177,42 @@ async def test_a_start_up_mistake_comes_out_of_run_agent_as_itself(
         await run_agent(options("lonely", join=[f"{LOOPBACK}:{free_port()}"]), handle_signals=False)
 
 
+async def test_retry_join_keeps_trying_until_the_seed_is_up(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    early = options("early", retry_join=[f"{LOOPBACK}:{port}"], retry_interval=30.0)
+    with caplog.at_level(logging.WARNING, "swim.agent"):
+        async with agent(early) as waiting:
+            await trio.sleep(100)  # attempts at 0, 30, 60 and 90 s find nobody
+            assert [m.name for m in waiting.node.serf.members()] == ["early"]
+            async with agent(options("seed", bind=(LOOPBACK, port))) as seed:
+                # the attempt at 120 s finds it
+                await wait_until(lambda: len(seed.node.serf.members()) == 2, limit=60)
+                await wait_until(lambda: len(waiting.node.serf.members()) == 2)
+    assert (
+        caplog.messages
+        == [
+            f"-retry-join: could not join the cluster: {LOOPBACK}:{port}: Connection refused; "
+            "retrying in 30s"
+        ]
+        * 4
+    )
+
+
+async def test_retry_join_gives_up_after_retry_max_attempts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    dead = f"{LOOPBACK}:{free_port()}"
+    with pytest.raises(AgentError) as error:
+        await run_agent(options("lonely", retry_join=[dead], retry_max=3), handle_signals=False)
+    assert str(error.value) == (
+        f"-retry-max: gave up after 3 attempts to join: could not join the cluster: {dead}: "
+        "Connection refused; check the -retry-join addresses (an agent must run there), or "
+        "raise -retry-max (0: no limit)"
+    )
+
+
 async def test_joining_an_encrypted_cluster_without_its_key_points_at_the_key_flags(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -4,6 +4,7 @@ agent does not stop it."""
 
 from __future__ import annotations
 
+import json
 import resource
 import signal
 import socket
@@ -21,6 +22,7 @@ from swim.events import MemberFailed, MemberLeft
 from swim.node import Node
 from swim.rpc import RpcClient
 from swim.snapshot import TEMP_SUFFIX
+from swim.wire.crypto import encode_key
 
 LOOPBACK = "127.0.0.1"
 SWIM = [sys.executable, "-m", "swim.cli"]
@@ -169,6 +171,40 @@ def test_an_unwritable_snapshot(tmp_path: Path) -> None:
 def test_a_bad_encryption_key() -> None:
     line = refused("-encrypt=not-a-key")
     assert line.startswith("swim agent: -encrypt: key is not valid base64")
+
+
+def test_retry_join_ends_the_agent_after_retry_max_attempts() -> None:
+    dead = f"{LOOPBACK}:{dead_port()}"
+    line = refused(f"-retry-join={dead}", "-retry-interval=1s", "-retry-max=2")
+    assert line == (
+        f"swim agent: -retry-max: gave up after 2 attempts to join: could not join the "
+        f"cluster: {dead}: Connection refused; check the -retry-join addresses (an agent must "
+        "run there), or raise -retry-max (0: no limit)"
+    )
+
+
+def test_a_bad_config_file_is_one_line_naming_the_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "agent.json"
+    config.write_text('{"node_name": "web-1", "retry_max_attempts": "3"}')
+    line = refused(f"-config-file={config}")
+    assert line == (
+        f"swim agent: config file {config}: retry_max_attempts: expected a whole number, got "
+        '"3"; write it without quotes: 3'
+    )
+
+
+def test_a_config_file_holding_the_key_readable_by_others_is_logged(tmp_path: Path) -> None:
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({"encrypt_key": encode_key(bytes(32))}))
+    config.chmod(0o644)
+    result = run_agent(f"-config-file={config}", f"-join={LOOPBACK}:{dead_port()}")
+    assert result.returncode == 1, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "[WARNING]" in line]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].endswith(
+        f"[WARNING] swim.agent: {config} is a config file holding encrypt_key, readable by its "
+        f"group and others (mode 0644); chmod 600 {config}"
+    )
 
 
 async def read_until(stream: trio.abc.ReceiveStream, text: str) -> bytes:

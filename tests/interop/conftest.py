@@ -99,6 +99,8 @@ class Agent:
     log_path: Path
     process: subprocess.Popen[bytes]
     shoal: bool = False
+    auth: str | None = None
+    """The token its RPC wants (``-rpc-auth``), which :meth:`cli` passes."""
 
     @property
     def seed(self) -> str:
@@ -127,8 +129,9 @@ class Agent:
         return self.log_path.read_text(errors="replace")
 
     async def cli(self, command: str, *args: str, check: bool = True) -> tuple[int, str]:
-        """``serf COMMAND -rpc-addr=<this agent> ARGS...``."""
-        return await serf_cli(command, self.rpc, *args, check=check)
+        """``serf COMMAND -rpc-addr=<this agent> [-rpc-auth=<its token>] ARGS...``."""
+        auth = [] if self.auth is None else [f"-rpc-auth={self.auth}"]
+        return await serf_cli(command, self.rpc, *auth, *args, check=check)
 
     async def members(self) -> dict[str, dict[str, Any]]:
         """The agent's view from `serf members -format=json`, by member name."""
@@ -176,11 +179,15 @@ class Agents:
         extra: Sequence[str] = (),
         shoal: bool = False,
         wrapper: Sequence[str] = (),
+        port: int | None = None,
+        auth: str | None = None,
     ) -> Agent:
         """Start ``serf agent`` as ``name`` (joining ``join`` at start), or ``swim agent`` with
         ``shoal``; returns once its RPC answers.  ``wrapper`` goes before the command (it must
-        end by exec'ing it, so that the process is the agent's)."""
-        port, rpc_port = free_port(), free_port()
+        end by exec'ing it, so that the process is the agent's).  ``port`` is its gossip port
+        (a free one by default); ``auth`` the RPC token it was given (in ``extra``, or in a
+        config file), for :meth:`Agent.cli`."""
+        port, rpc_port = port or free_port(), free_port()
         program = shoal_agent_command() if shoal else [serf_binary(), "agent"]
         command = [
             *wrapper,
@@ -206,7 +213,7 @@ class Agents:
                 stderr=subprocess.STDOUT,
                 env=serf_environment(),
             )
-        agent = Agent(name, port, rpc_port, log_path, process, shoal)
+        agent = Agent(name, port, rpc_port, log_path, process, shoal, auth)
         self.started.append(agent)
         with anyio.move_on_after(START_LIMIT):
             while process.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -559,3 +560,46 @@ async def test_past_the_bound_on_silent_connections_the_oldest_is_closed_first()
         assert node.statistics().runtime.inbound_streams_silent == 2
         for stream in silent:
             await stream.aclose()
+
+
+async def test_each_membership_change_is_one_info_line_worded_as_serfs(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an operator greps for (serf's ``serf: EventMemberJoin: NAME ADDR``), once per
+    member that sees the change; a converged cluster then stays quiet at INFO."""
+
+    def lines() -> list[str]:
+        said = [r.getMessage() for r in caplog.records if r.name == "swim.serf"]
+        caplog.clear()
+        return sorted(said)
+
+    caplog.set_level(logging.INFO, "swim.serf")
+    async with cluster() as c:
+        nodes = [await c.start(f"n{i}", tags={}) for i in range(3)]
+        for node in nodes[1:]:
+            await node.join([seed_of(nodes[0])])
+        await wait_until(lambda: all(len(states(n)) == 3 for n in nodes))
+        await anyio.sleep(60)  # steady state: probes and push-pulls, nothing to report
+        seen = [f"EventMemberJoin: n{i} {LOOPBACK}" for i in range(3)]
+        assert lines() == sorted(line for line in seen for _ in range(2))  # each by the two others
+
+        await nodes[1].set_tags({"role": "web"})
+        tagged = {("n1", "role", "web")}
+        await wait_until(
+            lambda: all(
+                {(m.name, *t) for m in n.serf.members() for t in m.tags.items()} == tagged
+                for n in nodes
+            )
+        )
+        assert set(lines()) == {"EventMemberUpdate: n1"}
+
+        await c.crash("n2")
+        await wait_until(lambda: all(states(n)["n2"] == "dead" for n in nodes[:2]))
+        assert lines() == [f"EventMemberFailed: n2 {LOOPBACK}"] * 2
+        await nodes[0].force_leave("n2", prune=True)
+        await wait_until(lambda: all("n2" not in states(n) for n in nodes[:2]))
+        assert lines() == ["EventMemberReap: n2"] * 2
+
+        await nodes[1].leave()
+        await wait_until(lambda: states(nodes[0])["n1"] == "left")
+        assert lines() == [f"EventMemberLeave: n1 {LOOPBACK}"] * 2  # its own, and n0's
