@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -21,6 +20,7 @@ import trio
 
 from swim import __version__, agent
 from swim.agent import AgentError, add_agent_arguments
+from swim.config import parse_duration
 from swim.demo import DemoError, run_demo
 from swim.rpc import (
     AUTH_REQUIRED,
@@ -208,18 +208,12 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _duration(text: str) -> float:
     """A Go duration (``500ms``, ``1m30s``, ``0``) in seconds."""
-    if text == "0":
-        return 0.0
-    parts = list(_DURATION_PART.finditer(text))
-    if not parts or "".join(p.group() for p in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 5s, 500ms or 1m30s")
-    return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rpc_addr(text: str) -> str:

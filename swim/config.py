@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,3 +257,18 @@ def _check(name: str, value: object) -> None:
     if not math.isfinite(value) or value < low or (high is not None and value > high):
         unit = " seconds" if kind is float and name not in ("user_broadcast_share",) else ""
         raise ConfigError(f"{name}={value!r} is out of range; valid{unit}: {span}")
+
+
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration (``500ms``, ``1m30s``, ``0``), as Serf's flags take them, in seconds;
+    ValueError for anything else."""
+    if text == "0":
+        return 0.0
+    parts = list(_DURATION_PART.finditer(text))
+    if not parts or "".join(p.group() for p in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 5s, 500ms or 1m30s")
+    return sum(float(p.group(1)) * _DURATION_UNITS[p.group(2)] for p in parts)

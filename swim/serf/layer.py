@@ -49,9 +49,9 @@ RECENT_EVENTS_BUDGET = 1 << 20
 push-pull state; past it new events are refused until older ones age out of the ring."""
 MAX_INTENTS = 4096
 """Intents about members not yet in the view that are remembered at once."""
-MAX_AWAITING_ANSWERS = RING_SIZE
-"""Queries received and not yet answered that are remembered at once, so that each is answered
-once at most; past it the oldest is forgotten (queries time out within seconds)."""
+MAX_RECEIVED_QUERIES = RING_SIZE
+"""Queries received that are remembered until their deadline, so that each is answered once at
+most; past it the oldest is forgotten (queries time out within seconds)."""
 RELAY_SIZE_LIMIT = msg.QUERY_RESPONSE_SIZE_LIMIT + 512
 """A relayed response: the response and where it goes."""
 RECENT_INTENT_TIMEOUT = 300.0
@@ -113,7 +113,7 @@ class SerfQuery:
     deadline: float
     serial: int
     """This node's number for the query, unique while it runs: an agent's RPC clients answer
-    the query by it (see :meth:`Serf.awaiting_answer`)."""
+    the query by it (see :meth:`Serf.received_query`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +326,9 @@ class Serf:
             msg.SerfMessageType.RELAY: RELAY_SIZE_LIMIT,
         }
         self._open_queries: dict[int, _OpenQuery] = {}
-        self._awaiting: dict[int, SerfQuery] = {}
-        """Queries delivered and not yet answered, by serial, the oldest first."""
+        self._received: dict[int, tuple[SerfQuery, bool]] = {}
+        """Queries received, by serial, the oldest first, until their deadline; and whether
+        each was answered."""
         self._serial = 1
         """The next query's serial (none is 0, an absent ID's value on the RPC wire)."""
         self._leaving = False
@@ -547,7 +548,7 @@ class Serf:
 
     def respond(self, query: SerfQuery, payload: bytes, now: float) -> None:
         """Answer ``query``, once: raises :class:`SerfError` when the answer is too large, the
-        query was answered already, or it timed out (Serf's checks, in its order)."""
+        query timed out, or it was answered already."""
         self._advance(now)
         answer = msg.QueryResponse(query.ltime, query.id, self.engine.name, 0, payload)
         raw = msg.encode_serf(answer)
@@ -557,27 +558,34 @@ class Serf:
                 f"Serf's limit of {msg.QUERY_RESPONSE_SIZE_LIMIT} bytes for a response"
             )
         if now > query.deadline:
-            self._awaiting.pop(query.serial, None)
             raise SerfError(f"the query {query.name!r} timed out; it can no longer be answered")
-        if self._awaiting.pop(query.serial, None) is None:
+        received = self._received.get(query.serial)
+        if received is None:
+            raise SerfError(
+                f"the query {query.name!r} was forgotten unanswered: over "
+                f"{MAX_RECEIVED_QUERIES} newer ones came before its deadline"
+            )
+        if received[1]:
             raise SerfError(f"the query {query.name!r} was answered already; Serf takes one answer")
+        self._received[query.serial] = (query, True)
         self._send_response(query.address, query.source_node, query.relay_factor, raw)
 
-    def awaiting_answer(self, serial: int) -> SerfQuery | None:
-        """The query numbered ``serial`` (:attr:`SerfQuery.serial`) if it may still be answered:
-        not answered yet, nor timed out long enough to be forgotten."""
-        return self._awaiting.get(serial)
+    def received_query(self, serial: int) -> SerfQuery | None:
+        """The query numbered ``serial`` (:attr:`SerfQuery.serial`), answered or not, until its
+        deadline passes (or :data:`MAX_RECEIVED_QUERIES` newer ones come)."""
+        received = self._received.get(serial)
+        return None if received is None or received[0].deadline < self._now else received[0]
 
-    def _await_answer(self, query: SerfQuery) -> None:
-        """Remember ``query`` as awaiting its one answer; forget those past their deadline from
-        the oldest on, and the oldest beyond :data:`MAX_AWAITING_ANSWERS`."""
-        awaiting = self._awaiting
-        while awaiting:
-            serial, oldest = next(iter(awaiting.items()))
-            if oldest.deadline >= self._now and len(awaiting) < MAX_AWAITING_ANSWERS:
+    def _remember(self, query: SerfQuery) -> None:
+        """Remember ``query`` until its deadline, to answer it once; forget those past their
+        deadline from the oldest on, and the oldest beyond :data:`MAX_RECEIVED_QUERIES`."""
+        received = self._received
+        while received:
+            serial, (oldest, _) = next(iter(received.items()))
+            if oldest.deadline >= self._now and len(received) < MAX_RECEIVED_QUERIES:
                 break
-            del awaiting[serial]
-        awaiting[query.serial] = query
+            del received[serial]
+        received[query.serial] = (query, False)
 
     # ------------------------------------------------------------------ members and intents
 
@@ -808,7 +816,7 @@ class Serf:
             self._serial,
         )
         self._serial += 1
-        self._await_answer(incoming)
+        self._remember(incoming)
         if query.name.startswith(INTERNAL_PREFIX):
             self._internal_query(incoming)
         else:

@@ -19,7 +19,7 @@ from swim.engine import MetadataTooLarge
 from swim.events import LeaveCompleted
 from swim.members import MemberState
 from swim.serf.layer import (
-    MAX_AWAITING_ANSWERS as MAX_AWAITING,
+    MAX_RECEIVED_QUERIES,
     KeyringChanged,
     MemberReaped,
     QueryAck,
@@ -451,31 +451,38 @@ def test_respond_answers_the_asker_once_before_the_deadline() -> None:
     layer = Layer(peers=2)
     (incoming,) = layer.receive(query(id=8, name="uptime", payload=b"?", timeout=2.0))
     assert incoming == SerfQuery(3, 8, "uptime", b"?", "asker", ASKER, 0, layer.now + 2.0, 1)
-    assert layer.serf.awaiting_answer(incoming.serial) == incoming
+    assert layer.serf.received_query(incoming.serial) == incoming
     with pytest.raises(SerfError, match=r"1100 bytes, 1.* over Serf's limit of 1024 bytes"):
         layer.serf.respond(incoming, bytes(1100), layer.now + 1.0)
     assert layer.sent() == []  # a refused answer leaves room for another
     layer.serf.respond(incoming, b"42s", layer.now + 1.0)
     assert layer.sent() == [(ASKER, msg.QueryResponse(3, 8, "me", 0, b"42s"))]
-    assert layer.serf.awaiting_answer(incoming.serial) is None
     with pytest.raises(SerfError, match="'uptime' was answered already"):
         layer.serf.respond(incoming, b"again", layer.now + 1.0)
-    (late,) = layer.receive(query(ltime=4, name="uptime", timeout=2.0))
-    assert late.serial == incoming.serial + 1
-    with pytest.raises(SerfError, match="timed out"):
-        layer.serf.respond(late, b"late", late.deadline + 0.5)
+    with pytest.raises(SerfError, match="'uptime' timed out"):
+        layer.serf.respond(incoming, b"late", incoming.deadline + 0.5)
     assert layer.sent() == []
 
 
-def test_queries_awaiting_an_answer_are_forgotten_past_their_deadline_or_the_limit() -> None:
+def received(layer: Layer, message: msg.Query) -> SerfQuery:
+    """The query ``layer`` delivers for ``message``."""
+    (incoming,) = layer.receive(message)
+    assert isinstance(incoming, SerfQuery)
+    return incoming
+
+
+def test_received_queries_are_forgotten_past_their_deadline_or_the_limit() -> None:
     layer = Layer(peers=2)
-    (first,) = layer.receive(query(ltime=3, timeout=1.0))
+    first = received(layer, query(ltime=3, timeout=1.0))
     layer.at(layer.now + 1.5)
-    (second,) = layer.receive(query(ltime=4, timeout=60.0))
-    assert layer.serf.awaiting_answer(first.serial) is None  # timed out: forgotten
-    later = [layer.receive(query(ltime=5 + i, timeout=60.0))[0] for i in range(MAX_AWAITING)]
-    assert layer.serf.awaiting_answer(second.serial) is None  # the oldest, past the limit
-    assert all(layer.serf.awaiting_answer(q.serial) == q for q in later)
+    assert layer.serf.received_query(first.serial) is None  # timed out
+    second = received(layer, query(ltime=4, timeout=60.0))
+    assert second.serial == first.serial + 1
+    later = [received(layer, query(ltime=5 + i, timeout=60.0)) for i in range(MAX_RECEIVED_QUERIES)]
+    assert layer.serf.received_query(second.serial) is None  # the oldest, past the limit
+    with pytest.raises(SerfError, match="forgotten unanswered: over 512 newer ones came"):
+        layer.serf.respond(second, b"", layer.now)
+    assert all(layer.serf.received_query(q.serial) == q for q in later)
 
 
 def test_the_no_broadcast_flag_stops_the_regossip() -> None:
