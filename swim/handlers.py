@@ -54,8 +54,8 @@ MAX_WAITING: Final = 512
 counted): a cluster in turmoil must not pile up processes without end."""
 MAX_OUTPUT: Final = 8 * 1024
 """Bytes of a run's stdout, and of its stderr, that are kept; the rest is read and counted."""
-_LOGGED_OUTPUT = 512
-"""Characters of a failed run's stderr that go into its log line."""
+_LOGGED_OUTPUT = 200
+"""Characters of a run's output that go into its log line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +178,8 @@ class HandlerStatistics:
 
     runs: int = 0
     """Runs started."""
+    succeeded: int = 0
+    """Runs that exited with status 0."""
     failures: int = 0
     """Runs that could not start or exited with a status other than 0."""
     timeouts: int = 0
@@ -244,29 +246,29 @@ class Handlers:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run what :meth:`publish` queues, until cancelled (which kills what runs)."""
-        limiter = anyio.CapacityLimiter(self._max_running)
+        turns = anyio.Semaphore(self._max_running)
         async with anyio.create_task_group() as nursery:
             task_status.started()
-            await self._dispatch(self._receive, limiter, nursery)
+            await self._dispatch(self._receive, turns, nursery)
 
     async def _dispatch(
         self,
         runs: MemoryObjectReceiveStream[Invocation],
-        limiter: anyio.CapacityLimiter,
+        turns: anyio.Semaphore,
         nursery: TaskGroup,
     ) -> None:
         async with runs:
             async for run in runs:
-                await limiter.acquire()
-                nursery.start_soon(self._run_then_release, run, limiter)
+                await turns.acquire()
+                nursery.start_soon(self._take_turn, run, turns)
 
-    async def _run_then_release(self, run: Invocation, limiter: anyio.CapacityLimiter) -> None:
+    async def _take_turn(self, run: Invocation, turns: anyio.Semaphore) -> None:
         try:
             await self._run(run)
         except Exception:  # a bug must cost this run only, never the agent
             log.exception("event handler %r for %s: unexpected failure", run.script, run.event)
         finally:
-            limiter.release()
+            turns.release()
 
     def _count(self, counter: str) -> None:
         self._statistics = bump(self._statistics, counter)
@@ -317,11 +319,13 @@ class Handlers:
                 stderr.said(),
             )
             return
+        self._count("succeeded")
         log.debug(
-            "event handler %r for %s finished; output: %r",
+            "event handler %r for %s finished%s%s",
             run.script,
             run.event,
-            stdout.data.decode(errors="replace"),
+            stdout.said("; it printed: "),
+            stderr.said("; on stderr: "),
         )
         if run.query_id is not None and stdout.total:
             await self._answer_query(run, stdout)
@@ -359,14 +363,14 @@ class _Output:
             if room > 0:
                 self.data += chunk[:room]
 
-    def said(self) -> str:
-        """What it printed on stderr, for a log line (empty when nothing)."""
+    def said(self, intro: str = "; it said: ") -> str:
+        """What it printed, shortened, after ``intro``, for a log line (empty when nothing)."""
         text = self.data.decode(errors="replace").strip()
         if not text:
             return ""
-        if len(text) > _LOGGED_OUTPUT:
-            text = text[:_LOGGED_OUTPUT] + "..."
-        return f"; it said: {text}"
+        if len(text) > _LOGGED_OUTPUT or self.total > len(self.data):
+            text = f"{text[:_LOGGED_OUTPUT]}... ({self.total} bytes)"
+        return intro + text
 
 
 async def _feed(process: Process, data: bytes) -> None:
