@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import sniffio
@@ -27,8 +28,6 @@ from swim import keys, wire
 from swim.background import Background
 from swim.config import Config, ConfigError, parse_duration
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
-from swim.handlers import DEFAULT_TIMEOUT as HANDLER_TIMEOUT
-from swim.handlers import EventHandler, Handlers, parse_event_handler
 from swim.logs import SafeFormatter, printable
 from swim.members import MemberState, ip_bytes, name_problem
 from swim.node import (
@@ -73,6 +72,9 @@ from swim.toplevel import describe
 from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key
 
+if TYPE_CHECKING:  # only an agent with handlers imports swim.handlers (0.14 MB)
+    from swim.handlers import EventHandler, Handlers
+
 log = logging.getLogger("swim.agent")
 
 
@@ -88,6 +90,10 @@ LOG_LEVELS = {
 }
 """``-log-level`` names, in any case: Serf's (TRACE, DEBUG, INFO, WARN, ERR) and Python's.  shoal
 logs nothing finer than DEBUG, so TRACE shows what DEBUG does."""
+
+HANDLER_TIMEOUT = 30.0
+"""Seconds an event handler may run before it is killed, unless ``-event-handler-timeout``
+says otherwise."""
 
 EVENT_LOOPS = ("trio", "asyncio")
 """What ``-event-loop`` runs the agent on: the same code either way (AnyIO)."""
@@ -204,6 +210,8 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
 def _event_handlers(specs: list[str], timeout: str) -> tuple[list[EventHandler], float]:
     """The ``-event-handler`` flags and ``-event-handler-timeout``, or AgentError."""
     handlers = []
+    if specs:
+        from swim.handlers import parse_event_handler  # noqa: PLC0415 (see TYPE_CHECKING)
     for spec in specs:
         try:
             handlers.append(parse_event_handler(spec))
@@ -600,6 +608,8 @@ def _start_handlers(
     nursery: TaskGroup, options: AgentOptions, node: Node, backend: NodeBackend
 ) -> Handlers:
     """Run the ``-event-handler`` scripts on the events the RPC streams get."""
+    from swim.handlers import Handlers  # noqa: PLC0415 (see TYPE_CHECKING)
+
     handlers = Handlers(
         options.event_handlers,
         self_member=lambda: (node.name, node.serf.tags),

@@ -9,7 +9,7 @@ handler that exits 0 answers the query with what it printed on stdout.
 Where Serf runs one handler at a time, in the agent's event loop, with no time limit (a hung
 script stops every later event), here they run as subprocesses beside the agent: at most
 :data:`MAX_RUNNING` at once, started in the order their events happened, each killed with its
-process group past a timeout (:data:`DEFAULT_TIMEOUT`).  Events that find
+process group past a timeout (``-event-handler-timeout``).  Events that find
 :data:`MAX_WAITING` runs already waiting are dropped, and counted.  A run keeps the first
 :data:`MAX_OUTPUT` bytes of stdout and of stderr (Serf keeps 8 KiB of both mixed); stderr goes
 to the log, never into a query's answer.  Whether an answer fits Serf's limit is the Serf
@@ -45,8 +45,6 @@ log = logging.getLogger("swim.handlers")
 
 SHELL: Final = "/bin/sh"
 """What runs a handler's script, with ``-c``, as in Serf."""
-DEFAULT_TIMEOUT: Final = 30.0
-"""Seconds a handler may run before it is killed (``-event-handler-timeout``)."""
 MAX_RUNNING: Final = 4
 """Handler processes running at once; further runs wait their turn."""
 MAX_WAITING: Final = 512
@@ -202,12 +200,13 @@ class Handlers:
         *,
         self_member: Callable[[], tuple[str, Mapping[str, str]]],
         answer: Callable[[int, bytes], Awaitable[None]],
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float,
         max_running: int = MAX_RUNNING,
         max_waiting: int = MAX_WAITING,
     ) -> None:
         """``self_member`` tells this member's name and tags, which every run gets;
-        ``answer(query_id, payload)`` answers a query (raising what it refuses)."""
+        ``answer(query_id, payload)`` answers a query (raising what it refuses); a run is
+        killed after ``timeout`` seconds."""
         self._handlers = tuple(handlers)
         self._self_member = self_member
         self._answer = answer

@@ -262,10 +262,11 @@ async def test_runs_past_the_waiting_bound_are_dropped_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with running("user=sleep 600", max_running=1, max_waiting=2) as handlers:
-        for n in range(5):  # all at once: two find room, three do not
-            handlers.publish(RpcUserEvent("e", b"", False, n))
-        assert handlers.statistics().dropped == 3
+        handlers.publish(RpcUserEvent("e", b"", False, 0))
         await until(lambda: handlers.statistics().runs == 1, "the first run")
+        for n in range(1, 6):  # the next waits for its turn, two more for room: two dropped
+            handlers.publish(RpcUserEvent("e", b"", False, n))
+        assert handlers.statistics().dropped == 2
     assert caplog.text.count("runs are waiting for a turn: dropping user:e") == 1
 
 
