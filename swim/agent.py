@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import sniffio
@@ -35,7 +36,7 @@ from swim.agentconfig import (
     readable_by_others,
 )
 from swim.background import Background
-from swim.config import Config, ConfigError
+from swim.config import Config, ConfigError, parse_duration
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.logs import SafeFormatter, printable
 from swim.members import MemberState, ip_bytes, name_problem
@@ -50,12 +51,14 @@ from swim.node import (
 )
 from swim.rpc import (
     DEFAULT_RPC_ADDR,
+    INVALID_QUERY_ID,
     RpcEvent,
     RpcKeyError,
     RpcKeyResult,
     RpcMember,
     RpcMemberEvent,
     RpcQuery,
+    RpcQueryEvent,
     RpcQueryRecord,
     RpcServer,
     RpcServerStatistics,
@@ -70,6 +73,7 @@ from swim.serf.layer import (
     MemberReaped,
     QueryAck,
     SerfMember,
+    SerfQuery,
     SerfUserEvent,
 )
 from swim.snapshot import FLUSH_INTERVAL, Snapshot, SnapshotError, SnapshotState, format_address
@@ -77,6 +81,9 @@ from swim.stack import UNREADABLE_REPLY
 from swim.toplevel import describe
 from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key
+
+if TYPE_CHECKING:  # only an agent with handlers imports swim.handlers (0.14 MB)
+    from swim.handlers import EventHandler, Handlers
 
 log = logging.getLogger("swim.agent")
 
@@ -93,6 +100,10 @@ LOG_LEVELS = {
 }
 """``-log-level`` names, in any case: Serf's (TRACE, DEBUG, INFO, WARN, ERR) and Python's.  shoal
 logs nothing finer than DEBUG, so TRACE shows what DEBUG does."""
+
+HANDLER_TIMEOUT = 30.0
+"""Seconds an event handler may run before it is killed, unless ``-event-handler-timeout``
+says otherwise."""
 
 EVENT_LOOPS = ("trio", "asyncio")
 """What ``-event-loop`` runs the agent on: the same code either way (AnyIO)."""
@@ -126,6 +137,8 @@ class AgentOptions:
     rejoin_after_leave: bool = False
     log_level: str = "INFO"
     event_loop: str = "trio"
+    event_handlers: list[EventHandler] = field(default_factory=list)
+    event_handler_timeout: float = HANDLER_TIMEOUT
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +158,19 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
     flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")
     flag(
+        "-event-handler",
+        "--event-handler",
+        action="append",
+        default=[],
+        help="[FILTER=]SCRIPT to run on events, such as member-join=./join.sh (repeatable)",
+    )
+    flag(
+        "-event-handler-timeout",
+        "--event-handler-timeout",
+        default=f"{HANDLER_TIMEOUT:g}s",
+        help=f"kill a handler that runs longer (default: {HANDLER_TIMEOUT:g}s)",
+    )
+    flag(
         "-event-loop",
         "--event-loop",
         default="trio",
@@ -161,7 +187,11 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
         settings = load_settings(args.config_paths, flag_settings(args))
     except SettingsError as exc:
         raise AgentError(str(exc)) from None
-    return options_from_settings(settings, event_loop=args.event_loop)
+    options = options_from_settings(settings, event_loop=args.event_loop)
+    handlers, handler_timeout = _event_handlers(args.event_handler, args.event_handler_timeout)
+    return dataclasses.replace(
+        options, event_handlers=handlers, event_handler_timeout=handler_timeout
+    )
 
 
 def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") -> AgentOptions:
@@ -229,6 +259,25 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
         retry_max=retry_max,
         warnings=tuple(warnings),
     )
+
+
+def _event_handlers(specs: list[str], timeout: str) -> tuple[list[EventHandler], float]:
+    """The ``-event-handler`` flags and ``-event-handler-timeout``, or AgentError."""
+    handlers = []
+    if specs:
+        from swim.handlers import parse_event_handler  # noqa: PLC0415 (see TYPE_CHECKING)
+    for spec in specs:
+        try:
+            handlers.append(parse_event_handler(spec))
+        except ValueError as exc:
+            raise AgentError(f"-event-handler {printable(spec)!r}: {exc}") from None
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise AgentError(f"-event-handler-timeout: {exc}") from None
+    if seconds <= 0:
+        raise AgentError(f"-event-handler-timeout {timeout!r}: give a duration above 0, like 30s")
+    return handlers, seconds
 
 
 def _address(flag: str, text: str, default_port: int, *, any_port: bool) -> tuple[str, int]:
@@ -355,6 +404,8 @@ class NodeBackend:
         self._nursery = nursery
         self._rpc_statistics = rpc_statistics
         self._subscribers: list[Callable[[RpcEvent], None]] = []
+        self.handlers: Handlers | None = None
+        """The ``-event-handler`` scripts, whose figures :meth:`stats` reports."""
 
     def members(self) -> list[RpcMember]:
         return [_rpc_member(m) for m in self._node.serf.members()]
@@ -407,6 +458,7 @@ class NodeBackend:
             },
             "memberlist": _strings(statistics.engine, statistics.runtime),
             "rpc": _rpc_section(self._rpc_statistics()),
+            **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
         }
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
@@ -445,6 +497,12 @@ class NodeBackend:
             timeout=query.timeout or None,
         )
         return _query_records(result)
+
+    async def respond(self, query_id: int, payload: bytes) -> None:
+        query = self._node.serf.received_query(query_id)
+        if query is None:
+            raise ValueError(f"{INVALID_QUERY_ID}: query {query_id} timed out")
+        await self._node.respond(query, payload)
 
     def publish(self, event: Delivered) -> None:
         """Pass a node event on to RPC streams, as Serf's event names."""
@@ -524,8 +582,11 @@ _MEMBER_EVENT_NAMES: dict[type, str] = {
 def _rpc_event(event: Delivered, node: Node) -> RpcEvent | None:
     if isinstance(event, SerfUserEvent):
         return RpcUserEvent(event.name, event.payload, event.coalesce, event.ltime)
+    if isinstance(event, SerfQuery):
+        return RpcQueryEvent(event.serial, event.ltime, event.name, event.payload)
     if isinstance(event, MemberReaped):
-        return None
+        reaped = event.member
+        return None if reaped is None else RpcMemberEvent("member-reap", (_rpc_member(reaped),))
     name = _MEMBER_EVENT_NAMES.get(type(event))
     if name is None:
         return None
@@ -570,6 +631,8 @@ async def run_agent(
             node.serf.clock.witness(clocks.member_clock)
             node.serf.event_clock.witness(clocks.event_clock)
             node.serf.query_clock.witness(clocks.query_clock)
+        if options.event_handlers:
+            backend.handlers = _start_handlers(nursery, options, node, backend)
         nursery.start_soon(_forward_events, node, backend, snapshot)
         if snapshot is not None:
             nursery.start_soon(_flush_snapshot, snapshot, node)
@@ -603,6 +666,23 @@ async def run_agent(
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
+
+
+def _start_handlers(
+    nursery: TaskGroup, options: AgentOptions, node: Node, backend: NodeBackend
+) -> Handlers:
+    """Run the ``-event-handler`` scripts on the events the RPC streams get."""
+    from swim.handlers import Handlers  # noqa: PLC0415 (see TYPE_CHECKING)
+
+    handlers = Handlers(
+        options.event_handlers,
+        self_member=lambda: (node.name, node.serf.tags),
+        answer=backend.respond,
+        timeout=options.event_handler_timeout,
+    )
+    backend.subscribe(handlers.publish)
+    nursery.start_soon(handlers.run)
+    return handlers
 
 
 def _open_snapshot(options: AgentOptions) -> Snapshot | None:

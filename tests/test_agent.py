@@ -24,7 +24,7 @@ from swim.agent import (
     run_agent,
 )
 from swim.node import AdvertiseError
-from swim.rpc import RpcClient, RpcError, RpcMemberEvent, RpcUserEvent
+from swim.rpc import RpcClient, RpcError, RpcMemberEvent, RpcQueryEvent, RpcUserEvent
 
 LOOPBACK = "127.0.0.1"
 
@@ -282,3 +282,36 @@ async def test_member_events_reach_rpc_streams(autojump_clock: trio.testing.Mock
                 assert isinstance(event, RpcMemberEvent)
                 if event.members[0].name == "a2":
                     break
+
+
+async def test_rpc_clients_answer_queries_and_see_reaps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        agent(options("a1")) as a1,
+        RpcClient.connect(rpc(a1)) as client,
+        client.stream("query,member-reap") as events,
+    ):
+        with trio.CancelScope() as a2_scope:
+            async with agent(options("a2", join=[seed(a1)])) as a2:
+                result = await a2.node.start_query("uptime", b"?", timeout=5.0)
+                with trio.fail_after(10):
+                    query = await anext(aiter(events))
+                assert isinstance(query, RpcQueryEvent)
+                assert (query.name, query.payload) == ("uptime", b"?")
+                await client.respond(query.id, b"up 3 days")
+                with pytest.raises(RpcError, match="'uptime' was answered already"):
+                    await client.respond(query.id, b"again")
+                with pytest.raises(RpcError, match="No pending queries matching ID"):
+                    await client.respond(query.id + 1, b"never streamed")
+                await result.done.wait()
+                assert result.answers == {"a1": b"up 3 days"}
+                a2_scope.cancel()  # a crash: no leave
+        await wait_until(
+            lambda: any(m.status.value == "failed" for m in a1.node.serf.members()), 60.0
+        )
+        await client.force_leave("a2", prune=True)
+        with trio.fail_after(10):
+            reaped = await anext(aiter(events))
+        assert isinstance(reaped, RpcMemberEvent)
+        assert (reaped.event, [m.name for m in reaped.members]) == ("member-reap", ["a2"])

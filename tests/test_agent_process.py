@@ -273,3 +273,19 @@ async def test_an_agent_whose_snapshot_fails_keeps_serving_and_leaves_gracefully
     assert status == 0, text
     assert "Traceback" not in text
     assert "No space left on device" in text and "leaving the cluster" in text
+
+
+def test_a_bad_event_handler_names_the_flag_and_how_to_write_it() -> None:
+    line = refused("-event-handler=FOO=1 ./run.sh")
+    assert line.startswith(
+        "swim agent: -event-handler 'FOO=1 ./run.sh': 'FOO' is not an event filter; use "
+        "member-join, "
+    )
+    assert "(write *=SCRIPT when the script holds an '=')" in line
+    line = refused("-event-handler-timeout=soon")
+    assert line == (
+        "swim agent: -event-handler-timeout: 'soon' is not a duration such as 5s, 500ms or 1m30s"
+    )
+    assert refused("-event-handler-timeout=0").startswith(
+        "swim agent: -event-handler-timeout '0': give a duration above 0"
+    )

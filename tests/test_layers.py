@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "swim.blocking": RUNTIME,
     "swim.rpc": AGENT,
     "swim.snapshot": AGENT,
+    "swim.handlers": AGENT,
     "swim.agent": AGENT,
     "swim.demo": AGENT,
     "swim.cli": AGENT,

@@ -151,6 +151,10 @@ class FakeBackend:
             await trio.sleep(0.01)
             yield record
 
+    async def respond(self, query_id: int, payload: bytes) -> None:
+        self.calls.append(("respond", query_id, payload))
+        self._maybe_fail("respond")
+
     def emit(self, event: RpcEvent) -> None:
         for deliver in list(self.subscribers):
             deliver(event)

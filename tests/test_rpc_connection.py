@@ -21,6 +21,8 @@ from swim.rpc import (
     HANDSHAKE_TIMEOUT,
     INVALID_AUTH_TOKEN,
     INVALID_FILTER,
+    INVALID_QUERY_ID,
+    MAX_PENDING_QUERIES,
     MAX_REQUEST_BYTES,
     MAX_STREAMS,
     STREAM_EXISTS,
@@ -33,6 +35,7 @@ from swim.rpc import (
     RpcMember,
     RpcMemberEvent,
     RpcQuery,
+    RpcQueryEvent,
     RpcQueryRecord,
     RpcUserEvent,
     ServerConnection,
@@ -63,6 +66,7 @@ from swim.rpc.schema import (
     Members,
     MembersFiltered,
     RequestBody,
+    Respond,
     Stats,
     StatsReply,
     Stop,
@@ -188,16 +192,13 @@ def test_an_unknown_command_is_answered_then_closes() -> None:
 
 def test_serf_commands_shoal_does_not_serve_keep_the_connection() -> None:
     connection = server()
-    # get-coordinate returns a body Serf's client waits for; monitor and respond return none.
+    # get-coordinate returns a body Serf's client waits for; monitor returns none.
     assert answered(connection, {"Command": "get-coordinate", "Seq": 1}, {"Node": "web-1"}) == [
         {"Seq": 1, "Error": UNSUPPORTED_COMMAND},
         {},
     ]
     assert answered(connection, {"Command": "monitor", "Seq": 2}, {"LogLevel": "debug"}) == [
         {"Seq": 2, "Error": UNSUPPORTED_COMMAND}
-    ]
-    assert answered(connection, {"Command": "respond", "Seq": 3}, {"ID": 1, "Payload": b""}) == [
-        {"Seq": 3, "Error": UNSUPPORTED_COMMAND}
     ]
     assert request(connection, {"Command": "join", "Seq": 4}, {"Existing": ["10.0.0.9"]}) == (
         Request(4, Join(("10.0.0.9",)))
@@ -475,6 +476,45 @@ def test_a_stream_is_opened_acknowledged_fed_and_stopped() -> None:
     ]
 
 
+def test_a_query_goes_out_on_a_stream_and_only_what_went_out_can_be_answered() -> None:
+    connection = server()
+    request(connection, {"Command": "stream", "Seq": 5}, {"Type": "query:uptime"})
+    connection.send(OK)
+    uptime = RpcQueryEvent(7, ltime=12, name="uptime", payload=b"?")
+    assert connection.wants(5, uptime)
+    assert not connection.wants(5, RpcQueryEvent(8, 13, "load", b""))
+    assert not connection.wants(5, RpcUserEvent("uptime", b"", False, 1))
+    # Nothing went out with ID 7 yet: Serf's answer to an ID it does not know.
+    assert answered(connection, {"Command": "respond", "Seq": 6}, {"ID": 7, "Payload": b"3d"}) == [
+        {"Seq": 6, "Error": INVALID_QUERY_ID}
+    ]
+    assert connection.send(StreamRecord(5, uptime)) == pack(
+        {"Seq": 5, "Error": ""},
+        {"Event": "query", "ID": 7, "LTime": 12, "Name": "uptime", "Payload": b"?"},
+    )
+    respond = {"Command": "respond", "Seq": 8}
+    assert request(connection, respond, {"ID": 7, "Payload": b"3d"}) == Request(
+        8, Respond(7, b"3d")
+    )
+    assert unpack(connection.send(Failed("the response is too large"))) == [
+        {"Seq": 8, "Error": "the response is too large"}
+    ]
+    # once, twice: whether it may still be answered is the agent's to say
+    assert request(connection, respond | {"Seq": 9}, {"ID": 7}) == Request(9, Respond(7))
+    assert unpack(connection.send(OK)) == [{"Seq": 9, "Error": ""}]
+
+
+def test_a_connection_remembers_the_newest_queries_it_delivered() -> None:
+    connection = server()
+    request(connection, {"Command": "stream", "Seq": 1}, {"Type": "query"})
+    connection.send(OK)
+    for query_id in range(1, MAX_PENDING_QUERIES + 2):
+        connection.send(StreamRecord(1, RpcQueryEvent(query_id, query_id, "q", b"")))
+    respond = {"Command": "respond", "Seq": 2}
+    assert answered(connection, respond, {"ID": 1}) == [{"Seq": 2, "Error": INVALID_QUERY_ID}]
+    assert request(connection, respond, {"ID": 2}) == Request(2, Respond(2))
+
+
 def test_a_stream_that_cannot_open_is_refused() -> None:
     connection = server()
     assert answered(connection, {"Command": "stream", "Seq": 1}, {"Type": "member-exploded"}) == [
@@ -648,15 +688,16 @@ def test_the_client_passes_on_stream_and_query_records_until_forgotten() -> None
         {"Seq": stream, "Error": ""},
         deploy,
         {"Seq": stream, "Error": ""},
-        {"Event": "query", "ID": 1, "Name": "q"},  # shoal takes no query events: skipped
+        {"Event": "query", "ID": 1, "Name": "q"},  # absent fields are Go's zero values
         {"Seq": query, "Error": ""},
         ack,
         {"Seq": stream, "Error": ""},
-        {"Event": "member-exploded"},
+        {"Event": "member-exploded"},  # a kind Serf 0.9 never sends: skipped
     ) == [
         Response(stream, "", None),
         Response(query, "", None),
         StreamRecord(stream, RpcUserEvent("deploy", b"v2", True, 7)),
+        StreamRecord(stream, RpcQueryEvent(1, 0, "q", b"")),
         QueryRecord(query, RpcQueryRecord("ack", "web-1")),
     ]
     connection.forget(stream)
@@ -736,6 +777,13 @@ events = st.one_of(
         coalesce=st.booleans(),
         ltime=st.integers(0, 2**64 - 1),
     ),
+    st.builds(
+        RpcQueryEvent,
+        id=st.integers(0, 2**64 - 1),
+        ltime=st.integers(0, 2**64 - 1),
+        name=texts,
+        payload=st.binary(max_size=50),
+    ),
 )
 queries = st.builds(
     RpcQuery,
@@ -786,3 +834,8 @@ def test_what_one_end_sends_the_other_reads_as_it_was(
         Response(stream, "", None),
         StreamRecord(stream, event),
     ]
+    if isinstance(event, RpcQueryEvent):  # a query the stream delivered can be answered
+        seq, data = client.send(Respond(event.id, b"answer"))
+        assert served(peer, data) == Request(seq, Respond(event.id, b"answer"))
+        client.receive_data(peer.send(OK))
+        assert client.next_event() == Response(seq, "", None)

@@ -15,7 +15,8 @@ The wire, as Serf 0.9 writes it:
 * ``handshake {Version: 1}`` must come first; an agent with an auth key then needs
   ``auth {AuthKey}`` before anything but another handshake.
 * ``stream {Type}`` is acknowledged by a header alone; every event it lets through then arrives
-  as another header with the same ``Seq`` and a record body, until ``stop {Stop: seq}``.
+  as another header with the same ``Seq`` and a record body, until ``stop {Stop: seq}``.  A
+  query arrives so too, with an ``ID`` the client answers it by: ``respond {ID, Payload}``.
 
 The modules:
 
@@ -35,6 +36,7 @@ from swim.rpc.client import DEFAULT_TIMEOUT, RpcClient, RpcConnectionError
 from swim.rpc.connection import (
     FIRST_COMMAND_TIMEOUT,
     HANDSHAKE_TIMEOUT,
+    MAX_PENDING_QUERIES,
     MAX_REPLY_BYTES,
     MAX_REQUEST_BYTES,
     MAX_STREAMS,
@@ -51,6 +53,7 @@ from swim.rpc.schema import (
     HANDSHAKE_REQUIRED,
     INVALID_AUTH_TOKEN,
     INVALID_FILTER,
+    INVALID_QUERY_ID,
     IPC_VERSION,
     MEMBER_EVENTS,
     QUERY_RECORD_TYPES,
@@ -66,6 +69,7 @@ from swim.rpc.schema import (
     RpcMember,
     RpcMemberEvent,
     RpcQuery,
+    RpcQueryEvent,
     RpcQueryRecord,
     RpcUserEvent,
     host_port,
@@ -90,8 +94,10 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "INVALID_AUTH_TOKEN",
     "INVALID_FILTER",
+    "INVALID_QUERY_ID",
     "IPC_VERSION",
     "MAX_CONNECTIONS",
+    "MAX_PENDING_QUERIES",
     "MAX_REPLY_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_STREAMS",
@@ -115,6 +121,7 @@ __all__ = [
     "RpcMember",
     "RpcMemberEvent",
     "RpcQuery",
+    "RpcQueryEvent",
     "RpcQueryRecord",
     "RpcServer",
     "RpcServerStatistics",

@@ -176,6 +176,12 @@ class RpcClient:
         """Send a user event through the agent."""
         await self._request(schema.EventRequest(name, payload, coalesce))
 
+    async def respond(self, query_id: int, payload: bytes) -> None:
+        """Answer the query a :meth:`stream` delivered as
+        :class:`~swim.rpc.schema.RpcQueryEvent` ``query_id`` (once, before its deadline, in at
+        most 1 KiB with the message's header, as Serf allows)."""
+        await self._request(schema.Respond(query_id, payload))
+
     async def stats(self) -> dict[str, dict[str, str]]:
         """The agent's figures by section, as ``serf info`` shows them."""
         return self._body(await self._request(schema.Stats()), schema.StatsReply).sections

@@ -5,8 +5,9 @@ clock or a task (time comes in as an argument).
 :class:`ServerConnection` is the agent's end.  It answers on its own what the protocol decides:
 the handshake, authentication, and every refusal (a command before the handshake or without
 authentication, a body that does not decode, a Serf command shoal does not serve, a stream it
-cannot open).  The rest come out as :class:`Request` events for the driver to serve with the
-agent, and its reply goes back in through :meth:`ServerConnection.send`.
+cannot open, an answer to a query its streams did not deliver).  The rest come out as
+:class:`Request` events for the driver to serve with the agent, and its reply goes back in
+through :meth:`ServerConnection.send`.
 
 Where Serf's agent drops the connection and leaves its client hanging or guessing, the server
 replies with the reason and keeps the connection: an invalid regex, a body of the wrong shape, a
@@ -38,6 +39,7 @@ from swim.rpc.schema import (
     DUPLICATE_HANDSHAKE,
     HANDSHAKE_REQUIRED,
     INVALID_AUTH_TOKEN,
+    INVALID_QUERY_ID,
     IPC_VERSION,
     QUERY_DONE,
     REPLIES,
@@ -52,11 +54,13 @@ from swim.rpc.schema import (
     ReplyHeader,
     RequestBody,
     RequestHeader,
+    Respond,
     RpcError,
     RpcEvent,
     RpcKeyError,
     RpcKeyResult,
     RpcQuery,
+    RpcQueryEvent,
     RpcQueryRecord,
     Stop,
     Stream,
@@ -90,6 +94,10 @@ opens one, a program perhaps one per kind of event."""
 STREAM_BUFFER: Final = 512
 """Events one stream may hold for a slow reader, at either end, before dropping new ones
 (Serf's buffer size)."""
+MAX_PENDING_QUERIES: Final = STREAM_BUFFER
+"""Queries a connection's streams delivered that its client may still answer with
+``respond``; past it the oldest is forgotten ("No pending queries matching ID", as Serf says
+of a query it forgot at its deadline).  Each costs a few bytes."""
 TOO_MANY_STREAMS: Final = (
     f"Too many streams: a connection may have {MAX_STREAMS} at once; stop one first"
 )
@@ -267,6 +275,7 @@ class ServerConnection(_End):
         "_outbox",
         "_peer",
         "_pending",
+        "_queries",
         "_requests",
         "_streams",
         "_version",
@@ -303,6 +312,9 @@ class ServerConnection(_End):
         """The request the driver is serving."""
         self._streams: dict[int, list[tuple[str, str]]] = {}
         """The open event streams, by the sequence number that started them, and their filters."""
+        self._queries: dict[int, None] = {}
+        """The IDs of the queries the streams delivered, which the client may answer, oldest
+        first."""
         self._outbox = b""
 
     def next_event(self) -> Request | ConnectionClosed | NeedData:
@@ -333,6 +345,8 @@ class ServerConnection(_End):
         if isinstance(event, StreamRecord):
             if event.seq not in self._streams:
                 return b""
+            if isinstance(event.event, RpcQueryEvent):
+                self._may_answer(event.event.id)
             return _header(event.seq) + encode_event(event.event)
         if isinstance(event, QueryRecord):
             return _header(event.seq) + encode(event.record)
@@ -457,6 +471,9 @@ class ServerConnection(_End):
         elif isinstance(request, Stop) and self._streams.pop(request.stream, None) is None:
             self._reply(seq)  # Serf's stop always succeeds
             return None
+        elif isinstance(request, Respond) and request.id not in self._queries:
+            self._answer(seq, command, INVALID_QUERY_ID)
+            return None
         self._pending = header
         return Request(seq, request)
 
@@ -486,6 +503,13 @@ class ServerConnection(_End):
             return TOO_MANY_STREAMS
         self._streams[seq] = filters
         return ""
+
+    def _may_answer(self, query_id: int) -> None:
+        """Let the client answer query ``query_id``, forgetting the oldest past the limit."""
+        self._queries.pop(query_id, None)
+        self._queries[query_id] = None
+        if len(self._queries) > MAX_PENDING_QUERIES:
+            del self._queries[next(iter(self._queries))]
 
     def _answer(self, seq: int, command: str, error: str) -> None:
         """Reply to a request the connection served on its own."""

@@ -15,6 +15,7 @@ from swim.rpc.schema import (
     RpcEvent,
     RpcMember,
     RpcMemberEvent,
+    RpcUserEvent,
 )
 
 _FILTER_EVENTS: Final = MEMBER_EVENTS | {"user", "query", "*"}
@@ -36,7 +37,10 @@ def parse_event_filter(text: str) -> list[tuple[str, str]]:
 
 def event_matches(filters: Sequence[tuple[str, str]], event: RpcEvent) -> bool:
     """Whether any filter lets ``event`` through (Serf's ``EventFilter.Invoke``)."""
-    kind, name = (event.event, "") if isinstance(event, RpcMemberEvent) else ("user", event.name)
+    if isinstance(event, RpcMemberEvent):
+        kind, name = event.event, ""
+    else:
+        kind, name = ("user" if isinstance(event, RpcUserEvent) else "query"), event.name
     return any(
         wanted == "*" or (wanted == kind and (not wanted_name or wanted_name == name))
         for wanted, wanted_name in filters

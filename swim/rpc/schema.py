@@ -34,6 +34,7 @@ STREAM_EXISTS: Final = "Stream with given sequence exists"
 AUTH_REQUIRED: Final = "Authentication required"
 INVALID_AUTH_TOKEN: Final = "Invalid authentication token"
 REGEX_ERROR_PREFIX: Final = "Failed to compile regex: "
+INVALID_QUERY_ID: Final = "No pending queries matching ID"
 QUERY_RECORD_TYPES: Final = ("ack", "response", "done")
 """The ``Type`` of the records a ``query`` streams (Serf's ``queryRecord``)."""
 
@@ -269,7 +270,26 @@ class RpcUserEvent:
     """The event's Lamport time."""
 
 
-RpcEvent = RpcMemberEvent | RpcUserEvent
+@dataclass(frozen=True, slots=True)
+class RpcQueryEvent:
+    """A query for the client to answer with ``respond`` by its ``id`` (Serf's
+    ``queryEventRecord``, whose ``Event`` is "query")."""
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("ID", "id", _U64),
+        Field("LTime", "ltime", _U64),
+        Field("Name", "name", _STR),
+        Field("Payload", "payload", _BIN),
+    )
+    id: int
+    """The agent's number for the query, to answer it by (opaque to the client)."""
+    ltime: int
+    """The query's Lamport time."""
+    name: str
+    payload: bytes
+
+
+RpcEvent = RpcMemberEvent | RpcUserEvent | RpcQueryEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +552,19 @@ class Tags:
 
 
 @dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer the query a stream delivered as :class:`RpcQueryEvent` ``id``."""
+
+    COMMAND: ClassVar[str] = "respond"
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("ID", "id", _U64),
+        Field("Payload", "payload", _BIN),
+    )
+    id: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """The agent's figures for operators (``serf info``)."""
 
@@ -556,6 +589,7 @@ RequestBody = (
     | ListKeys
     | Tags
     | RpcQuery
+    | Respond
     | Stats
 )
 """A request to every command shoal serves; ``COMMAND`` names it."""
@@ -579,6 +613,7 @@ REQUESTS: Final[Mapping[str, type[RequestBody]]] = {
         ListKeys,
         Tags,
         RpcQuery,
+        Respond,
         Stats,
     )
 }
@@ -641,6 +676,7 @@ _CODECS: Final[dict[type[Any], StructCodec[Any]]] = {
         RpcMember,
         RpcMemberEvent,
         RpcUserEvent,
+        RpcQueryEvent,
         RpcKeyResult,
         RpcQueryRecord,
         Joined,
@@ -706,16 +742,18 @@ def encode_event(event: RpcEvent) -> bytes:
     """A stream record for ``event``."""
     if isinstance(event, RpcMemberEvent):
         return encode(event)
-    return pack({"Event": "user", **_CODECS[RpcUserEvent].to_map(event)})
+    kind = "user" if isinstance(event, RpcUserEvent) else "query"
+    return pack({"Event": kind, **_CODECS[type(event)].to_map(event)})
 
 
 def decode_event(value: object) -> RpcEvent | None:
-    """A stream record's event; None for a kind shoal does not take (a query: shoal has none,
-    and Serf sends them only to "query" filters)."""
+    """A stream record's event; None for a kind Serf 0.9 does not send (a later agent's)."""
     record = _map(value, "a stream record")
     kind = _text(record.get("Event"), "Event")
     if kind == "user":
         return decode(RpcUserEvent, record, "a stream record")
+    if kind == "query":
+        return decode(RpcQueryEvent, record, "a stream record")
     if kind in MEMBER_EVENTS:
         return decode(RpcMemberEvent, record, "a stream record")
     return None

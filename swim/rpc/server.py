@@ -94,9 +94,9 @@ class AgentBackend(Protocol):
         ...
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
-        """Call ``deliver`` from the event loop's thread with every member and user event from
-        now on, until the returned function is called.  ``deliver`` never blocks: a stream too far
-        behind drops events, as Serf's does."""
+        """Call ``deliver`` from the event loop's thread with every member and user event, and
+        every query to answer, from now on, until the returned function is called.
+        ``deliver`` never blocks: a stream too far behind drops events, as Serf's does."""
         ...
 
     async def install_key(self, key: str) -> RpcKeyResult:
@@ -119,6 +119,11 @@ class AgentBackend(Protocol):
     async def query(self, query: RpcQuery) -> AsyncIterator[RpcQueryRecord]:
         """Send ``query`` (raising when it cannot be sent) and return its acks and answers as
         they arrive, ending when its timeout passes."""
+        ...
+
+    async def respond(self, query_id: int, payload: bytes) -> None:
+        """Answer the query delivered as :class:`~swim.rpc.schema.RpcQueryEvent` ``query_id``
+        (raising when it is too late, answered already, or the answer too large)."""
         ...
 
 
@@ -465,4 +470,6 @@ async def _call(backend: AgentBackend, body: RequestBody) -> Reply:
         return await backend.remove_key(body.key)
     elif isinstance(body, schema.ListKeys):
         return await backend.list_keys()
+    elif isinstance(body, schema.Respond):
+        await backend.respond(body.id, body.payload)
     return OK

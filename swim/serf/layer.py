@@ -49,6 +49,9 @@ RECENT_EVENTS_BUDGET = 1 << 20
 push-pull state; past it new events are refused until older ones age out of the ring."""
 MAX_INTENTS = 4096
 """Intents about members not yet in the view that are remembered at once."""
+MAX_RECEIVED_QUERIES = RING_SIZE
+"""Queries received that are remembered until their deadline, so that each is answered once at
+most; past it the oldest is forgotten (queries time out within seconds)."""
 RELAY_SIZE_LIMIT = msg.QUERY_RESPONSE_SIZE_LIMIT + 512
 """A relayed response: the response and where it goes."""
 RECENT_INTENT_TIMEOUT = 300.0
@@ -98,7 +101,7 @@ class SerfUserEvent:
 
 @dataclass(frozen=True, slots=True)
 class SerfQuery:
-    """A query this node should answer with :meth:`Serf.respond` before ``deadline``."""
+    """A query this node should answer with :meth:`Serf.respond`, once, before ``deadline``."""
 
     ltime: int
     id: int
@@ -108,6 +111,9 @@ class SerfQuery:
     address: Address
     relay_factor: int
     deadline: float
+    serial: int
+    """This node's number for the query, unique while it runs: an agent's RPC clients answer
+    the query by it (see :meth:`Serf.received_query`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,8 @@ class MemberReaped:
     """A failed or left member was forgotten after its retention time."""
 
     name: str
+    member: SerfMember | None = field(default=None, compare=False)
+    """The member as it was last known (Serf's reap event carries it); not compared."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +326,11 @@ class Serf:
             msg.SerfMessageType.RELAY: RELAY_SIZE_LIMIT,
         }
         self._open_queries: dict[int, _OpenQuery] = {}
+        self._received: dict[int, tuple[SerfQuery, bool]] = {}
+        """Queries received, by serial, the oldest first, until their deadline; and whether
+        each was answered."""
+        self._serial = 1
+        """The next query's serial (none is 0, an absent ID's value on the RPC wire)."""
         self._leaving = False
         self._out: list[SerfEvent] = []
         self._schedule(self._now + REAP_INTERVAL, TimerKind.SERF_REAP, self._reap)
@@ -534,17 +547,45 @@ class Serf:
         return query.id
 
     def respond(self, query: SerfQuery, payload: bytes, now: float) -> None:
-        """Answer ``query`` (raises :class:`SerfError` when it is too late or too large)."""
+        """Answer ``query``, once: raises :class:`SerfError` when the answer is too large, the
+        query timed out, or it was answered already."""
         self._advance(now)
-        if now > query.deadline:
-            raise SerfError(f"the query {query.name!r} timed out; it can no longer be answered")
         answer = msg.QueryResponse(query.ltime, query.id, self.engine.name, 0, payload)
         raw = msg.encode_serf(answer)
         if len(raw) > msg.QUERY_RESPONSE_SIZE_LIMIT:
             raise SerfError(
-                f"response is {len(raw)} bytes, over the limit of {msg.QUERY_RESPONSE_SIZE_LIMIT}"
+                f"the response is {len(payload)} bytes, {len(raw)} with its header, over "
+                f"Serf's limit of {msg.QUERY_RESPONSE_SIZE_LIMIT} bytes for a response"
             )
-        self._send_response(query.address, query.source_node, query.relay_factor, answer)
+        if now > query.deadline:
+            raise SerfError(f"the query {query.name!r} timed out; it can no longer be answered")
+        received = self._received.get(query.serial)
+        if received is None:
+            raise SerfError(
+                f"the query {query.name!r} was forgotten unanswered: over "
+                f"{MAX_RECEIVED_QUERIES} newer ones came before its deadline"
+            )
+        if received[1]:
+            raise SerfError(f"the query {query.name!r} was answered already; Serf takes one answer")
+        self._received[query.serial] = (query, True)
+        self._send_response(query.address, query.source_node, query.relay_factor, raw)
+
+    def received_query(self, serial: int) -> SerfQuery | None:
+        """The query numbered ``serial`` (:attr:`SerfQuery.serial`), answered or not, until its
+        deadline passes (or :data:`MAX_RECEIVED_QUERIES` newer ones come)."""
+        received = self._received.get(serial)
+        return None if received is None or received[0].deadline < self._now else received[0]
+
+    def _remember(self, query: SerfQuery) -> None:
+        """Remember ``query`` until its deadline, to answer it once; forget those past their
+        deadline from the oldest on, and the oldest beyond :data:`MAX_RECEIVED_QUERIES`."""
+        received = self._received
+        while received:
+            serial, (oldest, _) = next(iter(received.items()))
+            if oldest.deadline >= self._now and len(received) < MAX_RECEIVED_QUERIES:
+                break
+            del received[serial]
+        received[query.serial] = (query, False)
 
     # ------------------------------------------------------------------ members and intents
 
@@ -644,9 +685,9 @@ class Serf:
             self._forget(name)
 
     def _forget(self, name: str) -> None:
-        del self._members[name]
+        member = self._members.pop(name)
         self._departed.pop(name, None)
-        self._out.append(MemberReaped(name))
+        self._out.append(MemberReaped(name, member))
 
     def _reap(self) -> None:
         self._schedule(self._now + REAP_INTERVAL, TimerKind.SERF_REAP, self._reap)
@@ -761,7 +802,8 @@ class Serf:
         address = (ip_text(query.addr), query.port)
         if query.flags & msg.QUERY_FLAG_ACK:
             ack = msg.QueryResponse(query.ltime, query.id, self.engine.name, msg.QUERY_FLAG_ACK)
-            self._send_response(address, query.source_node, query.relay_factor, ack)
+            raw = msg.encode_serf(ack)
+            self._send_response(address, query.source_node, query.relay_factor, raw)
         incoming = SerfQuery(
             query.ltime,
             query.id,
@@ -771,7 +813,10 @@ class Serf:
             address,
             query.relay_factor,
             self._now + query.timeout_ns / 1e9,
+            self._serial,
         )
+        self._serial += 1
+        self._remember(incoming)
         if query.name.startswith(INTERNAL_PREFIX):
             self._internal_query(incoming)
         else:
@@ -813,9 +858,8 @@ class Serf:
             self._out.append(QueryDone(query.id))
 
     def _send_response(
-        self, address: Address, source_node: str, relay_factor: int, answer: msg.QueryResponse
+        self, address: Address, source_node: str, relay_factor: int, raw: bytes
     ) -> None:
-        raw = msg.encode_serf(answer)
         self.engine.send_to(address, raw, self._now)
         if relay_factor:
             alive = [

@@ -19,6 +19,7 @@ from swim.engine import MetadataTooLarge
 from swim.events import LeaveCompleted
 from swim.members import MemberState
 from swim.serf.layer import (
+    MAX_RECEIVED_QUERIES,
     KeyringChanged,
     MemberReaped,
     QueryAck,
@@ -314,7 +315,10 @@ def test_force_leave_makes_a_failed_member_left_and_prune_removes_it() -> None:
     assert layer.status("p0") is Status.LEFT
     layer.serf.force_leave("p1", True, layer.now)
     assert "p1" not in [m.name for m in layer.serf.members()]
-    assert layer.pump() == [MemberReaped("p1")]
+    (reaped,) = layer.pump()
+    assert reaped == MemberReaped("p1")
+    assert isinstance(reaped, MemberReaped) and reaped.member is not None
+    assert (reaped.member.name, reaped.member.status) == ("p1", Status.LEFT)  # as last known
     intents = copies_of(layer, msg.LeaveIntent)
     assert sorted(intents, key=lambda m: m.ltime) == [msg.LeaveIntent(1, "p0", False)] * (
         limit_for(5)
@@ -443,17 +447,42 @@ def test_an_ack_goes_straight_to_the_asker_when_asked_for() -> None:
     assert layer.sent() == []
 
 
-def test_respond_answers_the_asker_until_the_deadline() -> None:
+def test_respond_answers_the_asker_once_before_the_deadline() -> None:
     layer = Layer(peers=2)
     (incoming,) = layer.receive(query(id=8, name="uptime", payload=b"?", timeout=2.0))
-    assert incoming == SerfQuery(3, 8, "uptime", b"?", "asker", ASKER, 0, layer.now + 2.0)
+    assert incoming == SerfQuery(3, 8, "uptime", b"?", "asker", ASKER, 0, layer.now + 2.0, 1)
+    assert layer.serf.received_query(incoming.serial) == incoming
+    with pytest.raises(SerfError, match=r"1100 bytes, 1.* over Serf's limit of 1024 bytes"):
+        layer.serf.respond(incoming, bytes(1100), layer.now + 1.0)
+    assert layer.sent() == []  # a refused answer leaves room for another
     layer.serf.respond(incoming, b"42s", layer.now + 1.0)
     assert layer.sent() == [(ASKER, msg.QueryResponse(3, 8, "me", 0, b"42s"))]
-    with pytest.raises(SerfError, match="timed out"):
-        layer.serf.respond(incoming, b"late", layer.now + 2.5)
-    with pytest.raises(SerfError, match=r"over the limit of 1024"):
-        layer.serf.respond(incoming, bytes(1100), layer.now + 1.0)
+    with pytest.raises(SerfError, match="'uptime' was answered already"):
+        layer.serf.respond(incoming, b"again", layer.now + 1.0)
+    with pytest.raises(SerfError, match="'uptime' timed out"):
+        layer.serf.respond(incoming, b"late", incoming.deadline + 0.5)
     assert layer.sent() == []
+
+
+def received(layer: Layer, message: msg.Query) -> SerfQuery:
+    """The query ``layer`` delivers for ``message``."""
+    (incoming,) = layer.receive(message)
+    assert isinstance(incoming, SerfQuery)
+    return incoming
+
+
+def test_received_queries_are_forgotten_past_their_deadline_or_the_limit() -> None:
+    layer = Layer(peers=2)
+    first = received(layer, query(ltime=3, timeout=1.0))
+    layer.at(layer.now + 1.5)
+    assert layer.serf.received_query(first.serial) is None  # timed out
+    second = received(layer, query(ltime=4, timeout=60.0))
+    assert second.serial == first.serial + 1
+    later = [received(layer, query(ltime=5 + i, timeout=60.0)) for i in range(MAX_RECEIVED_QUERIES)]
+    assert layer.serf.received_query(second.serial) is None  # the oldest, past the limit
+    with pytest.raises(SerfError, match="forgotten unanswered: over 512 newer ones came"):
+        layer.serf.respond(second, b"", layer.now)
+    assert all(layer.serf.received_query(q.serial) == q for q in later)
 
 
 def test_the_no_broadcast_flag_stops_the_regossip() -> None:
