@@ -23,6 +23,7 @@ from simulator.network import NetworkError
 from simulator.progress import Interrupted, Progress
 from simulator.report import summary
 from simulator.scenarios import SCENARIOS, prepare
+from swim.config import ConfigError
 from swim.toplevel import EXIT_INTERRUPTED, run_command
 
 LARGE = 1000
@@ -72,11 +73,16 @@ def _probability(text: str) -> float:
     return value
 
 
-def _param(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. --param at=10)")
-    return name, value
+def _pair(example: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type: ``NAME=VALUE``, split; ``example`` shows the form in errors."""
+
+    def parse(text: str) -> tuple[str, str]:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. {example})")
+        return name, value
+
+    return parse
 
 
 def _schedule(source: str) -> list[Fault]:
@@ -104,8 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     play.add_argument("--loss", type=_probability, default=None, help="loss on every link, 0-1")
     play.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
     play.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        "--param", type=_pair("--param at=10"), action="append", default=[], metavar="NAME=VALUE",
         help="a scenario parameter (see `list`)",
+    )  # fmt: skip
+    play.add_argument(
+        "--set", type=_pair("--set probe_interval=0.5"), action="append", default=[],
+        metavar="FIELD=VALUE", help="a protocol setting: a field of swim.config.Config",
     )  # fmt: skip
     play.add_argument("--schedule", help="extra faults: a JSON file as explore prints, or -")
     play.add_argument("--encrypt", action="store_true", help="AES-GCM on every packet")
@@ -148,6 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.profile,
         loss=args.loss,
         params=dict(args.param),
+        settings=dict(args.set),
         schedule=extra,
         encrypt=args.encrypt,
         compress=not args.no_compress,
@@ -214,7 +225,7 @@ def _command(args: argparse.Namespace) -> int:
         if args.command == "list":
             return _list()
         return _explore(args)
-    except (ScheduleError, NetworkError, OSError, json.JSONDecodeError) as exc:
+    except (ScheduleError, NetworkError, ConfigError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
