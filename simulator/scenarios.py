@@ -449,12 +449,16 @@ def prepare(
     return Play(cluster, extra)
 
 
-def validate(scenario: str, *, nodes: int, duration: float, **options: Unpack[PlayOptions]) -> None:
+def validate(
+    scenario: str, *, nodes: int, duration: float, **options: Unpack[PlayOptions]
+) -> tuple[Params, float]:
     """Raise what :func:`prepare` would raise for these options, without building a cluster
-    (which takes long for thousands of nodes): to check many runs before starting any."""
+    (which takes long for thousands of nodes), to check many runs before starting any; else
+    return the parameters and the loss the run would use."""
     found, resolved, loss, _ = _resolve(scenario, nodes, options)
     PROFILE_LINKS[options.get("profile", "lan")].replace(loss=loss)
     found.build([f"n{i}" for i in range(nodes)], duration, resolved)  # as Cluster names them
+    return resolved, loss
 
 
 def _resolve(
