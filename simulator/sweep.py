@@ -730,9 +730,11 @@ def check_output(path: Path) -> None:
         raise SweepError(f"--out: {str(path)!r} cannot be written; choose another place")
 
 
-def report(table: Table, stream: TextIO = sys.stderr) -> None:
-    """One line on how the sweep went, for standard error."""
+def report(table: Table, stream: TextIO | None = None) -> None:
+    """One line on how the sweep went, on ``stream`` (standard error by default)."""
     state = "interrupted: " if table.interrupted else ""
     failed = len(table.failed)
     problems = f", {failed} failed (see their error column)" if failed else ""
-    print(f"{state}{len(table)} of {table.total} runs finished{problems}", file=stream)
+    print(
+        f"{state}{len(table)} of {table.total} runs finished{problems}", file=stream or sys.stderr
+    )
