@@ -9,6 +9,7 @@ python -m simulator sweep --scenario crash --nodes 20,50 --set probe_interval=0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -272,6 +273,11 @@ def _explore(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    if args.dask is not None and not args.verbose:
+        # Dask logs each worker's start and stop; importing it sets its loggers' levels
+        with contextlib.suppress(ImportError):
+            import distributed  # noqa: F401, PLC0415
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     fields = read_grid(args.grid) if args.grid else {}
     given = {
         "scenarios": args.scenario,
