@@ -123,12 +123,13 @@ class SweepProgress:
         if elapsed is None:
             return
         rate = done / elapsed
-        left = f", about {_duration((self.total - done) / rate)} left" if done else ""
         errors = f", {failed} failed" if failed else ""
+        left = _duration((self.total - done) / rate) if done else ""
+        pace = f", {rate * 60:,.1f} runs per minute, about {left} left" if done else ""
         self._line.show(
             elapsed,
-            f"{done:,} of {self.total:,} runs ({done / max(1, self.total):.0%}){errors}, "
-            f"{rate * 60:,.1f} runs per minute{left}, {_duration(elapsed)} so far",
+            f"{done:,} of {self.total:,} runs ({done / max(1, self.total):.0%}){errors}{pace}, "
+            f"{_duration(elapsed)} so far",
         )
 
     def done(self) -> None:

@@ -1,0 +1,85 @@
+"""Sweep throughput with 1 and 2 workers: local processes and a local Dask cluster.
+
+One grid (by default 12 runs of the steady scenario, 100 nodes, 120 virtual seconds, seeds 1
+to 12) is played by ``Sweep.run`` in this process, then on 1 and 2 local worker processes,
+then on a ``distributed.LocalCluster`` of 1 and 2 worker processes; each is timed whole, as a
+user waits for it (the workers' start and, for Dask, the cluster's start and stop included).
+Speedup is runs per wall second against 1 worker of the same kind, measured in the same run;
+every run's trace hash must be the same on every kind of worker.
+
+    python benchmarks/sweep.py [--runs 12] [--nodes 100] [--duration 120] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Run as a file, its own directory comes first on sys.path, where benchmarks/simulator.py would
+# shadow the simulator package: keep that directory off.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+
+from simulator.sweep import Sweep  # noqa: E402
+
+SETUPS = (
+    # label, workers, Dask address (None: local processes; workers 0: this process)
+    ("this process", 0, None),
+    ("local processes", 1, None),
+    ("local processes", 2, None),
+    ("Dask LocalCluster", 1, "local"),
+    ("Dask LocalCluster", 2, "local"),
+)
+
+
+def measure(grid: Sweep, workers: int, dask: str | None) -> tuple[float, list[str]]:
+    """Wall seconds for the whole sweep, and its trace hashes in grid order."""
+    started = time.perf_counter()
+    table = grid.run(workers=workers, dask=dask, show_progress=False)
+    spent = time.perf_counter() - started
+    if table.failed or len(table) != table.total:
+        sys.exit(f"sweep: {len(table.failed)} runs failed: {table.failed[0]['error']}")
+    return spent, [row["trace_hash"] for row in table]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=12, help="seeds of the one grid point")
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=120.0, help="virtual seconds")
+    parser.add_argument("--rounds", type=int, default=1, help="times each setup runs (best)")
+    args = parser.parse_args()
+    grid = Sweep(scenarios="steady", nodes=args.nodes, durations=args.duration, seeds=args.runs)
+    load_before = os.getloadavg()
+    best: dict[tuple[str, int], float] = {}
+    hashes: set[tuple[str, ...]] = set()
+    for round_ in range(args.rounds):
+        for label, workers, dask in SETUPS:
+            spent, found = measure(grid, workers, dask)
+            hashes.add(tuple(found))
+            best[label, workers] = min(spent, best.get((label, workers), spent))
+            print(
+                f"round {round_ + 1}: {label}, {workers} worker(s): {spent:.1f} s", file=sys.stderr
+            )
+    load_after = os.getloadavg()
+    print(
+        f"{args.runs} runs of steady, {args.nodes} nodes, {args.duration:g} virtual s; "
+        f"best of {args.rounds} round(s); load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after; {os.cpu_count()} cores"
+    )
+    print(f"trace hashes: {'the same' if len(hashes) == 1 else 'DIFFERENT'} on every worker")
+    print("| where | workers | wall, s | runs per minute | vs 1 worker |")
+    print("|---|---|---|---|---|")
+    for label, workers, _ in SETUPS:
+        spent = best[label, workers]
+        one = best.get((label, 1))
+        ratio = "-" if workers == 0 or one is None else f"{one / spent:.2f}x"
+        shown = "0 (in process)" if workers == 0 else str(workers)
+        print(f"| {label} | {shown} | {spent:.1f} | {60 * args.runs / spent:.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
