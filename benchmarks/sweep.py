@@ -4,10 +4,11 @@ One grid (by default 12 runs of the steady scenario, 100 nodes, 120 virtual seco
 to 12) is played by ``Sweep.run`` in this process, then on 1 and 2 local worker processes,
 then on a ``distributed.LocalCluster`` of 1 and 2 worker processes; each is timed whole, as a
 user waits for it (the workers' start and, for Dask, the cluster's start and stop included).
-Speedup is runs per wall second against 1 worker of the same kind, measured in the same run;
-every run's trace hash must be the same on every kind of worker.
+Speedup is runs per wall second against 1 worker of the same kind, measured in the same run
+(the best of the rounds, and each round's, which shows the noise of a shared machine); every
+run's trace hash must be the same on every kind of worker.
 
-    python benchmarks/sweep.py [--runs 12] [--nodes 100] [--duration 120] [--rounds 1]
+    python benchmarks/sweep.py [--runs 12] [--nodes 100] [--duration 120] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -50,35 +51,42 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=12, help="seeds of the one grid point")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--duration", type=float, default=120.0, help="virtual seconds")
-    parser.add_argument("--rounds", type=int, default=1, help="times each setup runs (best)")
+    parser.add_argument("--rounds", type=int, default=2, help="times each setup runs")
     args = parser.parse_args()
     grid = Sweep(scenarios="steady", nodes=args.nodes, durations=args.duration, seeds=args.runs)
     load_before = os.getloadavg()
-    best: dict[tuple[str, int], float] = {}
+    times: dict[tuple[str, int], list[float]] = {(label, n): [] for label, n, _ in SETUPS}
     hashes: set[tuple[str, ...]] = set()
     for round_ in range(args.rounds):
-        for label, workers, dask in SETUPS:
+        # every other round the other way round, so that a drift in the load spreads evenly
+        for label, workers, dask in SETUPS if round_ % 2 == 0 else reversed(SETUPS):
             spent, found = measure(grid, workers, dask)
             hashes.add(tuple(found))
-            best[label, workers] = min(spent, best.get((label, workers), spent))
+            times[label, workers].append(spent)
             print(
                 f"round {round_ + 1}: {label}, {workers} worker(s): {spent:.1f} s", file=sys.stderr
             )
     load_after = os.getloadavg()
     print(
-        f"{args.runs} runs of steady, {args.nodes} nodes, {args.duration:g} virtual s; "
-        f"best of {args.rounds} round(s); load average {load_before[0]:.1f} before, "
+        f"{args.runs} runs of steady, {args.nodes} nodes, {args.duration:g} virtual s each; "
+        f"best of {args.rounds} rounds; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; {os.cpu_count()} cores"
     )
     print(f"trace hashes: {'the same' if len(hashes) == 1 else 'DIFFERENT'} on every worker")
-    print("| where | workers | wall, s | runs per minute | vs 1 worker |")
-    print("|---|---|---|---|---|")
+    print("| where | workers | wall, s | runs per minute | vs 1 worker | vs 1 worker, each round |")
+    print("|---|---|---|---|---|---|")
     for label, workers, _ in SETUPS:
-        spent = best[label, workers]
-        one = best.get((label, 1))
-        ratio = "-" if workers == 0 or one is None else f"{one / spent:.2f}x"
+        spent = min(times[label, workers])
         shown = "0 (in process)" if workers == 0 else str(workers)
-        print(f"| {label} | {shown} | {spent:.1f} | {60 * args.runs / spent:.1f} | {ratio} |")
+        ratio = each = "-"
+        if workers:
+            ones = times[label, 1]
+            ratio = f"{min(ones) / spent:.2f}x"
+            pairs = zip(ones, times[label, workers], strict=True)
+            each = ", ".join(f"{one / mine:.2f}x" for one, mine in pairs)
+        print(
+            f"| {label} | {shown} | {spent:.1f} | {60 * args.runs / spent:.1f} | {ratio} | {each} |"
+        )
 
 
 if __name__ == "__main__":

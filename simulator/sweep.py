@@ -273,8 +273,9 @@ class Sweep:
 
     Each axis is a list of values, or one value, or a comma list as text (``"20,50"``).
     ``params`` maps scenario parameters (``python -m simulator list``) and ``settings`` maps
-    fields of :class:`swim.config.Config` to their axes; ``loss`` None is the scenario's own
-    (none, or 10% for ``flaky``).  ``encrypt``, ``compress`` and ``start`` apply to every run.
+    fields of :class:`swim.config.Config` to their axes; ``losses`` None is each scenario's
+    own (none, or 10% for ``flaky``).  ``encrypt``, ``compress`` and ``start`` apply to every
+    run.  A comma splits values everywhere, so a text setting (``label``) cannot hold one.
     """
 
     scenarios: object = "steady"
