@@ -6,7 +6,10 @@ then on a ``distributed.LocalCluster`` of 1 and 2 worker processes; each is time
 user waits for it (the workers' start and, for Dask, the cluster's start and stop included).
 Speedup is runs per wall second against 1 worker of the same kind, measured in the same run
 (the best of the rounds, and each round's, which shows the noise of a shared machine); every
-run's trace hash must be the same on every kind of worker.
+run's trace hash must be the same on every kind of worker.  "Cores busy" is the CPU time of
+this process and its workers per wall second: 2 workers can be twice as fast only where they
+get two cores, which a machine busy with other jobs may not give them (with Linux's autogroup
+the CPU is shared between sessions, not between processes).
 
     python benchmarks/sweep.py [--runs 12] [--nodes 100] [--duration 120] [--rounds 2]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -36,14 +40,23 @@ SETUPS = (
 )
 
 
-def measure(grid: Sweep, workers: int, dask: str | None) -> tuple[float, list[str]]:
-    """Wall seconds for the whole sweep, and its trace hashes in grid order."""
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (the workers, once the
+    sweep has ended them; Dask's through their nannies)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(grid: Sweep, workers: int, dask: str | None) -> tuple[float, float, list[str]]:
+    """Wall seconds for the whole sweep, the cores it kept busy on average (CPU seconds per
+    wall second), and its trace hashes in grid order."""
+    started, cpu = time.perf_counter(), cpu_seconds()
     table = grid.run(workers=workers, dask=dask, show_progress=False)
     spent = time.perf_counter() - started
     if table.failed or len(table) != table.total:
         sys.exit(f"sweep: {len(table.failed)} runs failed: {table.failed[0]['error']}")
-    return spent, [row["trace_hash"] for row in table]
+    return spent, (cpu_seconds() - cpu) / spent, [row["trace_hash"] for row in table]
 
 
 def main() -> None:
@@ -55,16 +68,21 @@ def main() -> None:
     args = parser.parse_args()
     grid = Sweep(scenarios="steady", nodes=args.nodes, durations=args.duration, seeds=args.runs)
     load_before = os.getloadavg()
-    times: dict[tuple[str, int], list[float]] = {(label, n): [] for label, n, _ in SETUPS}
+    setups = [(label, workers) for label, workers, _ in SETUPS]
+    times: dict[tuple[str, int], list[float]] = {setup: [] for setup in setups}
+    busy: dict[tuple[str, int], list[float]] = {setup: [] for setup in setups}
     hashes: set[tuple[str, ...]] = set()
     for round_ in range(args.rounds):
         # every other round the other way round, so that a drift in the load spreads evenly
         for label, workers, dask in SETUPS if round_ % 2 == 0 else reversed(SETUPS):
-            spent, found = measure(grid, workers, dask)
+            spent, cores, found = measure(grid, workers, dask)
             hashes.add(tuple(found))
             times[label, workers].append(spent)
+            busy[label, workers].append(cores)
             print(
-                f"round {round_ + 1}: {label}, {workers} worker(s): {spent:.1f} s", file=sys.stderr
+                f"round {round_ + 1}: {label}, {workers} worker(s): {spent:.1f} s, "
+                f"{cores:.2f} cores busy",
+                file=sys.stderr,
             )
     load_after = os.getloadavg()
     print(
@@ -73,9 +91,12 @@ def main() -> None:
         f"{load_after[0]:.1f} after; {os.cpu_count()} cores"
     )
     print(f"trace hashes: {'the same' if len(hashes) == 1 else 'DIFFERENT'} on every worker")
-    print("| where | workers | wall, s | runs per minute | vs 1 worker | vs 1 worker, each round |")
-    print("|---|---|---|---|---|---|")
-    for label, workers, _ in SETUPS:
+    print(
+        "| where | workers | wall, s | runs per minute | vs 1 worker | vs 1 worker, each round "
+        "| cores busy, each round |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, workers in setups:
         spent = min(times[label, workers])
         shown = "0 (in process)" if workers == 0 else str(workers)
         ratio = each = "-"
@@ -84,8 +105,10 @@ def main() -> None:
             ratio = f"{min(ones) / spent:.2f}x"
             pairs = zip(ones, times[label, workers], strict=True)
             each = ", ".join(f"{one / mine:.2f}x" for one, mine in pairs)
+        used = ", ".join(f"{value:.2f}" for value in busy[label, workers])
         print(
-            f"| {label} | {shown} | {spent:.1f} | {60 * args.runs / spent:.1f} | {ratio} | {each} |"
+            f"| {label} | {shown} | {spent:.1f} | {60 * args.runs / spent:.1f} | {ratio} "
+            f"| {each} | {used} |"
         )
 
 
