@@ -19,6 +19,9 @@ measured rather than derived.  ``--engine-share`` times the engine's public meth
 more quiet seconds.  Peak memory is taken before the measured period.  Ratios are to the
 first size, measured in the same run.
 
+Last, unless ``--no-sweep``, ``benchmarks/sweep.py`` prints the throughput of a sweep on 1 and 2
+workers, local processes and a local Dask cluster, as ratios against 1 worker.
+
 With ``--before DIR``, every size is also measured by checkout DIR's own copy of this script
 (its ``--one`` child, with DIR first on ``PYTHONPATH``), ``--rounds`` times (2 by default); this
 copy's child runs the same way, with this checkout first, and the two alternate which goes first
@@ -27,7 +30,7 @@ best of the rounds (the lowest time, the highest rate; for the engine share the 
 peak the highest), and the ratio of those; then the ratio in each round, which shows the noise.
 
     python benchmarks/simulator.py [--sizes 100,1000,5000] [--full 100,1000] [--engine-share]
-                                   [--before DIR [--rounds 2]]
+                                   [--no-sweep] [--before DIR [--rounds 2]]
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ def main() -> None:
         help="compare with the copy of this script in the shoal checkout DIR",
     )
     parser.add_argument("--rounds", type=int, default=2, help="with --before: runs of each copy")
+    parser.add_argument("--no-sweep", action="store_true", help="skip benchmarks/sweep.py")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     full = {int(size) for size in args.full.split(",") if size}
@@ -274,6 +278,9 @@ def main() -> None:
             f"| {'-' if measured is None else f'{measured:,.0f}'} "
             f"| {'-' if share is None else f'{share:.0%}'} | {row['peak_gib']:.2f} |"
         )
+    if not args.no_sweep:
+        print(flush=True)
+        subprocess.run([sys.executable, str(_HERE / "sweep.py")], check=True)
 
 
 if __name__ == "__main__":

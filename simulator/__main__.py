@@ -1,13 +1,15 @@
-"""The command line: ``python -m simulator run | list | explore``.
+"""The command line: ``python -m simulator run | list | explore | sweep``.
 
 python -m simulator run --scenario crash --nodes 50 --seed 1 --duration 60 [--json]
 python -m simulator list
 python -m simulator explore --seeds 100 --nodes 8
+python -m simulator sweep --scenario crash --nodes 20,50 --set probe_interval=0.5,1 --seeds 10
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -23,6 +25,16 @@ from simulator.network import NetworkError
 from simulator.progress import Interrupted, Progress
 from simulator.report import summary
 from simulator.scenarios import SCENARIOS, prepare
+from simulator.sweep import (
+    EXTRA,
+    Sweep,
+    SweepError,
+    check_output,
+    output_format,
+    read_grid,
+    report,
+)
+from swim.config import ConfigError
 from swim.toplevel import EXIT_INTERRUPTED, run_command
 
 LARGE = 1000
@@ -72,11 +84,16 @@ def _probability(text: str) -> float:
     return value
 
 
-def _param(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. --param at=10)")
-    return name, value
+def _pair(example: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type: ``NAME=VALUE``, split; ``example`` shows the form in errors."""
+
+    def parse(text: str) -> tuple[str, str]:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. {example})")
+        return name, value
+
+    return parse
 
 
 def _schedule(source: str) -> list[Fault]:
@@ -104,8 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     play.add_argument("--loss", type=_probability, default=None, help="loss on every link, 0-1")
     play.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
     play.add_argument(
-        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        "--param", type=_pair("--param at=10"), action="append", default=[], metavar="NAME=VALUE",
         help="a scenario parameter (see `list`)",
+    )  # fmt: skip
+    play.add_argument(
+        "--set", type=_pair("--set probe_interval=0.5"), action="append", default=[],
+        metavar="FIELD=VALUE", help="a protocol setting: a field of swim.config.Config",
     )  # fmt: skip
     play.add_argument("--schedule", help="extra faults: a JSON file as explore prints, or -")
     play.add_argument("--encrypt", action="store_true", help="AES-GCM on every packet")
@@ -127,7 +148,59 @@ def _parser() -> argparse.ArgumentParser:
     )
     explore.add_argument("--profile", default="lan", choices=("lan", "wan", "local"))
     explore.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
+    _sweep_arguments(commands)
     return parser
+
+
+def _sweep_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``sweep`` command's flags: the grid's axes (comma lists), where to run, the table."""
+    sweep = commands.add_parser(
+        "sweep",
+        help="every combination of the values given, over many seeds, in parallel: one table",
+        description="Every combination of the comma lists given, each with --seeds seeds, "
+        "played in parallel; one row per run (parameters, seed, figures, trace hash, and the "
+        "`run` command that replays it) as CSV or JSON lines.",
+    )
+    sweep.add_argument(
+        "--grid",
+        type=Path,
+        help="the grid from a TOML or JSON file, keyed as these flags are (scenario, nodes, "
+        "..., and tables param and set); flags given as well override it",
+    )
+    sweep.add_argument("--scenario", help="scenarios, e.g. crash,partition (default steady)")
+    sweep.add_argument("--nodes", help="cluster sizes, e.g. 20,50 (default 20)")
+    sweep.add_argument("--duration", help="virtual seconds, e.g. 60,120 (default 60)")
+    sweep.add_argument("--profile", help="lan, wan, local, e.g. lan,wan (default lan)")
+    sweep.add_argument(
+        "--loss", help="loss on every link, e.g. 0,0.1,0.2 (default: the scenario's)"
+    )
+    sweep.add_argument(
+        "--param", type=_pair("--param count=1,2"), action="append", default=[],
+        metavar="NAME=V1,V2", help="a scenario parameter's values (see `list`)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--set", type=_pair("--set probe_interval=0.5,1"), action="append", default=[],
+        metavar="FIELD=V1,V2", help="a protocol setting's values: a field of swim.config.Config",
+    )  # fmt: skip
+    sweep.add_argument("--seeds", type=_at_least(1), help="seeds per combination (default 10)")
+    sweep.add_argument("--first-seed", type=_at_least(0), help="the first seed (default 1)")
+    sweep.add_argument("--encrypt", action="store_true", default=None, help="AES-GCM everywhere")
+    sweep.add_argument("--no-compress", action="store_true", help="turn LZW compression off")
+    sweep.add_argument("--start", choices=("converged", "join"), help="as for run")
+    sweep.add_argument(
+        "--workers", type=_at_least(0), default=None,
+        help="processes (default: one per core; 0: in this process, one run after another)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--dask", metavar="ADDRESS",
+        help="run on the Dask scheduler at ADDRESS, or `local` for a LocalCluster of --workers "
+        f"processes (needs {EXTRA})",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--out", type=Path, help="write the table here, .csv or .jsonl (default: CSV on stdout)"
+    )
+    sweep.add_argument("--format", choices=("csv", "jsonl"), help="instead of the --out suffix")
+    sweep.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -148,6 +221,7 @@ def _run(args: argparse.Namespace) -> int:
         profile=args.profile,
         loss=args.loss,
         params=dict(args.param),
+        settings=dict(args.set),
         schedule=extra,
         encrypt=args.encrypt,
         compress=not args.no_compress,
@@ -198,6 +272,40 @@ def _explore(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    if args.dask is not None and not args.verbose:
+        # Dask logs each worker's start and stop; importing it sets its loggers' levels
+        with contextlib.suppress(ImportError):
+            import distributed  # noqa: F401, PLC0415
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    fields = read_grid(args.grid) if args.grid else {}
+    given = {
+        "scenarios": args.scenario,
+        "nodes": args.nodes,
+        "durations": args.duration,
+        "profiles": args.profile,
+        "losses": args.loss,
+        "seeds": args.seeds,
+        "first_seed": args.first_seed,
+        "encrypt": args.encrypt,
+        "compress": False if args.no_compress else None,
+        "start": args.start,
+    }
+    fields.update({key: value for key, value in given.items() if value is not None})
+    fields["params"] = {**fields.get("params", {}), **dict(args.param)}
+    fields["settings"] = {**fields.get("settings", {}), **dict(args.set)}
+    chosen = output_format(args.out, args.format)
+    if args.out is not None:
+        check_output(args.out)
+    table = Sweep(**fields).run(workers=args.workers, dask=args.dask, show_progress=not args.quiet)
+    if args.out is None:
+        table.write(sys.stdout, chosen)
+    else:
+        table.save(args.out, chosen)
+    report(table)
+    return EXIT_INTERRUPTED if table.interrupted else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; errors in the input are reported in one line (status
     2), Ctrl-C in one line (status 130, after the results so far for ``run``), and anything
@@ -213,8 +321,17 @@ def _command(args: argparse.Namespace) -> int:
             return _run(args)
         if args.command == "list":
             return _list()
+        if args.command == "sweep":
+            return _sweep(args)
         return _explore(args)
-    except (ScheduleError, NetworkError, OSError, json.JSONDecodeError) as exc:
+    except (
+        ScheduleError,
+        NetworkError,
+        ConfigError,
+        SweepError,
+        OSError,
+        json.JSONDecodeError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,8 @@ same parameters always hit the same nodes.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
@@ -29,9 +31,12 @@ from simulator.faults import (
 )
 from simulator.metrics import Results
 from simulator.network import PROFILE_LINKS, Link
+from swim.config import Config, ConfigError
 from swim.serf.layer import AGENT_COALESCE_PERIOD, AGENT_QUIESCENT_PERIOD
 
 Params = dict[str, float | str]
+Setting = float | int | bool | str
+"""The value of one :class:`~swim.config.Config` field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +302,46 @@ def resolve_params(scenario: Scenario, given: Mapping[str, float | str]) -> Para
     return params
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_FIELDS: dict[str, Setting] = {
+    spec.name: getattr(Config(), spec.name) for spec in dataclasses.fields(Config)
+}
+"""Every Config field and its LAN default, whose type is the field's."""
+
+
+def setting(name: str, value: Setting) -> Setting:
+    """The value of Config field ``name`` from ``value``, or from its text (``"0.5"``,
+    ``"true"``), as ``--set`` gives it; the range is checked when the Config is built."""
+    default = _FIELDS.get(name)
+    if default is None:
+        close = difflib.get_close_matches(name, _FIELDS, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"fields: {', '.join(_FIELDS)}"
+        raise ConfigError(f"Config has no field {name!r}; {hint}")
+    text = str(value).strip()
+    if isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{name}={text!r} must be true or false")
+    if isinstance(default, str):
+        return text
+    try:
+        return int(text) if isinstance(default, int) else float(text)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ConfigError(f"{name}={text!r} must be {kind}") from None
+
+
+def make_config(profile: str, compress: bool, settings: Mapping[str, Setting]) -> Config:
+    """The profile's Config with ``compress`` and ``settings`` (values or their text: see
+    :func:`setting`) applied and validated."""
+    if profile not in PROFILE_LINKS:
+        raise ScheduleError(f"profile={profile!r} is unknown; choose lan, wan or local")
+    changes = {name: setting(name, value) for name, value in settings.items()}
+    return Config.profile(profile, **{"compression": compress, **changes})
+
+
 def build_cluster(
     *,
     nodes: int,
@@ -307,10 +352,12 @@ def build_cluster(
     compress: bool = True,
     start: str = "converged",
     serf: bool = False,
+    config: Config | None = None,
     progress: Callable[[float], None] | None = None,
 ) -> Cluster:
     """A cluster on the profile's default link, with ``loss`` on every path (and Serf layers
-    that coalesce user events as a Serf agent does, with ``serf``)."""
+    that coalesce user events as a Serf agent does, with ``serf``); ``config`` replaces the
+    profile's (``compress`` applies to the profile's only)."""
     if profile not in PROFILE_LINKS:
         raise ScheduleError(f"profile={profile!r} is unknown; choose lan, wan or local")
     link: Link = PROFILE_LINKS[profile].replace(loss=loss)
@@ -318,6 +365,7 @@ def build_cluster(
         nodes,
         seed=seed,
         profile=profile,
+        config=config,
         link=link,
         encrypt=encrypt,
         compress=compress,
@@ -335,6 +383,7 @@ class PlayOptions(TypedDict, total=False):
     profile: str
     loss: float | None
     params: Mapping[str, float | str] | None
+    settings: Mapping[str, Setting] | None
     schedule: Sequence[Fault] | None
     encrypt: bool
     compress: bool
@@ -371,6 +420,51 @@ def prepare(
 ) -> Play:
     """What :func:`run` plays, before it runs: so that a run stopped early can still report
     what it measured."""
+    found, resolved, loss, config = _resolve(scenario, nodes, options)
+    profile, encrypt = options.get("profile", "lan"), options.get("encrypt", False)
+    cluster = build_cluster(
+        nodes=nodes,
+        seed=seed,
+        profile=profile,
+        loss=loss,
+        encrypt=encrypt,
+        start=options.get("start", "converged"),
+        serf=found.serf,
+        config=config,
+        progress=options.get("progress"),
+    )
+    schedule = options.get("schedule") or []
+    faults = [*found.build(cluster.names(), duration, resolved), *schedule]
+    cluster.schedule(*faults)
+    extra: dict[str, Any] = {
+        "scenario": scenario,
+        "params": resolved,
+        "settings": {name: getattr(config, name) for name in options.get("settings") or {}},
+        "profile": profile,
+        "loss": loss,
+        "encrypt": encrypt,
+        "compress": config.compression,
+        "schedule": [fault.to_dict() for fault in faults],
+    }
+    return Play(cluster, extra)
+
+
+def validate(
+    scenario: str, *, nodes: int, duration: float, **options: Unpack[PlayOptions]
+) -> tuple[Params, float]:
+    """Raise what :func:`prepare` would raise for these options, without building a cluster
+    (which takes long for thousands of nodes), to check many runs before starting any; else
+    return the parameters and the loss the run would use."""
+    found, resolved, loss, _ = _resolve(scenario, nodes, options)
+    PROFILE_LINKS[options.get("profile", "lan")].replace(loss=loss)
+    found.build([f"n{i}" for i in range(nodes)], duration, resolved)  # as Cluster names them
+    return resolved, loss
+
+
+def _resolve(
+    scenario: str, nodes: int, options: PlayOptions
+) -> tuple[Scenario, Params, float, Config]:
+    """The scenario, its parameters, the loss and the Config that ``options`` give."""
     found = SCENARIOS.get(scenario)
     if found is None:
         raise ScheduleError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -380,29 +474,7 @@ def prepare(
     loss = options.get("loss")
     if loss is None:
         loss = FLAKY_LOSS if scenario == "flaky" else 0.0
-    profile = options.get("profile", "lan")
-    encrypt, compress = options.get("encrypt", False), options.get("compress", True)
-    cluster = build_cluster(
-        nodes=nodes,
-        seed=seed,
-        profile=profile,
-        loss=loss,
-        encrypt=encrypt,
-        compress=compress,
-        start=options.get("start", "converged"),
-        serf=found.serf,
-        progress=options.get("progress"),
+    config = make_config(
+        options.get("profile", "lan"), options.get("compress", True), options.get("settings") or {}
     )
-    schedule = options.get("schedule") or []
-    faults = [*found.build(cluster.names(), duration, resolved), *schedule]
-    cluster.schedule(*faults)
-    extra: dict[str, Any] = {
-        "scenario": scenario,
-        "params": resolved,
-        "profile": profile,
-        "loss": loss,
-        "encrypt": encrypt,
-        "compress": compress,
-        "schedule": [fault.to_dict() for fault in faults],
-    }
-    return Play(cluster, extra)
+    return found, resolved, loss, config
