@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-import trio
+import anyio
 
 from swim import __version__, agent
 from swim.agent import AgentError, add_agent_arguments
@@ -252,7 +252,7 @@ def _client_parser(
 
 
 def _demo(_: argparse.Namespace) -> int:
-    trio.run(run_demo)
+    anyio.run(run_demo, backend="trio")
     return 0
 
 
@@ -274,7 +274,7 @@ def _run_client(args: argparse.Namespace) -> int:
         args.failing = _KEY_FAILURES[actions[0]]
     if args.command == "query" and not 0 <= args.relay_factor <= 255:
         return _fail("swim query: -relay-factor must be between 0 and 255")
-    status: int = trio.run(_client_main, args)
+    status: int = anyio.run(_client_main, args, backend="trio")
     return status
 
 

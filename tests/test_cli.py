@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -121,3 +123,19 @@ def test_readme_has_exactly_the_two_quick_start_commands() -> None:
     assert len(commands) == 2
     assert commands[0].endswith("swim demo")
     assert commands[1].endswith("-m pytest")
+
+
+def test_the_command_loads_only_the_event_loop_it_runs() -> None:
+    """An asyncio agent does not carry trio (14 MiB resident), nor a trio one asyncio."""
+    probe = (
+        "import sys, anyio, swim.cli\n"
+        "async def loaded():\n"
+        "    import swim.agent, swim.node\n"
+        "    return sorted({'trio', 'asyncio'} & set(sys.modules))\n"
+        "print(anyio.run(loaded, backend=sys.argv[1]))\n"
+    )
+    for backend in ("trio", "asyncio"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, backend], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.strip() == repr([backend])
