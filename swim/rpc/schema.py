@@ -667,9 +667,8 @@ REPLIES: Final[Mapping[str, type[ReplyBody]]] = {
 
 S = TypeVar("S")
 
-_CODECS: Final[dict[type[Any], StructCodec[Any]]] = {
-    cls: StructCodec(cls, raw=False)
-    for cls in (
+_STRUCTS: Final = frozenset(
+    (
         *REQUESTS.values(),
         RequestHeader,
         ReplyHeader,
@@ -682,7 +681,21 @@ _CODECS: Final[dict[type[Any], StructCodec[Any]]] = {
         Joined,
         MemberList,
     )
-}
+)
+
+
+class _Codecs(dict[type[Any], StructCodec[Any]]):
+    """Each struct's codec, made when first used: a command needs few of them, and making
+    them all at import cost every agent and client about 50 ms of start-up."""
+
+    def __missing__(self, cls: type[Any]) -> StructCodec[Any]:
+        if cls not in _STRUCTS:
+            raise KeyError(cls)
+        codec = self[cls] = StructCodec(cls, raw=False)
+        return codec
+
+
+_CODECS: Final = _Codecs()
 _EMPTY_MAP: Final = b"\x80"
 
 
