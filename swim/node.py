@@ -324,6 +324,7 @@ class Node:
         self._listener: SocketListener | None = None
         self._background = Background()
         self._wakeup = anyio.Event()
+        self._timers_wait_until = -math.inf  # the deadline the timer task sleeps towards
         self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._joins: dict[int, tuple[anyio.Event, list[JoinCompleted]]] = {}
         self._reliable: dict[int, tuple[anyio.Event, list[str | None]]] = {}
@@ -602,8 +603,8 @@ class Node:
     # ------------------------------------------------------------------ plumbing
 
     def _flush(self, wake_timers: bool = True) -> None:
-        """Carry out what the stack asked for, and let the timer task re-read its deadline
-        (an input may have brought it closer).
+        """Carry out what the stack asked for, and wake the timer task if an input brought
+        the next deadline closer than the one it sleeps towards.
 
         Nothing here waits: datagrams go out before the events that report them are
         delivered (a LeaveCompleted comes with the leave's last copies), and a flush cannot
@@ -622,7 +623,9 @@ class Node:
             if not (events or datagrams):
                 break
         if wake_timers:
-            self._wakeup.set()
+            deadline = stack.next_deadline()
+            if (math.inf if deadline is None else deadline) != self._timers_wait_until:
+                self._wakeup.set()
 
     def _send(self, data: bytes, address: Address) -> None:
         """One datagram, on the socket itself: it never blocks (a full send buffer drops the
@@ -683,9 +686,12 @@ class Node:
         stack = self.stack
         while True:
             deadline = stack.next_deadline()
-            with anyio.move_on_at(math.inf if deadline is None else deadline):
+            self._timers_wait_until = math.inf if deadline is None else deadline
+            with anyio.move_on_at(self._timers_wait_until):
                 await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+            self._timers_wait_until = -math.inf
+            if self._wakeup.is_set():
+                self._wakeup = anyio.Event()
             stack.tick(anyio.current_time())
             self._flush(wake_timers=False)
 
