@@ -270,7 +270,8 @@ class Node:
     differs.  With ``tags`` (even empty) the node runs the Serf layer: tags travel as Serf
     tags, and user events, queries and Serf's join and leave intents work with Serf agents.
     ``user_coalesce_period`` and ``user_quiescent_period`` coalesce Serf user events as a Serf
-    agent does (off by default, as in the Serf library).
+    agent does (off by default, as in the Serf library).  The Serf layer keeps Serf's network
+    coordinates (carried in ping acks) unless ``disable_coordinates``.
     ``exit_when_isolated`` (seconds) makes an isolated node raise
     :class:`IsolatedError` out of its ``async with`` block once that long has passed without
     reconnecting; by default an isolated node keeps serving and keeps trying to rejoin.
@@ -295,6 +296,7 @@ class Node:
         keyring_file: str | None = None,
         user_coalesce_period: float = 0.0,
         user_quiescent_period: float = 0.0,
+        disable_coordinates: bool = False,
     ) -> None:
         self.config = config or Config.lan()
         self._name = name or socket.gethostname()
@@ -316,6 +318,7 @@ class Node:
         self._tags = None if tags is None else dict(tags)
         self._keyring_file = keyring_file
         self._coalescing = (user_coalesce_period, user_quiescent_period)
+        self._disable_coordinates = disable_coordinates
         self._queries: dict[int, QueryResult] = {}
         self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
@@ -373,6 +376,7 @@ class Node:
             quiescent_period=self._coalescing[1],
             rejoin_interval=self._rejoin_interval,
             exit_when_isolated=self._exit_when_isolated,
+            disable_coordinates=self._disable_coordinates,
         )
         nursery = self._background.nursery
         nursery.start_soon(self._receive_datagrams)
