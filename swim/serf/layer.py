@@ -19,6 +19,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Generic, TypedDict, TypeVar, Unpack
 
 from swim import wire
@@ -468,9 +469,9 @@ class Serf:
         came yet, or coordinates are disabled (Serf's ``GetCachedCoordinate``)."""
         return self._coordinates.get(name)
 
-    @property
-    def coordinates_enabled(self) -> bool:
-        return self._vivaldi is not None
+    def coordinates(self) -> Mapping[str, Coordinate]:
+        """Every coordinate held, ours included, by member name (a read-only view)."""
+        return MappingProxyType(self._coordinates)
 
     def members(self) -> list[SerfMember]:
         return list(self._members.values())
