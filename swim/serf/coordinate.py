@@ -71,10 +71,7 @@ def new_coordinate(config: VivaldiConfig = DEFAULT_CONFIG) -> Coordinate:
 
 
 def _raw_distance(a: Coordinate, b: Coordinate) -> float:
-    squares = 0.0
-    for x, y in zip(a.vec, b.vec, strict=True):
-        squares += (x - y) * (x - y)
-    return math.sqrt(squares) + a.height + b.height
+    return math.dist(a.vec, b.vec) + a.height + b.height
 
 
 def distance(a: Coordinate, b: Coordinate) -> float:
@@ -90,8 +87,10 @@ def distance(a: Coordinate, b: Coordinate) -> float:
 
 def is_valid(coordinate: Coordinate) -> bool:
     """No component is NaN or infinite (Serf's ``IsValid``)."""
+    if math.isfinite(sum(coordinate.vec) + coordinate.error + coordinate.adjustment):
+        return math.isfinite(coordinate.height)  # finite sum: each part finite (or it is inf)
     values = (*coordinate.vec, coordinate.error, coordinate.adjustment, coordinate.height)
-    return all(math.isfinite(value) for value in values)
+    return all(math.isfinite(value) for value in values)  # or a sum of huge ones overflowed
 
 
 def problem(coordinate: Coordinate, config: VivaldiConfig = DEFAULT_CONFIG) -> str | None:
@@ -101,7 +100,7 @@ def problem(coordinate: Coordinate, config: VivaldiConfig = DEFAULT_CONFIG) -> s
     if not is_valid(coordinate):
         return "a component is NaN or infinite"
     limit = MAX_PLAUSIBLE_SECONDS
-    if any(abs(x) > limit for x in coordinate.vec) or abs(coordinate.adjustment) > limit:
+    if max(map(abs, coordinate.vec)) > limit or abs(coordinate.adjustment) > limit:
         return f"a component is over {limit:g} s"
     if not (0.0 <= coordinate.error <= limit and 0.0 <= coordinate.height <= limit):
         return f"error or height outside 0..{limit:g}"
@@ -203,7 +202,7 @@ class CoordinateClient:
         """``mine`` moved by ``force`` along the unit vector from ``other`` (Serf's
         ``ApplyForce``), with ``error`` as its new error."""
         unit, magnitude = self._unit_vector_at(mine.vec, other.vec)
-        vec = tuple(x + u * force for x, u in zip(mine.vec, unit, strict=True))
+        vec = tuple([x + u * force for x, u in zip(mine.vec, unit, strict=True)])
         height = mine.height
         if magnitude > ZERO_THRESHOLD:
             height += (height + other.height) * force / magnitude
@@ -215,12 +214,11 @@ class CoordinateClient:
     ) -> tuple[tuple[float, ...], float]:
         """The unit vector from ``b`` to ``a`` and the distance between them; a random
         direction (and distance 0) when they coincide."""
-        difference = [x - y for x, y in zip(a, b, strict=True)]
-        magnitude = math.sqrt(sum(d * d for d in difference))
+        magnitude = math.dist(a, b)
         if magnitude > ZERO_THRESHOLD:
-            return tuple(d / magnitude for d in difference), magnitude
-        difference = [self._rng.random() - 0.5 for _ in difference]
-        spread = math.sqrt(sum(d * d for d in difference))
+            return tuple([(x - y) / magnitude for x, y in zip(a, b, strict=True)]), magnitude
+        direction = [self._rng.random() - 0.5 for _ in a]
+        spread = math.hypot(*direction)
         if spread > ZERO_THRESHOLD:
-            return tuple(d / spread for d in difference), 0.0
+            return tuple([d / spread for d in direction]), 0.0
         return (1.0,) + (0.0,) * (len(a) - 1), 0.0
