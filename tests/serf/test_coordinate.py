@@ -12,6 +12,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swim import wire
 from swim.config import Config
@@ -236,6 +238,25 @@ def test_bad_payloads_are_dropped_and_counted(payload: bytes) -> None:
     assert layer.serf.coordinate("p0") is None
     assert layer.serf.coordinate("me") == new_coordinate()
     assert layer.engine.statistics().acks == 1  # the probe itself succeeded
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=200).map(lambda tail: b"\x01\x84" + tail),  # a version, a map
+    ),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_any_payload_and_rtt_is_taken_or_refused_never_raised(payload: bytes, rtt: float) -> None:
+    serf = FUZZED.serf
+    serf.ping_completed("p0", rtt, payload)
+    mine = serf.coordinate("me")
+    assert mine is not None and all(math.isfinite(x) for x in mine.vec)
+
+
+FUZZED = Layer(peers=1, config=PROBING)
+"""One layer for every fuzzed payload: they pile up on one coordinate, as a hostile peer's would."""
 
 
 def test_an_empty_payload_is_no_coordinate_and_no_error() -> None:
