@@ -158,11 +158,17 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     flag("-rpc-addr", "--rpc-addr", default=DEFAULT_RPC_ADDR, help="RPC endpoint address")
     flag("-rpc-auth", "--rpc-auth", default=None, help="token RPC clients must present")
     flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
-    flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
+    # Go booleans: -rejoin, -rejoin=true, -rejoin=false (the command rewrites the last form)
+    flag(
+        "-rejoin",
+        "--rejoin",
+        action=argparse.BooleanOptionalAction,
+        help="rejoin the snapshot after a leave",
+    )
     flag(
         "-disable-coordinates",
         "--disable-coordinates",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="keep no network coordinate (serf rtt then has none for this agent)",
     )
     flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")

@@ -184,7 +184,9 @@ def _option(parser: argparse.ArgumentParser, name: str, **options: Any) -> None:
     parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **options)
 
 
-_BOOLEAN_FLAGS = frozenset({"coalesce", "detailed", "list", "no-ack", "prune", "replay"})
+_BOOLEAN_FLAGS = frozenset(
+    {"coalesce", "detailed", "disable-coordinates", "list", "no-ack", "prune", "rejoin", "replay"}
+)
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})  # Go's strconv.ParseBool
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
