@@ -233,6 +233,7 @@ class Prober:
         table = ctx.table
         if ping.node and ping.node != table.me.name:
             ctx.counters.dropped_packets += 1
+            ctx.counters.misaddressed_pings += 1
             return
         destination = _reply_address(ping.source_addr, ping.source_port, source)
         ack = wire.encode(wire.Ack(seq_no=ping.seq_no))
@@ -254,6 +255,7 @@ class Prober:
         ctx = self._ctx
         if len(request.target) not in (4, 16) or not request.port:
             ctx.counters.dropped_packets += 1
+            ctx.counters.malformed_messages += 1
             return
         self._seq_no += 1
         seq_no = self._seq_no
