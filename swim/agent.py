@@ -139,6 +139,8 @@ class AgentOptions:
     event_loop: str = "trio"
     event_handlers: list[EventHandler] = field(default_factory=list)
     event_handler_timeout: float = HANDLER_TIMEOUT
+    metrics_addr: tuple[str, int] | None = None
+    """Where to serve ``GET /metrics`` (Prometheus' text format); None: nowhere."""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +173,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"kill a handler that runs longer (default: {HANDLER_TIMEOUT:g}s)",
     )
     flag(
+        "-metrics-addr",
+        "--metrics-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    flag(
         "-event-loop",
         "--event-loop",
         default="trio",
@@ -190,8 +199,24 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
     options = options_from_settings(settings, event_loop=args.event_loop)
     handlers, handler_timeout = _event_handlers(args.event_handler, args.event_handler_timeout)
     return dataclasses.replace(
-        options, event_handlers=handlers, event_handler_timeout=handler_timeout
+        options,
+        event_handlers=handlers,
+        event_handler_timeout=handler_timeout,
+        metrics_addr=_metrics_addr(args.metrics_addr),
     )
+
+
+def _metrics_addr(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    try:
+        if text.rpartition(":")[0] in ("", "[") or text.endswith("]"):
+            raise ValueError("no port")
+        return parse_host_port(text, 0, any_port=True)
+    except ValueError as exc:
+        raise AgentError(
+            f"-metrics-addr {printable(text)!r}: {exc}; expected HOST:PORT, such as 127.0.0.1:9100"
+        ) from None
 
 
 def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") -> AgentOptions:
@@ -642,6 +667,8 @@ async def run_agent(
             example = f"-rpc-addr=127.0.0.1:{rpc_port}"
             advice = _listen_advice("-rpc-addr", rpc_host, rpc_port, exc, example)
             raise AgentError(advice) from None
+        if options.metrics_addr is not None:
+            await _start_metrics(nursery, options.metrics_addr, node, rpc_server, backend)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         try:
@@ -666,6 +693,34 @@ async def run_agent(
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
+
+
+async def _start_metrics(
+    nursery: TaskGroup,
+    address: tuple[str, int],
+    node: Node,
+    rpc_server: RpcServer,
+    backend: NodeBackend,
+) -> None:
+    """Serve ``GET /metrics`` from this event loop (``prometheus_client`` is imported only
+    here, so an agent without ``-metrics-addr`` pays nothing for it)."""
+    from swim import metrics  # noqa: PLC0415 (lazy, see above)
+
+    handlers = backend.handlers
+    registry = metrics.registry_for(
+        metrics.Sources(
+            node=node.statistics,
+            rpc=rpc_server.statistics,
+            handlers=lambda: handlers.statistics() if handlers is not None else None,
+        )
+    )
+    host, port = address
+    try:
+        port = await nursery.start(metrics.serve_metrics, registry, host, port)
+    except OSError as exc:
+        example = f"-metrics-addr=127.0.0.1:{port}"
+        raise AgentError(_listen_advice("-metrics-addr", host, port, exc, example)) from None
+    log.info("serving metrics at http://%s/metrics", format_address((host, port)))
 
 
 def _start_handlers(

@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "swim.rpc": AGENT,
     "swim.snapshot": AGENT,
     "swim.handlers": AGENT,
+    "swim.metrics": AGENT,
     "swim.agent": AGENT,
     "swim.demo": AGENT,
     "swim.cli": AGENT,
