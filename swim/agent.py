@@ -40,6 +40,7 @@ from swim.config import Config, ConfigError, parse_duration
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.logs import SafeFormatter, printable
 from swim.members import MemberState, ip_bytes, name_problem
+from swim.monitor import LogHub
 from swim.node import (
     AdvertiseError,
     BindError,
@@ -431,6 +432,8 @@ class NodeBackend:
         self._subscribers: list[Callable[[RpcEvent], None]] = []
         self.handlers: Handlers | None = None
         """The ``-event-handler`` scripts, whose figures :meth:`stats` reports."""
+        self.logs = LogHub()
+        """The log lines RPC monitors get, once :meth:`LogHub.install` ed."""
 
     def members(self) -> list[RpcMember]:
         return [_rpc_member(m) for m in self._node.serf.members()]
@@ -489,6 +492,9 @@ class NodeBackend:
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self._subscribers.append(deliver)
         return lambda: self._subscribers.remove(deliver)
+
+    def monitor(self, level: str, deliver: Callable[[str], None]) -> Callable[[], None]:
+        return self.logs.monitor(level, deliver)
 
     async def install_key(self, key: str) -> RpcKeyResult:
         log.info("initiating key installation")
@@ -651,6 +657,8 @@ async def run_agent(
         nursery = await stack.enter_async_context(Background())
         rpc_server = RpcServer(options.rpc_auth)
         backend = NodeBackend(node, shutdown, nursery, rpc_server.statistics)
+        backend.logs.install()
+        stack.callback(backend.logs.close)
         if snapshot is not None:
             clocks = snapshot.previous
             node.serf.clock.witness(clocks.member_clock)
@@ -867,6 +875,8 @@ def main(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     # one record, one line: names and strings from the network are escaped, never raw
     handler.setFormatter(SafeFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-    logging.basicConfig(level=LOG_LEVELS[options.log_level.lower()], handlers=[handler])
+    level = LOG_LEVELS[options.log_level.lower()]
+    handler.setLevel(level)  # a monitor may lower the root logger's level: not this output's
+    logging.basicConfig(level=level, handlers=[handler])
     anyio.run(run_agent, options, backend=options.event_loop)
     return 0

@@ -132,6 +132,21 @@ def _parser() -> argparse.ArgumentParser:
     _option(keys, "remove", default="", metavar="KEY", help="remove a key (not the primary)")
     _flag(keys, "list", "list every key and how many members hold it")
 
+    monitor = _client_parser(
+        commands,
+        "monitor",
+        "print the agent's log lines as it writes them, until interrupted",
+        _monitor,
+        "starting monitor",
+    )
+    _option(
+        monitor,
+        "log-level",
+        default="INFO",
+        metavar="LEVEL",
+        help="trace, debug, info, warn or err, and what is above it (default: info)",
+    )
+
     query = _client_parser(
         commands, "query", "ask the cluster and print acks and answers", _query, "sending query"
     )
@@ -274,6 +289,11 @@ def _run_client(args: argparse.Namespace) -> int:
         args.failing = _KEY_FAILURES[actions[0]]
     if args.command == "query" and not 0 <= args.relay_factor <= 255:
         return _fail("swim query: -relay-factor must be between 0 and 255")
+    if args.command == "monitor":
+        try:
+            return int(anyio.run(_client_main, args, backend="trio"))
+        except KeyboardInterrupt:
+            return 0  # the way to stop a monitor, as in serf
     status: int = anyio.run(_client_main, args, backend="trio")
     return status
 
@@ -375,6 +395,24 @@ async def _keys(client: RpcClient, args: argparse.Namespace) -> None:
             print(_columns(failures), file=sys.stderr)
         print(file=sys.stderr)
         raise
+
+
+MONITOR_ENDED = (
+    "Remote side ended the monitor! This usually means that the\nremote side has exited or crashed."
+)
+
+
+async def _monitor(client: RpcClient, args: argparse.Namespace) -> None:
+    """Print the agent's log lines, as ``serf monitor`` does, until interrupted; if the agent
+    goes away, say so as serf does and exit 1."""
+    async with client.monitor(args.log_level) as lines:
+        try:
+            async for line in lines:
+                print(line, flush=True)
+        except RpcConnectionError:
+            pass
+    print(f"\n{MONITOR_ENDED}", flush=True)
+    raise SystemExit(1)
 
 
 async def _query(client: RpcClient, args: argparse.Namespace) -> None:

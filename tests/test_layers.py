@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "swim.snapshot": AGENT,
     "swim.handlers": AGENT,
     "swim.metrics": AGENT,
+    "swim.monitor": AGENT,
     "swim.agent": AGENT,
     "swim.demo": AGENT,
     "swim.cli": AGENT,
