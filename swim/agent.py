@@ -12,9 +12,11 @@ import dataclasses
 import errno
 import logging
 import os
+import platform
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -473,19 +475,29 @@ class NodeBackend:
             counts[member.status.value] += 1
         return {
             "agent": {"name": node.name},
-            "runtime": {"implementation": f"shoal (Python, {sniffio.current_async_library()})"},
+            "runtime": _runtime_section(),
             "serf": {
                 "members": str(len(members)),
                 "failed": str(counts["failed"]),
                 "left": str(counts["left"]),
+                "health_score": str(statistics.engine.health_score),
                 "member_time": str(node.serf.clock.time),
                 "event_time": str(node.serf.event_clock.time),
                 "query_time": str(node.serf.query_clock.time),
                 "encrypted": str(node.engine.wire_options.keyring is not None).lower(),
                 **_strings(*filter(None, [statistics.serf])),
             },
-            "memberlist": _strings(statistics.engine, statistics.runtime),
+            "memberlist": {
+                **_strings(statistics.engine, statistics.runtime),
+                "queued_events": str(statistics.queued_events),
+            },
             "rpc": _rpc_section(self._rpc_statistics()),
+            "tags": dict(node.serf.tags),
+            "event_handlers": {
+                f"{event}:{name}": script.script
+                for script in (self.handlers.scripts if self.handlers else ())
+                for event, name in script.filters
+            },
             **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
         }
 
@@ -541,6 +553,38 @@ class NodeBackend:
         if rpc is not None:
             for deliver in list(self._subscribers):
                 deliver(rpc)
+
+
+def _runtime_section() -> dict[str, str]:
+    """What serf info's runtime section says of Go, said of this Python process."""
+    loop = sniffio.current_async_library()
+    return {
+        "implementation": f"shoal (Python, {loop})",
+        "os": sys.platform,
+        "arch": platform.machine(),
+        "version": f"python{platform.python_version()}",
+        "event_loop": loop,
+        "tasks": str(_task_count(loop)),
+        "threads": str(threading.active_count()),
+        "cpu_count": str(os.cpu_count() or 0),
+    }
+
+
+def _task_count(loop: str) -> int:
+    """The event loop's tasks (what serf's goroutines count is to Go)."""
+    if loop == "trio":
+        import trio  # noqa: PLC0415 (an agent carries only the loop it runs on)
+
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(
+                count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+            )
+
+        root = trio.lowlevel.current_root_task()
+        return 0 if root is None else count(root)
+    import asyncio  # noqa: PLC0415
+
+    return len(asyncio.all_tasks())
 
 
 def _rpc_section(stats: RpcServerStatistics) -> dict[str, str]:

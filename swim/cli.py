@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -131,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     _option(keys, "use", default="", metavar="KEY", help="make an installed key the primary")
     _option(keys, "remove", default="", metavar="KEY", help="remove a key (not the primary)")
     _flag(keys, "list", "list every key and how many members hold it")
+
+    info = _client_parser(
+        commands, "info", "print the agent's figures for operators", _info, "querying agent"
+    )
+    _option(info, "format", choices=("text", "json"), default="text", help="text or json")
 
     monitor = _client_parser(
         commands,
@@ -395,6 +400,24 @@ async def _keys(client: RpcClient, args: argparse.Namespace) -> None:
             print(_columns(failures), file=sys.stderr)
         print(file=sys.stderr)
         raise
+
+
+async def _info(client: RpcClient, args: argparse.Namespace) -> None:
+    sections = await client.stats()
+    if args.format == "json":  # Go writes a map's keys sorted
+        print(_go_json({name: dict(sorted(sections[name].items())) for name in sorted(sections)}))
+    else:
+        print(info_text(sections))
+
+
+def info_text(sections: Mapping[str, Mapping[str, str]]) -> str:
+    """The agent's figures as ``serf info`` prints them: each section by name, sorted, then
+    its ``name = value`` lines, sorted, indented with a tab."""
+    lines: list[str] = []
+    for section in sorted(sections):
+        lines.append(f"{section}:")
+        lines.extend(f"\t{k} = {v}" for k, v in sorted(sections[section].items()))
+    return "\n".join(lines)
 
 
 MONITOR_ENDED = (
