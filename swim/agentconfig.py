@@ -56,6 +56,7 @@ class AgentSettings:
     retry_interval: float | None = None
     retry_max_attempts: int | None = None
     rejoin_after_leave: bool | None = None
+    disable_coordinates: bool | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     start_join: tuple[str, ...] = ()
     retry_join: tuple[str, ...] = ()
@@ -83,6 +84,7 @@ FLAGS = {
     "retry_interval": "-retry-interval",
     "retry_max_attempts": "-retry-max",
     "rejoin_after_leave": "-rejoin",
+    "disable_coordinates": "-disable-coordinates",
     "tags": "-tag",
     "start_join": "-join",
     "retry_join": "-retry-join",
@@ -96,13 +98,13 @@ _KINDS = {
     "retry_interval": "duration",
     "retry_max_attempts": "integer",
     "rejoin_after_leave": "boolean",
+    "disable_coordinates": "boolean",
 }
 """The JSON type of each key that is not a plain string."""
 
 SERF_ONLY_KEYS = frozenset(
     {
         "role",
-        "disable_coordinates",
         "tags_file",
         "protocol",
         "replay_on_join",
@@ -146,7 +148,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
     The agent's flags that a file may set too default to None here, so that :func:`merge`
     sees which ones the command line gave; their defaults apply after the merge."""
-    parser.set_defaults(bind=None, profile=None, rpc_addr=None, rejoin=None, log_level=None)
+    parser.set_defaults(
+        bind=None,
+        profile=None,
+        rpc_addr=None,
+        rejoin=None,
+        disable_coordinates=None,
+        log_level=None,
+    )
     flag = parser.add_argument
     for name, metavar, what in (
         ("config-file", "FILE", "a JSON file of serf's settings; repeatable"),
