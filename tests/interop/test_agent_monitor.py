@@ -114,3 +114,17 @@ async def test_swim_monitor_refuses_an_unknown_level(agents: Agents) -> None:
     )
     assert done.returncode == 1
     assert done.stderr == "Error starting monitor: Unknown log level: LOUD\n"
+
+
+async def test_swim_monitor_reads_a_serf_agents_lines(agents: Agents, tmp_path: Path) -> None:
+    serf = await agents.start("serf-a")
+    output = tmp_path / "monitor.out"
+    command = [sys.executable, "-m", "swim.cli", "monitor", serf.rpc, "-log-level=debug"]
+    with monitoring(command, output) as monitor:
+
+        async def shown() -> None:
+            # serf's agent replays the lines it wrote before the monitor started
+            assert "[INFO] serf: EventMemberJoin: serf-a 127.0.0.1" in output.read_text()
+
+        await eventually(shown, SEEN, "serf's own join in swim monitor's output")
+        assert monitor.poll() is None
