@@ -228,9 +228,10 @@ def _metrics_addr(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
     try:
-        if text.rpartition(":")[0] in ("", "[") or text.endswith("]"):
-            raise ValueError("no port")
-        return parse_host_port(text, 0, any_port=True)
+        host, port = parse_host_port(text, 0, any_port=True)
+        if not text.endswith(f":{port}"):
+            raise ValueError("no port (an IPv6 host goes in brackets: [::1]:9100)")
+        return host, port
     except ValueError as exc:
         raise AgentError(
             f"-metrics-addr {printable(text)!r}: {exc}; expected HOST:PORT, such as 127.0.0.1:9100"

@@ -300,4 +300,5 @@ def test_a_metrics_port_in_use_names_the_flag() -> None:
 
 def test_a_metrics_address_without_a_port_says_what_it_takes() -> None:
     line = refused(f"-metrics-addr={LOOPBACK}")
-    assert f"-metrics-addr '{LOOPBACK}': no port; expected HOST:PORT" in line
+    assert f"-metrics-addr '{LOOPBACK}': no port" in line
+    assert "expected HOST:PORT, such as 127.0.0.1:9100" in line
