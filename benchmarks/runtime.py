@@ -7,6 +7,8 @@ process on 127.0.0.1, all with the same flags (``-profile``, one ``-encrypt`` ke
 
 - ``shoal-trio``: this checkout's ``python -m swim.cli agent -event-loop trio``;
 - ``shoal-asyncio``: the same with ``-event-loop asyncio``;
+- ``shoal-metrics`` (with ``--metrics``): ``shoal-trio`` serving Prometheus metrics
+  (``-metrics-addr``), what ``prometheus_client`` and the endpoint cost an agent;
 - ``shoal-before`` (with ``--before DIR``): ``python -m swim.cli agent`` from checkout DIR, run
   with DIR as its working directory and first on its ``PYTHONPATH``, and without
   ``-event-loop`` (older commits have no such flag; they run on trio);
@@ -30,7 +32,7 @@ Figures are per node, one column per kind, with ratios measured in the same run:
 ends of the window.
 
     python benchmarks/runtime.py [--nodes 5] [--window 30] [--warmup 20] [--profile lan]
-                                 [--before DIR]
+                                 [--before DIR] [--metrics]
 """
 
 from __future__ import annotations
@@ -240,6 +242,10 @@ def programs(args: argparse.Namespace) -> dict[str, Program]:
         "shoal-trio": shoal_program(REPO, "-event-loop=trio"),
         "shoal-asyncio": shoal_program(REPO, "-event-loop=asyncio"),
     }
+    if args.metrics:
+        kinds["shoal-metrics"] = shoal_program(
+            REPO, "-event-loop=trio", "-metrics-addr=127.0.0.1:0"
+        )
     if args.before is not None:
         kinds["shoal-before"] = shoal_program(args.before)
     kinds["serf"] = serf_program(args.serf)
@@ -251,6 +257,8 @@ def ratios(kinds: Sequence[str]) -> list[tuple[str, str]]:
     pairs = [(kind, "serf") for kind in kinds if kind != "serf"]
     if "shoal-before" in kinds:
         pairs.append(("shoal-trio", "shoal-before"))
+    if "shoal-metrics" in kinds:
+        pairs.append(("shoal-metrics", "shoal-trio"))
     return pairs
 
 
@@ -450,6 +458,11 @@ def main() -> None:
         default=None,
         metavar="DIR",
         help="also run a cluster of the swim agent of the shoal checkout DIR (shoal-before)",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also run a cluster of swim agents serving metrics (shoal-metrics)",
     )
     args = parser.parse_args()
     if args.nodes < 2:

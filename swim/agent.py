@@ -12,9 +12,11 @@ import dataclasses
 import errno
 import logging
 import os
+import platform
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from swim.config import Config, ConfigError, parse_duration
 from swim.events import MemberFailed, MemberJoined, MemberLeft, MemberUpdated
 from swim.logs import SafeFormatter, printable
 from swim.members import MemberState, ip_bytes, name_problem
+from swim.monitor import LogHub
 from swim.node import (
     AdvertiseError,
     BindError,
@@ -142,6 +145,8 @@ class AgentOptions:
     event_loop: str = "trio"
     event_handlers: list[EventHandler] = field(default_factory=list)
     event_handler_timeout: float = HANDLER_TIMEOUT
+    metrics_addr: tuple[str, int] | None = None
+    """Where to serve ``GET /metrics`` (Prometheus' text format); None: nowhere."""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +191,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"kill a handler that runs longer (default: {HANDLER_TIMEOUT:g}s)",
     )
     flag(
+        "-metrics-addr",
+        "--metrics-addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    flag(
         "-event-loop",
         "--event-loop",
         default="trio",
@@ -205,8 +217,25 @@ def options_from_args(args: argparse.Namespace) -> AgentOptions:
     options = options_from_settings(settings, event_loop=args.event_loop)
     handlers, handler_timeout = _event_handlers(args.event_handler, args.event_handler_timeout)
     return dataclasses.replace(
-        options, event_handlers=handlers, event_handler_timeout=handler_timeout
+        options,
+        event_handlers=handlers,
+        event_handler_timeout=handler_timeout,
+        metrics_addr=_metrics_addr(args.metrics_addr),
     )
+
+
+def _metrics_addr(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    try:
+        host, port = parse_host_port(text, 0, any_port=True)
+        if not text.endswith(f":{port}"):
+            raise ValueError("no port (an IPv6 host goes in brackets: [::1]:9100)")
+        return host, port
+    except ValueError as exc:
+        raise AgentError(
+            f"-metrics-addr {printable(text)!r}: {exc}; expected HOST:PORT, such as 127.0.0.1:9100"
+        ) from None
 
 
 def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") -> AgentOptions:
@@ -422,6 +451,8 @@ class NodeBackend:
         self._subscribers: list[Callable[[RpcEvent], None]] = []
         self.handlers: Handlers | None = None
         """The ``-event-handler`` scripts, whose figures :meth:`stats` reports."""
+        self.logs = LogHub()
+        """The log lines RPC monitors get, once :meth:`LogHub.install` ed."""
 
     def members(self) -> list[RpcMember]:
         return [_rpc_member(m) for m in self._node.serf.members()]
@@ -461,19 +492,29 @@ class NodeBackend:
             counts[member.status.value] += 1
         return {
             "agent": {"name": node.name},
-            "runtime": {"implementation": f"shoal (Python, {sniffio.current_async_library()})"},
+            "runtime": _runtime_section(),
             "serf": {
                 "members": str(len(members)),
                 "failed": str(counts["failed"]),
                 "left": str(counts["left"]),
+                "health_score": str(statistics.engine.health_score),
                 "member_time": str(node.serf.clock.time),
                 "event_time": str(node.serf.event_clock.time),
                 "query_time": str(node.serf.query_clock.time),
                 "encrypted": str(node.engine.wire_options.keyring is not None).lower(),
                 **_strings(*filter(None, [statistics.serf])),
             },
-            "memberlist": _strings(statistics.engine, statistics.runtime),
+            "memberlist": {
+                **_strings(statistics.engine, statistics.runtime),
+                "queued_events": str(statistics.queued_events),
+            },
             "rpc": _rpc_section(self._rpc_statistics()),
+            "tags": dict(node.serf.tags),
+            "event_handlers": {
+                f"{event}:{name}": script.script
+                for script in (self.handlers.scripts if self.handlers else ())
+                for event, name in script.filters
+            },
             **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
         }
 
@@ -483,6 +524,9 @@ class NodeBackend:
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self._subscribers.append(deliver)
         return lambda: self._subscribers.remove(deliver)
+
+    def monitor(self, level: str, deliver: Callable[[str], None]) -> Callable[[], None]:
+        return self.logs.monitor(level, deliver)
 
     async def install_key(self, key: str) -> RpcKeyResult:
         log.info("initiating key installation")
@@ -529,6 +573,38 @@ class NodeBackend:
         if rpc is not None:
             for deliver in list(self._subscribers):
                 deliver(rpc)
+
+
+def _runtime_section() -> dict[str, str]:
+    """What serf info's runtime section says of Go, said of this Python process."""
+    loop = sniffio.current_async_library()
+    return {
+        "implementation": f"shoal (Python, {loop})",
+        "os": sys.platform,
+        "arch": platform.machine(),
+        "version": f"python{platform.python_version()}",
+        "event_loop": loop,
+        "tasks": str(_task_count(loop)),
+        "threads": str(threading.active_count()),
+        "cpu_count": str(os.cpu_count() or 0),
+    }
+
+
+def _task_count(loop: str) -> int:
+    """The event loop's tasks (what serf's goroutines count is to Go)."""
+    if loop == "trio":
+        import trio  # noqa: PLC0415 (an agent carries only the loop it runs on)
+
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(
+                count(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+            )
+
+        root = trio.lowlevel.current_root_task()
+        return 0 if root is None else count(root)
+    import asyncio  # noqa: PLC0415
+
+    return len(asyncio.all_tasks())
 
 
 def _rpc_section(stats: RpcServerStatistics) -> dict[str, str]:
@@ -645,6 +721,8 @@ async def run_agent(
         nursery = await stack.enter_async_context(Background())
         rpc_server = RpcServer(options.rpc_auth)
         backend = NodeBackend(node, shutdown, nursery, rpc_server.statistics)
+        backend.logs.install()
+        stack.callback(backend.logs.close)
         if snapshot is not None:
             clocks = snapshot.previous
             node.serf.clock.witness(clocks.member_clock)
@@ -661,6 +739,8 @@ async def run_agent(
             example = f"-rpc-addr=127.0.0.1:{rpc_port}"
             advice = _listen_advice("-rpc-addr", rpc_host, rpc_port, exc, example)
             raise AgentError(advice) from None
+        if options.metrics_addr is not None:
+            await _start_metrics(nursery, options.metrics_addr, node, rpc_server, backend)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         try:
@@ -685,6 +765,34 @@ async def run_agent(
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
+
+
+async def _start_metrics(
+    nursery: TaskGroup,
+    address: tuple[str, int],
+    node: Node,
+    rpc_server: RpcServer,
+    backend: NodeBackend,
+) -> None:
+    """Serve ``GET /metrics`` from this event loop (``prometheus_client`` is imported only
+    here, so an agent without ``-metrics-addr`` pays nothing for it)."""
+    from swim import metrics  # noqa: PLC0415 (lazy, see above)
+
+    handlers = backend.handlers
+    registry = metrics.registry_for(
+        metrics.Sources(
+            node=node.statistics,
+            rpc=rpc_server.statistics,
+            handlers=lambda: handlers.statistics() if handlers is not None else None,
+        )
+    )
+    host, port = address
+    try:
+        port = await nursery.start(metrics.serve_metrics, registry, host, port)
+    except OSError as exc:
+        example = f"-metrics-addr=127.0.0.1:{port}"
+        raise AgentError(_listen_advice("-metrics-addr", host, port, exc, example)) from None
+    log.info("serving metrics at http://%s/metrics", format_address((host, port)))
 
 
 def _start_handlers(
@@ -832,6 +940,8 @@ def main(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     # one record, one line: names and strings from the network are escaped, never raw
     handler.setFormatter(SafeFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-    logging.basicConfig(level=LOG_LEVELS[options.log_level.lower()], handlers=[handler])
+    level = LOG_LEVELS[options.log_level.lower()]
+    handler.setLevel(level)  # a monitor may lower the root logger's level: not this output's
+    logging.basicConfig(level=level, handlers=[handler])
     anyio.run(run_agent, options, backend=options.event_loop)
     return 0

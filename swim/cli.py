@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -133,6 +133,26 @@ def _parser() -> argparse.ArgumentParser:
     _option(keys, "use", default="", metavar="KEY", help="make an installed key the primary")
     _option(keys, "remove", default="", metavar="KEY", help="remove a key (not the primary)")
     _flag(keys, "list", "list every key and how many members hold it")
+
+    info = _client_parser(
+        commands, "info", "print the agent's figures for operators", _info, "querying agent"
+    )
+    _option(info, "format", choices=("text", "json"), default="text", help="text or json")
+
+    monitor = _client_parser(
+        commands,
+        "monitor",
+        "print the agent's log lines as it writes them, until interrupted",
+        _monitor,
+        "starting monitor",
+    )
+    _option(
+        monitor,
+        "log-level",
+        default="INFO",
+        metavar="LEVEL",
+        help="trace, debug, info, warn or err, and what is above it (default: info)",
+    )
 
     rtt = _client_parser(
         commands,
@@ -289,6 +309,11 @@ def _run_client(args: argparse.Namespace) -> int:
         return _fail("swim rtt: give one or two node names (one: against the agent itself)")
     if args.command == "query" and not 0 <= args.relay_factor <= 255:
         return _fail("swim query: -relay-factor must be between 0 and 255")
+    if args.command == "monitor":
+        try:
+            return int(anyio.run(_client_main, args, backend="trio"))
+        except KeyboardInterrupt:
+            return 0  # the way to stop a monitor, as in serf
     status: int = anyio.run(_client_main, args, backend="trio")
     return status
 
@@ -396,6 +421,42 @@ async def _keys(client: RpcClient, args: argparse.Namespace) -> None:
             print(_columns(failures), file=sys.stderr)
         print(file=sys.stderr)
         raise
+
+
+async def _info(client: RpcClient, args: argparse.Namespace) -> None:
+    sections = await client.stats()
+    if args.format == "json":  # Go writes a map's keys sorted
+        print(_go_json({name: dict(sorted(sections[name].items())) for name in sorted(sections)}))
+    else:
+        print(info_text(sections))
+
+
+def info_text(sections: Mapping[str, Mapping[str, str]]) -> str:
+    """The agent's figures as ``serf info`` prints them: each section by name, sorted, then
+    its ``name = value`` lines, sorted, indented with a tab."""
+    lines: list[str] = []
+    for section in sorted(sections):
+        lines.append(f"{section}:")
+        lines.extend(f"\t{k} = {v}" for k, v in sorted(sections[section].items()))
+    return "\n".join(lines)
+
+
+MONITOR_ENDED = (
+    "Remote side ended the monitor! This usually means that the\nremote side has exited or crashed."
+)
+
+
+async def _monitor(client: RpcClient, args: argparse.Namespace) -> None:
+    """Print the agent's log lines, as ``serf monitor`` does, until interrupted; if the agent
+    goes away, say so as serf does and exit 1."""
+    async with client.monitor(args.log_level) as lines:
+        try:
+            async for line in lines:
+                print(line, flush=True)
+        except RpcConnectionError:
+            pass
+    print(f"\n{MONITOR_ENDED}", flush=True)
+    raise SystemExit(1)
 
 
 async def _rtt(client: RpcClient, args: argparse.Namespace) -> None:

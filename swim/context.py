@@ -25,6 +25,8 @@ class Counters:
     tcp_fallback_pings: int = 0
     suspicions_raised: int = 0
     suspicions_refuted: int = 0
+    failures_declared: int = 0
+    """Members this node declared failed when their suspicion timed out (not news of others')."""
     suspicion_checks: int = 0
     verdicts_told: int = 0
     stale_news_corrected: int = 0
@@ -36,6 +38,13 @@ class Counters:
     bytes_out: int = 0
     decode_errors: int = 0
     dropped_packets: int = 0
+    """Every packet or message dropped, whatever the reason; the reasons follow."""
+    misaddressed_pings: int = 0
+    """Pings meant for another node (it reused our address)."""
+    malformed_messages: int = 0
+    """Messages that decode but say the impossible (a bad address or protocol version)."""
+    unexpected_messages: int = 0
+    """Messages of a kind that has no business in a packet."""
     replays_refused: int = 0
     members_refused: int = 0
 

@@ -98,6 +98,7 @@ class Statistics:
     tcp_fallback_pings: int
     suspicions_raised: int
     suspicions_refuted: int
+    failures_declared: int
     suspicion_checks: int
     verdicts_told: int
     stale_news_corrected: int
@@ -109,10 +110,17 @@ class Statistics:
     bytes_out: int
     decode_errors: int
     dropped_packets: int
+    misaddressed_pings: int
+    malformed_messages: int
+    unexpected_messages: int
     replays_refused: int
     members_refused: int
     health_score: int
     members: int
+    members_alive: int
+    members_suspect: int
+    members_dead: int
+    members_left: int
     queued_broadcasts: int
 
 
@@ -245,6 +253,7 @@ class Engine:
             **{spec.name: getattr(counters, spec.name) for spec in dataclasses.fields(counters)},
             health_score=self._awareness.score,
             members=len(self._table),
+            **{f"members_{state.value}": n for state, n in self._table.state_counts().items()},
             queued_broadcasts=len(self._gossip),
         )
 
@@ -541,6 +550,7 @@ class Engine:
             self._ctx.emit(UserMessage(message.payload, source))
         else:
             self._ctx.counters.dropped_packets += 1
+            self._ctx.counters.unexpected_messages += 1
 
     # ------------------------------------------------------------------ streams
 

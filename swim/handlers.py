@@ -216,6 +216,11 @@ class Handlers:
         self._statistics = HandlerStatistics()
         self._dropping = False
 
+    @property
+    def scripts(self) -> tuple[EventHandler, ...]:
+        """The ``-event-handler`` scripts, in the order given."""
+        return self._handlers
+
     def statistics(self) -> HandlerStatistics:
         return self._statistics
 

@@ -17,7 +17,7 @@ import random
 import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -177,6 +177,10 @@ class RuntimeStatistics:
     """The runtime's own counters, beside the engine's."""
 
     inbound_streams: int = 0
+    outbound_streams: int = 0
+    stream_bytes_in: int = 0
+    """Bytes read from TCP streams, both ways (the engine counts UDP's)."""
+    stream_bytes_out: int = 0
     inbound_streams_refused: int = 0
     inbound_streams_silent: int = 0
     stream_errors: int = 0
@@ -193,6 +197,8 @@ class NodeStatistics:
     engine: Statistics
     runtime: RuntimeStatistics
     serf: SerfStatistics | None
+    queued_events: int
+    """Events waiting for the slowest subscriber of :meth:`Node.events`."""
 
 
 Delivered = Event | SerfEvent | EventsLost
@@ -447,11 +453,17 @@ class Node:
         """The node's counters as they stand now."""
         serf = self.stack.serf
         return NodeStatistics(
-            self.engine.statistics(), self._runtime, serf.statistics() if serf else None
+            self.engine.statistics(),
+            self._runtime,
+            serf.statistics() if serf else None,
+            max(map(len, self._subscribers), default=0),
         )
 
     def _count(self, counter: str) -> None:
         self._runtime = bump(self._runtime, counter)
+
+    def _count_bytes(self, counter: str, size: int) -> None:
+        self._runtime = replace(self._runtime, **{counter: getattr(self._runtime, counter) + size})
 
     def events(self) -> EventStream:
         """Subscribe to events from now on (membership, user messages, isolation)."""
@@ -788,27 +800,31 @@ class Node:
             self._flush()
             if reply is not None:
                 await stream.send(reply)
+                self._count_bytes("stream_bytes_out", len(reply))
 
     async def _read_stream(self, stream: SocketStream, first: bytes = b"") -> IncomingStream:
         """Read one message off ``stream``; past :data:`LARGE_STREAM` bytes, decode in a worker
         thread."""
         incoming = self.stack.incoming()
         received = len(first)
-        if first and incoming.receive_data(first):
-            return incoming
-        while True:
-            try:
-                chunk = await stream.receive(RECEIVE_BUFFER)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                incoming.end_of_stream()
+        try:
+            if first and incoming.receive_data(first):
                 return incoming
-            received += len(chunk)
-            if received > LARGE_STREAM:
-                done = await anyio.to_thread.run_sync(incoming.receive_data, chunk)
-            else:
-                done = incoming.receive_data(chunk)
-            if done:
-                return incoming
+            while True:
+                try:
+                    chunk = await stream.receive(RECEIVE_BUFFER)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    incoming.end_of_stream()
+                    return incoming
+                received += len(chunk)
+                if received > LARGE_STREAM:
+                    done = await anyio.to_thread.run_sync(incoming.receive_data, chunk)
+                else:
+                    done = incoming.receive_data(chunk)
+                if done:
+                    return incoming
+        finally:
+            self._count_bytes("stream_bytes_in", received)
 
     async def _outbound_stream(self, request: StreamRequest) -> None:
         incoming: IncomingStream | None = None
@@ -817,8 +833,10 @@ class Node:
             try:
                 host, port = request.address
                 stream = await anyio.connect_tcp(host, port)
+                self._count("outbound_streams")
                 async with stream:
                     await stream.send(request.data)
+                    self._count_bytes("stream_bytes_out", len(request.data))
                     if request.expects_reply:
                         incoming = await self._read_stream(stream)
             except OSError as exc:

@@ -240,6 +240,7 @@ class Prober:
         table = ctx.table
         if ping.node and ping.node != table.me.name:
             ctx.counters.dropped_packets += 1
+            ctx.counters.misaddressed_pings += 1
             return
         destination = _reply_address(ping.source_addr, ping.source_port, source)
         payload = ctx.delegate.ack_payload() if ctx.delegate is not None else b""
@@ -262,6 +263,7 @@ class Prober:
         ctx = self._ctx
         if len(request.target) not in (4, 16) or not request.port:
             ctx.counters.dropped_packets += 1
+            ctx.counters.malformed_messages += 1
             return
         self._seq_no += 1
         seq_no = self._seq_no

@@ -184,6 +184,7 @@ class StateRules:
         vsn = alive.vsn
         if vsn[0] == 0 or vsn[1] == 0 or vsn[0] > vsn[1] or len(alive.addr) not in (4, 16):
             self._ctx.counters.dropped_packets += 1
+            self._ctx.counters.malformed_messages += 1
             return
         if len(alive.meta) > self._peer_meta_max_size:
             self._refuse_member(
@@ -380,6 +381,7 @@ class StateRules:
             )
             return
         self._cancel_suspicion(entry.name)
+        self._ctx.counters.failures_declared += 1
         log.info(
             "marking %s as failed, suspect timeout reached (%d confirmations)",
             entry.name,

@@ -94,6 +94,12 @@ class MemberTable:
         mine = self.me.state in (MemberState.ALIVE, MemberState.SUSPECT)
         return counts[MemberState.ALIVE] + counts[MemberState.SUSPECT] + mine
 
+    def state_counts(self) -> dict[MemberState, int]:
+        """Members in each state, this node included: O(1), for metrics."""
+        counts = dict(self._state_counts)
+        counts[self.me.state] += 1
+        return counts
+
     @property
     def peers_not_left(self) -> int:
         """Peers we should hear from: alive, suspect or dead (until their reconnect window

@@ -289,3 +289,16 @@ def test_a_bad_event_handler_names_the_flag_and_how_to_write_it() -> None:
     assert refused("-event-handler-timeout=0").startswith(
         "swim agent: -event-handler-timeout '0': give a duration above 0"
     )
+
+
+def test_a_metrics_port_in_use_names_the_flag() -> None:
+    with taken(socket.SOCK_STREAM) as port:
+        line = refused(f"-metrics-addr={LOOPBACK}:{port}")
+    assert f"-metrics-addr {LOOPBACK}:{port}: port {port} is in use" in line
+    assert f"choose another port with -metrics-addr={LOOPBACK}:PORT" in line
+
+
+def test_a_metrics_address_without_a_port_says_what_it_takes() -> None:
+    line = refused(f"-metrics-addr={LOOPBACK}")
+    assert f"-metrics-addr '{LOOPBACK}': no port" in line
+    assert "expected HOST:PORT, such as 127.0.0.1:9100" in line

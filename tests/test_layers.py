@@ -50,6 +50,8 @@ LAYERS: dict[str, int] = {
     "swim.rpc": AGENT,
     "swim.snapshot": AGENT,
     "swim.handlers": AGENT,
+    "swim.metrics": AGENT,
+    "swim.monitor": AGENT,
     "swim.agent": AGENT,
     "swim.demo": AGENT,
     "swim.cli": AGENT,

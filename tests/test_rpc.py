@@ -28,7 +28,6 @@ from swim.rpc import (
     MAX_REQUEST_BYTES,
     REGEX_ERROR_PREFIX,
     STREAM_BUFFER,
-    UNSUPPORTED_COMMAND,
     RpcClient,
     RpcConnectionError,
     RpcError,
@@ -97,6 +96,7 @@ class FakeBackend:
         self.calls: list[tuple[Any, ...]] = []
         self.failures: dict[str, Exception] = {}
         self.subscribers: list[Callable[[RpcEvent], None]] = []
+        self.monitors: list[tuple[str, Callable[[str], None]]] = []
 
     def _maybe_fail(self, name: str) -> None:
         if name in self.failures:
@@ -134,6 +134,14 @@ class FakeBackend:
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self.subscribers.append(deliver)
         return partial(self.subscribers.remove, deliver)
+
+    def monitor(self, level: str, deliver: Callable[[str], None]) -> Callable[[], None]:
+        self.monitors.append((level, deliver))
+        return partial(self.monitors.remove, (level, deliver))
+
+    def log(self, line: str) -> None:
+        for _, deliver in list(self.monitors):
+            deliver(line)
 
     async def install_key(self, key: str) -> RpcKeyResult:
         return self._key("install-key", key)
@@ -418,6 +426,60 @@ async def test_a_slow_stream_drops_events_instead_of_buffering_them(
     assert await raw.receive() == {"Seq": 2, "Error": ""}  # and nothing more
 
 
+async def test_a_monitor_streams_log_lines_at_its_level_until_stopped(
+    agent: str, backend: FakeBackend
+) -> None:
+    with trio.fail_after(WAIT):
+        async with RpcClient.connect(agent) as client:
+            async with client.monitor("debug") as lines:
+                assert [level for level, _ in backend.monitors] == ["DEBUG"]
+                backend.log("2026/12/02 10:00:00 [INFO] serf: EventMemberJoin: a 10.0.0.1")
+                assert await anext(lines) == (
+                    "2026/12/02 10:00:00 [INFO] serf: EventMemberJoin: a 10.0.0.1"
+                )
+                assert len(await client.members()) == len(CLUSTER)  # the connection goes on
+            assert backend.monitors == []
+            with pytest.raises(RpcError, match=r"^Unknown log level: LOUD$"):
+                async with client.monitor("loud"):
+                    pass
+
+
+async def test_one_monitor_a_connection_as_serf(agent: str, backend: FakeBackend) -> None:
+    raw = await Raw.open(agent)
+    await raw.send({"Command": "monitor", "Seq": 1}, {"LogLevel": "info"})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    await raw.send({"Command": "monitor", "Seq": 2}, {"LogLevel": "info"})
+    assert await raw.receive() == {"Seq": 2, "Error": "Monitor already exists"}
+    await raw.send({"Command": "stop", "Seq": 3}, {"Stop": 1})
+    assert await raw.receive() == {"Seq": 3, "Error": ""}
+    assert backend.monitors == []
+    await raw.send({"Command": "monitor", "Seq": 4}, {"LogLevel": "err"})
+    assert await raw.receive() == {"Seq": 4, "Error": ""}
+    assert [level for level, _ in backend.monitors] == ["ERR"]
+
+
+async def test_a_slow_monitor_drops_lines_and_says_how_many(
+    agent: str, backend: FakeBackend
+) -> None:
+    raw = await Raw.open(agent)
+    await raw.send({"Command": "monitor", "Seq": 1}, {"LogLevel": "debug"})
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    # No checkpoint between these, so the monitor cannot send any: it keeps the first 512.
+    for n in range(STREAM_BUFFER + 100):
+        backend.log(f"line {n}")
+    received = []
+    for _ in range(STREAM_BUFFER):
+        assert await raw.receive() == {"Seq": 1, "Error": ""}
+        received.append((await raw.receive())["Log"])
+    assert received == [f"line {n}" for n in range(STREAM_BUFFER)]
+    backend.log("after")
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    notice = (await raw.receive())["Log"]
+    assert notice.endswith("[WARN] agent.ipc: dropped 100 log lines: this monitor reads too slowly")
+    assert await raw.receive() == {"Seq": 1, "Error": ""}
+    assert await raw.receive() == {"Log": "after"}
+
+
 async def test_garbage_closes_only_that_connection(agent: str, backend: FakeBackend) -> None:
     bystander = await Raw.open(agent)
     for garbage in (
@@ -700,8 +762,10 @@ async def test_serf_sees_backend_errors(agent: str, backend: FakeBackend) -> Non
         1,
         "Error sending event: user event exceeds limit of 512 bytes\n",
     )
-    # Commands shoal does not serve fail cleanly instead of hanging serf.
-    assert await serf("monitor", rpc) == (1, f"Error starting monitor: {UNSUPPORTED_COMMAND}\n")
+    assert await serf("monitor", rpc, "-log-level=loud") == (
+        1,
+        "Error starting monitor: Unknown log level: LOUD\n",
+    )
 
 
 async def test_serf_with_an_auth_key(secured_agent: str) -> None:

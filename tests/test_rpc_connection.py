@@ -68,8 +68,10 @@ from swim.rpc.schema import (
     MemberList,
     Members,
     MembersFiltered,
+    Monitor,
     RequestBody,
     Respond,
+    RpcLogRecord,
     Stats,
     StatsReply,
     Stop,
@@ -196,12 +198,31 @@ def test_an_unknown_command_is_answered_then_closes() -> None:
 
 def test_serf_commands_shoal_does_not_serve_keep_the_connection() -> None:
     connection = server()
-    assert answered(connection, {"Command": "monitor", "Seq": 2}, {"LogLevel": "debug"}) == [
-        {"Seq": 2, "Error": UNSUPPORTED_COMMAND}
+    assert answered(connection, {"Command": "monitor", "Seq": 2}, {"LogLevel": "loud"}) == [
+        {"Seq": 2, "Error": "Unknown log level: LOUD"}
     ]
     assert request(connection, {"Command": "join", "Seq": 4}, {"Existing": ["10.0.0.9"]}) == (
         Request(4, Join(("10.0.0.9",)))
     )
+
+
+def test_a_monitor_streams_log_records_until_its_stop() -> None:
+    connection = server()
+    assert request(connection, {"Command": "monitor", "Seq": 3}, {"LogLevel": "info"}) == (
+        Request(3, Monitor("info"))
+    )
+    assert unpack(connection.send(OK)) == [{"Seq": 3, "Error": ""}]
+    line = RpcLogRecord("2026/12/02 10:00:00 [INFO] serf: EventMemberJoin: a 10.0.0.1")
+    assert unpack(connection.send(StreamRecord(3, line))) == [
+        {"Seq": 3, "Error": ""},
+        {"Log": line.log},
+    ]
+    assert answered(connection, {"Command": "monitor", "Seq": 4}, {"LogLevel": "debug"}) == [
+        {"Seq": 4, "Error": "Monitor already exists"}
+    ]
+    assert request(connection, {"Command": "stop", "Seq": 5}, {"Stop": 3}) == Request(5, Stop(3))
+    assert unpack(connection.send(OK)) == [{"Seq": 5, "Error": ""}]
+    assert connection.send(StreamRecord(3, line)) == b""  # queued before the stop: dropped
 
 
 @pytest.mark.parametrize(

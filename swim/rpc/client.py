@@ -35,6 +35,7 @@ from swim.rpc.schema import (
     RpcEvent,
     RpcKeyError,
     RpcKeyResult,
+    RpcLogRecord,
     RpcMember,
     RpcQuery,
     RpcQueryRecord,
@@ -267,6 +268,32 @@ class RpcClient:
                     await self._request(schema.Stop(subscription.seq))
 
     async def _events(self, subscription: _Subscription) -> AsyncIterator[RpcEvent]:
+        async for event in self._stream_records(subscription):
+            if not isinstance(event, RpcLogRecord):
+                yield event
+
+    @asynccontextmanager
+    async def monitor(self, log_level: str = "INFO") -> AsyncIterator[AsyncIterator[str]]:
+        """The agent's log lines at ``log_level`` (trace, debug, info, warn or err) and above,
+        as they are written: ``async with client.monitor("debug") as lines: ...``.  Leaving
+        the block stops the monitor.  Raises :class:`RpcError` for an unknown level."""
+        subscription = await self._subscribe(schema.Monitor(log_level))
+        try:
+            yield self._log_lines(subscription)
+        finally:
+            self._unsubscribe(subscription)
+            if self._broken is None:
+                with anyio.move_on_after(self._timeout, shield=True), suppress(RpcConnectionError):
+                    await self._request(schema.Stop(subscription.seq))
+
+    async def _log_lines(self, subscription: _Subscription) -> AsyncIterator[str]:
+        async for record in self._stream_records(subscription):
+            if isinstance(record, RpcLogRecord):
+                yield record.log
+
+    async def _stream_records(
+        self, subscription: _Subscription
+    ) -> AsyncIterator[RpcEvent | RpcLogRecord]:
         while True:
             await self._wait(lambda: bool(subscription.records) or subscription.stopped)
             if subscription.stopped:
@@ -275,7 +302,7 @@ class RpcClient:
             if isinstance(record, StreamRecord):
                 yield record.event
 
-    async def _subscribe(self, request: schema.Stream | RpcQuery) -> _Subscription:
+    async def _subscribe(self, request: schema.Stream | schema.Monitor | RpcQuery) -> _Subscription:
         """Send a stream or query request and wait for its acknowledgement."""
         seq, data = self._protocol.send(request)
         subscription = self._subscriptions[seq] = _Subscription(seq)

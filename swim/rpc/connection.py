@@ -41,15 +41,19 @@ from swim.rpc.schema import (
     INVALID_AUTH_TOKEN,
     INVALID_QUERY_ID,
     IPC_VERSION,
+    LOG_LEVELS,
+    MONITOR_EXISTS,
     QUERY_DONE,
     REPLIES,
     REQUESTS,
     SERF_COMMANDS,
     STREAM_EXISTS,
+    UNKNOWN_LOG_LEVEL,
     UNSUPPORTED_COMMAND,
     UNSUPPORTED_IPC_VERSION,
     Auth,
     Handshake,
+    Monitor,
     ReplyBody,
     ReplyHeader,
     RequestBody,
@@ -59,6 +63,7 @@ from swim.rpc.schema import (
     RpcEvent,
     RpcKeyError,
     RpcKeyResult,
+    RpcLogRecord,
     RpcQuery,
     RpcQueryEvent,
     RpcQueryRecord,
@@ -106,7 +111,7 @@ _REPLY_BUFFER = 4096
 ``read_size`` at once (by default 1 MiB) and never shrinks; from here it doubles only as far as
 a reply needs."""
 _BEFORE_AUTH: Final = (Handshake.COMMAND, Auth.COMMAND)
-_STREAMING: Final = (Stream.COMMAND, RpcQuery.COMMAND)
+_STREAMING: Final = (Stream.COMMAND, RpcQuery.COMMAND, Monitor.COMMAND)
 
 
 class NeedData(enum.Enum):
@@ -166,10 +171,10 @@ none, or :class:`Failed`."""
 
 @dataclass(frozen=True, slots=True)
 class StreamRecord:
-    """An event for the stream that request ``seq`` started."""
+    """An event for the stream that request ``seq`` started, or a log line for its monitor."""
 
     seq: int
-    event: RpcEvent
+    event: RpcEvent | RpcLogRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +277,7 @@ class ServerConnection(_End):
         "_commanded",
         "_connected",
         "_header",
+        "_monitor",
         "_outbox",
         "_peer",
         "_pending",
@@ -312,6 +318,8 @@ class ServerConnection(_End):
         """The request the driver is serving."""
         self._streams: dict[int, list[tuple[str, str]]] = {}
         """The open event streams, by the sequence number that started them, and their filters."""
+        self._monitor: int | None = None
+        """The sequence number of the request that started this connection's log monitor."""
         self._queries: dict[int, None] = {}
         """The IDs of the queries the streams delivered, which the client may answer, oldest
         first."""
@@ -343,6 +351,10 @@ class ServerConnection(_End):
         record; nothing for an event of a stream stopped since it was queued (nothing may
         follow the reply to stop).  Raises TypeError for a reply its command does not return."""
         if isinstance(event, StreamRecord):
+            if isinstance(event.event, RpcLogRecord):
+                return (
+                    _header(event.seq) + encode(event.event) if event.seq == self._monitor else b""
+                )
             if event.seq not in self._streams:
                 return b""
             if isinstance(event.event, RpcQueryEvent):
@@ -362,6 +374,8 @@ class ServerConnection(_End):
         if isinstance(event, Failed):
             if command == Stream.COMMAND:
                 del self._streams[pending.seq]
+            elif command == Monitor.COMMAND:
+                self._monitor = None
             tally = event.result if REPLIES.get(command) is RpcKeyResult else None
             return _header(pending.seq, event.message) + encode_reply_body(tally, command)
         wanted = REPLIES.get(command, Ok)
@@ -468,9 +482,17 @@ class ServerConnection(_End):
             if refusal:
                 self._answer(seq, command, refusal)
                 return None
-        elif isinstance(request, Stop) and self._streams.pop(request.stream, None) is None:
-            self._reply(seq)  # Serf's stop always succeeds
-            return None
+        elif isinstance(request, Monitor):
+            refusal = self._open_monitor(seq, request.log_level)
+            if refusal:
+                self._answer(seq, command, refusal)
+                return None
+        elif isinstance(request, Stop):
+            if request.stream == self._monitor:
+                self._monitor = None
+            elif self._streams.pop(request.stream, None) is None:
+                self._reply(seq)  # Serf's stop always succeeds
+                return None
         elif isinstance(request, Respond) and request.id not in self._queries:
             self._answer(seq, command, INVALID_QUERY_ID)
             return None
@@ -502,6 +524,16 @@ class ServerConnection(_End):
         if len(self._streams) >= MAX_STREAMS:
             return TOO_MANY_STREAMS
         self._streams[seq] = filters
+        return ""
+
+    def _open_monitor(self, seq: int, log_level: str) -> str:
+        """Why the monitor cannot start; empty when it has, for the driver to subscribe."""
+        level = log_level.upper()
+        if level not in LOG_LEVELS:
+            return UNKNOWN_LOG_LEVEL + level
+        if self._monitor is not None:
+            return MONITOR_EXISTS  # one a connection, as in Serf
+        self._monitor = seq
         return ""
 
     def _may_answer(self, query_id: int) -> None:
@@ -625,6 +657,8 @@ class ClientConnection(_End):
             if awaited.command == Stream.COMMAND:
                 event = decode_event(obj)
                 return None if event is None else StreamRecord(seq, event)
+            if awaited.command == Monitor.COMMAND:
+                return StreamRecord(seq, decode(RpcLogRecord, obj, "a log record"))
             record = decode(RpcQueryRecord, obj, "a query record")
         except DecodeError as exc:
             return Unreadable(seq, exc.reason)

@@ -36,6 +36,10 @@ AUTH_REQUIRED: Final = "Authentication required"
 INVALID_AUTH_TOKEN: Final = "Invalid authentication token"
 REGEX_ERROR_PREFIX: Final = "Failed to compile regex: "
 INVALID_QUERY_ID: Final = "No pending queries matching ID"
+MONITOR_EXISTS: Final = "Monitor already exists"
+UNKNOWN_LOG_LEVEL: Final = "Unknown log level: "
+LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "WARN", "ERR")
+"""The levels a ``monitor`` takes, finest first (Serf's ``LevelFilter``)."""
 QUERY_RECORD_TYPES: Final = ("ack", "response", "done")
 """The ``Type`` of the records a ``query`` streams (Serf's ``queryRecord``)."""
 
@@ -485,6 +489,24 @@ class Stream:
 
 
 @dataclass(frozen=True, slots=True)
+class Monitor:
+    """Stream the agent's log lines at ``log_level`` (one of :data:`LOG_LEVELS`, any case)
+    and above, until a ``stop``."""
+
+    COMMAND: ClassVar[str] = "monitor"
+    FIELDS: ClassVar[tuple[Field, ...]] = (Field("LogLevel", "log_level", _STR),)
+    log_level: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RpcLogRecord:
+    """One log line a ``monitor`` streams (Serf's ``logRecord``)."""
+
+    FIELDS: ClassVar[tuple[Field, ...]] = (Field("Log", "log", _STR),)
+    log: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Stop the event stream started by request ``stream``."""
 
@@ -591,6 +613,7 @@ RequestBody = (
     | Members
     | MembersFiltered
     | Stream
+    | Monitor
     | Stop
     | Leave
     | InstallKey
@@ -616,6 +639,7 @@ REQUESTS: Final[Mapping[str, type[RequestBody]]] = {
         Members,
         MembersFiltered,
         Stream,
+        Monitor,
         Stop,
         Leave,
         InstallKey,
@@ -702,6 +726,7 @@ _STRUCTS: Final = frozenset(
         RpcQueryEvent,
         RpcKeyResult,
         RpcQueryRecord,
+        RpcLogRecord,
         Joined,
         MemberList,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import suppress
@@ -43,6 +44,7 @@ from swim.rpc.schema import (
     RequestBody,
     RpcEvent,
     RpcKeyResult,
+    RpcLogRecord,
     RpcMember,
     RpcQuery,
     RpcQueryRecord,
@@ -103,6 +105,12 @@ class AgentBackend(Protocol):
         """Call ``deliver`` from the event loop's thread with every member and user event, and
         every query to answer, from now on, until the returned function is called.
         ``deliver`` never blocks: a stream too far behind drops events, as Serf's does."""
+        ...
+
+    def monitor(self, level: str, deliver: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``deliver`` from the event loop's thread with every log line at ``level`` (one
+        of :data:`~swim.rpc.schema.LOG_LEVELS`) or above, formatted as Serf's agent writes
+        them, until the returned function is called.  ``deliver`` never blocks."""
         ...
 
     async def install_key(self, key: str) -> RpcKeyResult:
@@ -276,9 +284,13 @@ class _Ending(enum.Enum):
     TIMED_OUT = "the client was too slow"
 
 
+StreamItem = RpcEvent | RpcLogRecord
+"""What an event stream or a log monitor sends its client."""
+
+
 @dataclass(slots=True)
 class _EventStream:
-    events: MemoryObjectSendStream[RpcEvent]
+    events: MemoryObjectSendStream[StreamItem]
     unsubscribe: Callable[[], None]
 
     def close(self) -> None:
@@ -354,6 +366,8 @@ class _Session:
         try:
             if isinstance(body, schema.Stream):
                 forward = self._subscribe(seq)
+            elif isinstance(body, schema.Monitor):
+                forward = self._monitor(seq, body.log_level.upper())
             elif isinstance(body, RpcQuery):
                 forward = partial(self._forward_query, seq, await self._backend.query(body))
             elif isinstance(body, schema.Stop):
@@ -375,12 +389,19 @@ class _Session:
     def _subscribe(self, seq: int) -> Callable[[], Coroutine[Any, Any, None]]:
         """Subscribe before acknowledging so nothing is missed: the events wait in a channel
         and go out, from the returned task, only after the acknowledgement, as Serf orders them."""
-        send, receive = anyio.create_memory_object_stream[RpcEvent](STREAM_BUFFER)
+        send, receive = anyio.create_memory_object_stream[StreamItem](STREAM_BUFFER)
         deliver = _deliverer(self._protocol, seq, send, self._peer)
         self._streams[seq] = _EventStream(send, self._backend.subscribe(deliver))
         return partial(self._forward, seq, receive)
 
-    async def _forward(self, seq: int, events: MemoryObjectReceiveStream[RpcEvent]) -> None:
+    def _monitor(self, seq: int, level: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        """As :meth:`_subscribe`, for log lines."""
+        send, receive = anyio.create_memory_object_stream[StreamItem](STREAM_BUFFER)
+        unsubscribe = self._backend.monitor(level, _log_deliverer(send))
+        self._streams[seq] = _EventStream(send, unsubscribe)
+        return partial(self._forward, seq, receive)
+
+    async def _forward(self, seq: int, events: MemoryObjectReceiveStream[StreamItem]) -> None:
         async with events:
             async for event in events:
                 async with self._write_lock:
@@ -403,7 +424,7 @@ class _Session:
 def _deliverer(
     protocol: ServerConnection,
     seq: int,
-    events: MemoryObjectSendStream[RpcEvent],
+    events: MemoryObjectSendStream[StreamItem],
     peer: str,
 ) -> Callable[[RpcEvent], None]:
     """What the backend calls with each event for stream ``seq``: it queues what the stream
@@ -432,6 +453,35 @@ def _deliverer(
             dropped = 0
 
     return deliver
+
+
+def _log_deliverer(lines: MemoryObjectSendStream[StreamItem]) -> Callable[[str], None]:
+    """What the backend calls with each log line for a monitor: past :data:`STREAM_BUFFER`
+    unread lines it drops new ones, and once there is room again it says how many were lost,
+    in the monitor's own stream (logging it would feed the monitors what they cannot take)."""
+    dropped = 0
+
+    def deliver(line: str) -> None:
+        nonlocal dropped
+        try:
+            if dropped:
+                lines.send_nowait(RpcLogRecord(_dropped_line(dropped)))
+                dropped = 0
+            lines.send_nowait(RpcLogRecord(line))
+        except anyio.WouldBlock:
+            dropped += 1
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return  # stopped
+
+    return deliver
+
+
+def _dropped_line(count: int) -> str:
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+    return (
+        f"{stamp} [WARN] agent.ipc: dropped {count} log line{'s' if count > 1 else ''}: this "
+        "monitor reads too slowly"
+    )
 
 
 async def _receive(stream: SocketStream, size: int, deadline: float) -> bytes | None:
