@@ -24,6 +24,8 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
+from discovery.gateway import ListenError
+from discovery.host import ServiceHost
 from swim import keys, wire
 from swim.agentconfig import (
     DEFAULT_RETRY_INTERVAL,
@@ -34,6 +36,16 @@ from swim.agentconfig import (
     flag_settings,
     load_settings,
     readable_by_others,
+)
+from swim.agentgateway import (
+    DRAIN_TIMEOUT,
+    GatewayOptions,
+    GatewaySettingsError,
+    add_gateway_arguments,
+    drain,
+    gateway_options,
+    listen_flag,
+    start_gateway,
 )
 from swim.background import Background
 from swim.config import Config, ConfigError, parse_duration
@@ -139,6 +151,8 @@ class AgentOptions:
     event_loop: str = "trio"
     event_handlers: list[EventHandler] = field(default_factory=list)
     event_handler_timeout: float = HANDLER_TIMEOUT
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    """``-http-addr``, ``-dns-addr`` and the config file's ``services``."""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +192,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help="event loop to run on (default: trio)",
     )
     add_config_arguments(parser)
+    add_gateway_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
@@ -235,6 +250,10 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
             f"{MIN_RETRY_INTERVAL:g}s"
         )
         retry_interval = MIN_RETRY_INTERVAL
+    try:
+        gateway = gateway_options(settings)
+    except GatewaySettingsError as exc:
+        raise AgentError(str(exc)) from None
     return AgentOptions(
         node=node,
         bind=_address(origin("bind"), settings.bind or "0.0.0.0:7946", 7946, any_port=True),
@@ -258,6 +277,7 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
         retry_interval=retry_interval,
         retry_max=retry_max,
         warnings=tuple(warnings),
+        gateway=gateway,
     )
 
 
@@ -642,6 +662,9 @@ async def run_agent(
             example = f"-rpc-addr=127.0.0.1:{rpc_port}"
             advice = _listen_advice("-rpc-addr", rpc_host, rpc_port, exc, example)
             raise AgentError(advice) from None
+        services = None
+        if options.gateway.wanted:
+            services = await _start_gateway(stack, node, options.gateway)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         try:
@@ -660,12 +683,31 @@ async def run_agent(
             nursery.start_soon(_retry_join, node, options)
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
+        if services is not None:
+            with anyio.move_on_after(DRAIN_TIMEOUT + config.leave_timeout + 2.0):
+                await drain(services)
         if node.engine.local_member.state is not MemberState.LEFT:
             log.info("leaving the cluster")
             with anyio.move_on_after(config.leave_timeout + 2.0):
                 await node.leave(config.leave_timeout)
         if snapshot is not None:
             snapshot.leave()
+
+
+async def _start_gateway(stack: AsyncExitStack, node: Node, options: GatewayOptions) -> ServiceHost:
+    """The agent's services and gateway; a listener that fails names its flag and the fix."""
+    try:
+        gateway, host = await start_gateway(stack, node, options)
+    except ListenError as exc:
+        flag = listen_flag(exc)
+        example = f"{flag}=127.0.0.1:{exc.port}"
+        raise AgentError(_listen_advice(flag, exc.host, exc.port, exc.cause, example)) from None
+    except GatewaySettingsError as exc:
+        raise AgentError(str(exc)) from None
+    for name, address in (("HTTP API", gateway.http_address), ("DNS", gateway.dns_address)):
+        if address is not None:
+            log.info("gateway: %s at %s", name, format_address(address))
+    return host
 
 
 def _start_handlers(
