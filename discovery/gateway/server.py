@@ -35,6 +35,8 @@ log = logging.getLogger("discovery.gateway")
 RESYNC_INTERVAL = 0.5
 """Seconds between two reads of the node's whole view when no event arrives (events can be
 lost under load; the view is the truth)."""
+LINGER = 1.0
+"""Seconds a closing connection reads what the client still sends (see :func:`_linger`)."""
 METADATA_RETRY = 30.0
 """Seconds before metadata that could not be fetched is tried again."""
 
@@ -285,6 +287,10 @@ class Gateway:
                 return None
             if isinstance(event, h11.Request):
                 request = event
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self._limits.max_header_bytes:
+                    limit_text = f"the limit is {self._limits.max_header_bytes} bytes"
+                    return api.text(431, f"Request headers too large: {limit_text}")
                 length = dict(event.headers).get(b"content-length")
                 if length is not None and int(length) > limit:
                     return api.text(413, f"Request body too large: the limit is {limit} bytes")
@@ -442,6 +448,7 @@ async def _send_reply(
         lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Error')}"]
         lines += [f"{name}: {value}" for name, value in headers]
         await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode() + reply.body)
+        await _linger(stream)
         return
     reason = _REASONS.get(reply.status, "")
     response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
@@ -450,6 +457,21 @@ async def _send_reply(
         data += connection.send(h11.Data(data=reply.body)) or b""
     data += connection.send(h11.EndOfMessage()) or b""
     await stream.send(data)
+    if close:
+        await _linger(stream)
+
+
+async def _linger(stream: SocketStream) -> None:
+    """Half-close, then read what the client still sends for a moment, so that the kernel does
+    not reset the connection (and lose the reply) over bytes left unread."""
+    await stream.send_eof()
+    with anyio.move_on_after(LINGER):
+        received = 0
+        while received < 65_536:
+            try:
+                received += len(await stream.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return
 
 
 _REASONS = {
@@ -460,5 +482,6 @@ _REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
     413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
     503: "Service Unavailable",
 }
