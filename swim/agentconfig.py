@@ -331,22 +331,26 @@ def _known_keys(key: str) -> str:
 def _typed(where: str, key: str, value: object) -> object:
     """``value`` checked against the type of ``key``; a duration comes back in seconds."""
     kind = _KINDS.get(key, "string")
-    wrong = f"{where}: {key}: expected {{}}, got {json.dumps(value)}"
+    got = json.dumps(value)
+
+    def wrong(expected: str) -> str:  # not str.format: the value may hold braces
+        return f"{where}: {key}: expected {expected}, got {got}"
+
     if kind == "string" and not isinstance(value, str):
-        raise SettingsError(wrong.format("a string") + f"; put it in quotes: {_quoted(value)}")
+        raise SettingsError(wrong("a string") + f"; put it in quotes: {_quoted(value)}")
     if kind == "boolean" and not isinstance(value, bool):
-        raise SettingsError(wrong.format("true or false") + "; write it without quotes")
+        raise SettingsError(wrong("true or false") + "; write it without quotes")
     if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
         fix = f"; write it without quotes: {value}" if _whole(value) else ", such as 3"
-        raise SettingsError(wrong.format("a whole number") + fix)
+        raise SettingsError(wrong("a whole number") + fix)
     if kind == "strings":
         if isinstance(value, str):
-            raise SettingsError(wrong.format("a list") + f"; write it as [{json.dumps(value)}]")
+            raise SettingsError(wrong("a list") + f"; write it as [{json.dumps(value)}]")
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise SettingsError(wrong.format('a list of strings, such as ["10.0.0.5:7946"]'))
+            raise SettingsError(wrong('a list of strings, such as ["10.0.0.5:7946"]'))
     if kind == "tags":
         if not isinstance(value, dict):
-            raise SettingsError(wrong.format('an object of strings, such as {"role": "web"}'))
+            raise SettingsError(wrong('an object of strings, such as {"role": "web"}'))
         for tag, text in value.items():
             if not isinstance(text, str):
                 raise SettingsError(
@@ -356,14 +360,14 @@ def _typed(where: str, key: str, value: object) -> object:
     if kind == "services":
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
             raise SettingsError(
-                wrong.format('a list of service objects, such as [{"Name": "web", "Port": 80}]')
+                wrong('a list of service objects, such as [{"Name": "web", "Port": 80}]')
             )
         if len(value) > MAX_SERVICES:
             raise SettingsError(f"{where}: {key}: {len(value)} services, over {MAX_SERVICES}")
         return tuple(value)
     if kind == "duration":
         if not isinstance(value, str):
-            raise SettingsError(wrong.format("a duration") + f'; give it a unit: "{value}s"')
+            raise SettingsError(wrong("a duration") + f'; give it a unit: "{value}s"')
         try:
             return parse_duration(value)
         except ValueError as exc:
