@@ -35,6 +35,9 @@ log = logging.getLogger("discovery.gateway")
 RESYNC_INTERVAL = 0.5
 """Seconds between two reads of the node's whole view when no event arrives (events can be
 lost under load; the view is the truth)."""
+COALESCE = 0.05
+"""Seconds the gateway waits after an event for the rest of its burst before it reads the view
+(which costs O(members))."""
 LINGER = 1.0
 """Seconds a closing connection reads what the client still sends (see :func:`_linger`)."""
 METADATA_RETRY = 30.0
@@ -178,6 +181,9 @@ class Gateway:
         while True:
             with anyio.move_on_after(RESYNC_INTERVAL):
                 await events.__anext__()
+                await anyio.sleep(COALESCE)  # a burst of events costs one read of the view
+            while len(events):
+                await events.__anext__()
             self.resync()
 
     async def _fetch_metadata(self) -> None:
@@ -257,7 +263,8 @@ class Gateway:
             reply = await self._answer(request)
             if reply.status in (400, 403, 413):
                 self._count("bad_requests")
-            await _send_reply(connection, stream, reply, close=False)
+            head = request.method == "HEAD"
+            await _send_reply(connection, stream, reply, close=False, head=head)
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
@@ -294,6 +301,9 @@ class Gateway:
                 length = dict(event.headers).get(b"content-length")
                 if length is not None and int(length) > limit:
                     return api.text(413, f"Request body too large: the limit is {limit} bytes")
+                if connection.they_are_waiting_for_100_continue:
+                    go_on = h11.InformationalResponse(status_code=100, headers=[])
+                    await stream.send(connection.send(go_on) or b"")
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > limit:
@@ -434,7 +444,10 @@ async def _send_reply(
     *,
     close: bool,
     unsolicited: bool = False,
+    head: bool = False,
 ) -> None:
+    """Send ``reply`` (its headers only, for a HEAD request); a reply that ends the
+    connection lingers (see :func:`_linger`)."""
     headers = [
         ("Content-Type", reply.content_type),
         ("Content-Length", str(len(reply.body))),
@@ -453,7 +466,7 @@ async def _send_reply(
     reason = _REASONS.get(reply.status, "")
     response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
     data = connection.send(response) or b""
-    if reply.body:
+    if reply.body and not head:
         data += connection.send(h11.Data(data=reply.body)) or b""
     data += connection.send(h11.EndOfMessage()) or b""
     await stream.send(data)

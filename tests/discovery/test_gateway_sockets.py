@@ -287,3 +287,26 @@ async def test_a_discovery_client_and_the_gateway_agree() -> None:
                     found = discovery.instances("web")
             assert sorted((i.node, i.address[1]) for i in found) == await served()
             assert {i.node: i.tags for i in found} == {"a": ("x",), "b": ()}
+
+
+async def test_head_gets_the_headers_alone_and_expect_100_continue_is_answered() -> None:
+    async with gateway() as (started, host):
+        address = address_of(started)
+        status, headers, body = await request(address, "HEAD", "/v1/agent/self")
+        assert status == 200 and int(headers["content-length"]) > 0 and body == b""
+        definition = json.dumps({"Name": "web", "Port": 80}).encode()
+        stream = await anyio.connect_tcp(*address)
+        async with stream:
+            head = (
+                "PUT /v1/agent/service/register HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+                f"Content-Length: {len(definition)}\r\nConnection: close\r\n\r\n"
+            )
+            await stream.send(head.encode())
+            with anyio.fail_after(LIMIT):
+                assert (await stream.receive()).startswith(b"HTTP/1.1 100 ")
+                await stream.send(definition)
+                reply = b""
+                while chunk := await read(stream, 65_536):
+                    reply += chunk
+        assert parse(reply)[0] == 200
+        assert "web" in host.registered()
