@@ -683,7 +683,7 @@ async def run_agent(
             nursery.start_soon(_retry_join, node, options)
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
-        if services is not None:
+        if services is not None and node.engine.local_member.state is not MemberState.LEFT:
             with anyio.move_on_after(DRAIN_TIMEOUT + config.leave_timeout + 2.0):
                 await drain(services)
         if node.engine.local_member.state is not MemberState.LEFT:
@@ -704,7 +704,8 @@ async def _start_gateway(stack: AsyncExitStack, node: Node, options: GatewayOpti
         raise AgentError(_listen_advice(flag, exc.host, exc.port, exc.cause, example)) from None
     except GatewaySettingsError as exc:
         raise AgentError(str(exc)) from None
-    for name, address in (("HTTP API", gateway.http_address), ("DNS", gateway.dns_address)):
+    listening = (gateway.http_address, gateway.dns_address) if gateway else (None, None)
+    for name, address in zip(("HTTP API", "DNS"), listening, strict=True):
         if address is not None:
             log.info("gateway: %s at %s", name, format_address(address))
     return host

@@ -137,9 +137,10 @@ def _listen_address(flag: str, text: str | None, default_port: int) -> tuple[str
 
 async def start_gateway(
     stack: AsyncExitStack, node: Node, options: GatewayOptions
-) -> tuple[Gateway, ServiceHost]:
-    """The agent's service host (with the configured services) and gateway, running until
-    ``stack`` closes.  :class:`ListenError` when a listener fails."""
+) -> tuple[Gateway | None, ServiceHost]:
+    """The agent's service host (with the configured services) and gateway (when it is to
+    listen somewhere), running until ``stack`` closes.  :class:`ListenError` when a listener
+    fails."""
     host = await stack.enter_async_context(ServiceHost(node))
     for service in options.services:
         try:
@@ -153,6 +154,8 @@ async def start_gateway(
             )
         except (RegistrationError, ValueError) as exc:
             raise GatewaySettingsError(f"services: {service.name!r}: {exc}") from None
+    if options.http is None and options.dns is None:
+        return None, host
     gateway = Gateway(
         node,
         http=options.http,

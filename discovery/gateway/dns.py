@@ -160,10 +160,9 @@ class DnsResponder:
             if found is None:
                 return None
             for instance in found:
-                if rdtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
-                    target = dns.name.from_text(f"{instance.node}.node", self.domain)
-                    weight = max(1, min(instance.weight, 65_535))
-                    srv = f"1 {weight} {instance.address[1]} {target}"
+                target = self._node_name(instance.node)
+                if target is not None and rdtype in (dns.rdatatype.SRV, dns.rdatatype.ANY):
+                    srv = f"1 {instance.weight} {instance.address[1]} {target}"
                     self._add(response.answer, name, dns.rdatatype.SRV, srv)
                     self._address(
                         response.additional, target, dns.rdatatype.ANY, instance.address[0]
@@ -172,6 +171,14 @@ class DnsResponder:
                     self._address(response.answer, name, rdtype, instance.address[0])
             return True
         return None
+
+    def _node_name(self, node: str) -> dns.name.Name | None:
+        """``NODE.node.DOMAIN``; None for a node name DNS cannot carry (a label over 63
+        bytes), whose instances get no SRV record."""
+        try:
+            return dns.name.from_text(f"{node}.node", self.domain)
+        except dns.exception.DNSException:
+            return None
 
     def _instances(self, labels: list[str]) -> list[Instance] | None:
         """The passing instances ``labels`` name (``[TAG.]NAME`` or ``_NAME._PROTO``); None

@@ -144,3 +144,16 @@ def test_a_response_is_not_answered() -> None:
 def test_no_packet_raises(packet: bytes) -> None:
     reply = responder().answer(packet, udp=True)
     assert reply is None or len(reply) <= 512
+
+
+def test_a_node_name_dns_cannot_carry_gets_no_srv_but_its_address_still_answers() -> None:
+    long_name = "n" * 70  # a label holds 63 bytes at most
+    view = view_of(
+        node(long_name, {"web": ServiceRecord(8080)}),
+        node("b", {"web": ServiceRecord(81)}, host="10.0.0.2"),
+    )
+    dns_responder = DnsResponder(view)
+    assert records(ask(dns_responder, "web.service.shoal")) == ["10.0.0.1", "10.0.0.2"]
+    assert records(ask(dns_responder, "web.service.shoal", "SRV"), "SRV") == [
+        "1 100 81 b.node.shoal."
+    ]
