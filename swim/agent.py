@@ -24,7 +24,7 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
-from discovery.gateway import ListenError
+from discovery.gateway import Gateway, ListenError
 from discovery.host import ServiceHost
 from swim import keys, wire
 from swim.agentconfig import (
@@ -426,6 +426,8 @@ class NodeBackend:
         self._subscribers: list[Callable[[RpcEvent], None]] = []
         self.handlers: Handlers | None = None
         """The ``-event-handler`` scripts, whose figures :meth:`stats` reports."""
+        self.gateway: Gateway | None = None
+        """The ``-http-addr`` / ``-dns-addr`` gateway, whose counters :meth:`stats` reports."""
 
     def members(self) -> list[RpcMember]:
         return [_rpc_member(m) for m in self._node.serf.members()]
@@ -479,6 +481,7 @@ class NodeBackend:
             "memberlist": _strings(statistics.engine, statistics.runtime),
             "rpc": _rpc_section(self._rpc_statistics()),
             **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
+            **({"gateway": _gateway_section(self.gateway)} if self.gateway else {}),
         }
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
@@ -530,6 +533,17 @@ class NodeBackend:
         if rpc is not None:
             for deliver in list(self._subscribers):
                 deliver(rpc)
+
+
+def _gateway_section(gateway: Gateway) -> dict[str, str]:
+    """The gateway's counters: ``http.NAME`` and ``dns.NAME``, and its index."""
+    section = {"index": str(gateway.view.index)}
+    for prefix, counters in (
+        ("http", gateway.http_statistics()),
+        ("dns", gateway.dns_statistics()),
+    ):
+        section.update({f"{prefix}.{k}": v for k, v in _strings(counters).items()})
+    return section
 
 
 def _rpc_section(stats: RpcServerStatistics) -> dict[str, str]:
@@ -664,7 +678,7 @@ async def run_agent(
             raise AgentError(advice) from None
         services = None
         if options.gateway.wanted:
-            services = await _start_gateway(stack, node, options.gateway)
+            backend.gateway, services = await _start_gateway(stack, node, options.gateway)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         try:
@@ -694,7 +708,9 @@ async def run_agent(
             snapshot.leave()
 
 
-async def _start_gateway(stack: AsyncExitStack, node: Node, options: GatewayOptions) -> ServiceHost:
+async def _start_gateway(
+    stack: AsyncExitStack, node: Node, options: GatewayOptions
+) -> tuple[Gateway | None, ServiceHost]:
     """The agent's services and gateway; a listener that fails names its flag and the fix."""
     try:
         gateway, host = await start_gateway(stack, node, options)
@@ -708,7 +724,7 @@ async def _start_gateway(stack: AsyncExitStack, node: Node, options: GatewayOpti
     for name, address in zip(("HTTP API", "DNS"), listening, strict=True):
         if address is not None:
             log.info("gateway: %s at %s", name, format_address(address))
-    return host
+    return gateway, host
 
 
 def _start_handlers(

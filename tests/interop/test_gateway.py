@@ -89,7 +89,7 @@ async def test_curl_and_py_consul_read_the_catalog_and_follow_a_blocking_query(
     agents: Agents, tmp_path: Path
 ) -> None:
     web = {"Name": "web", "Port": 8080, "Tags": ["blue", "v1"], "Meta": {"zone": "z1"}}
-    _, http, _ = await gateway_agent(agents, "gw", tmp_path, services=[web])
+    agent, http, _ = await gateway_agent(agents, "gw", tmp_path, services=[web])
     base = f"http://{LOOPBACK}:{http}"
     assert await curl(f"{base}/v1/catalog/services") == {"web": ["blue", "v1"]}
     client = consul.Consul(host=LOOPBACK, port=http)
@@ -129,6 +129,10 @@ async def test_curl_and_py_consul_read_the_catalog_and_follow_a_blocking_query(
     assert (await curl(f"{base}/v1/agent/self"))["Config"]["NodeName"] == "gw"
     await curl(f"{base}/v1/agent/service/deregister/api-1", "-X", "PUT")
     assert await curl(f"{base}/v1/health/service/api") == []
+    _, info = await agent.cli("info", "-format=json")  # the real serf command
+    counters = json.loads(info)["gateway"]
+    assert int(counters["http.requests"]) >= 8
+    assert counters["dns.malformed"] == "0"
 
 
 async def test_a_token_is_asked_of_every_request(agents: Agents, tmp_path: Path) -> None:
