@@ -22,9 +22,10 @@ loss looks like) and only for the gossip ports, TCP and UDP alike, never the RPC
 
 Agents start ``--start-gap`` (0.1 s) apart in each cluster, alternating kinds, serf first, each
 joining its cluster's first agent.  The faults apply once both clusters have converged
-(``--faults-from start``: from the first start, but a ``serf agent`` whose ``-join`` dial is
-lost exits, as the local profile's 1 s TCP timeout makes likely).  The script keeps one RPC
-connection open to every agent and polls ``members`` over all of them at once, as
+(``--faults-from start``: from the first start; then every agent but the first joins with
+``-retry-join``, retried every ``--retry-interval``, because an agent whose ``-join`` dial is
+lost exits, as the local profile's 1 s TCP timeout makes likely under loss).  The script keeps
+one RPC connection open to every agent and polls ``members`` over all of them at once, as
 ``serf members`` would:
 
 1. Start-up convergence: from the last start of a kind until every agent of that kind lists all
@@ -84,10 +85,13 @@ from benchmarks.agents import (
     REPO,
     Agent,
     BenchError,
+    Program,
     check_running,
     cpu_ticks,
     free_ports,
+    serf_program,
     serf_version,
+    shoal_program,
     start_agent,
     stop_all,
     until_terminated,
@@ -403,6 +407,17 @@ def count_logs(record: LossRecord, victim: str | None) -> None:
                 counts.refuted += sum(1 for _ in REFUTED.finditer(text))
 
 
+def joining(args: argparse.Namespace, kind: str, seed: str) -> tuple[Program, str]:
+    """What an agent of ``kind`` after the first runs, and its ``-join``: with faults from the
+    start, ``-retry-join`` instead, so that a lost join dial is retried (both agents support
+    it) rather than fatal."""
+    program = serf_program(args.serf) if kind == "serf" else shoal_program()
+    if args.faults_from != "start":
+        return program, seed
+    retry = (f"-retry-join={seed}", f"-retry-interval={args.retry_interval:g}s")
+    return Program(program.command, (*program.flags, *retry), program.checkout), ""
+
+
 async def run(args: argparse.Namespace, agents: list[Agent], outcome: Run) -> Run:
     n = args.nodes
     ports = free_ports(4 * n)
@@ -431,8 +446,11 @@ async def run(args: argparse.Namespace, agents: list[Agent], outcome: Run) -> Ru
             await connect_all(stack, [clusters[kind][0] for kind in KINDS], 30.0)
             for i in range(1, n):
                 for kind in KINDS:
-                    join = f"127.0.0.1:{clusters[kind][0].port}"
-                    agent = start_agent(agents, args, kind, i, ports=plan[kind][i], join=join)
+                    seed = f"127.0.0.1:{clusters[kind][0].port}"
+                    program, join = joining(args, kind, seed)
+                    agent = start_agent(
+                        agents, args, kind, i, ports=plan[kind][i], join=join, program=program
+                    )
                     clusters[kind].append(agent)
                     records[kind].last_start = trio.current_time()
                     await trio.sleep(args.start_gap / 2)
@@ -771,6 +789,7 @@ def main() -> None:
     flag("--flap-on", type=float, default=5.0, help="how long each cut lasts, s")
     flag("--flap-off", type=float, default=5.0, help="how long between cuts, s")
     flag("--faults-from", default="window", choices=("window", "start"), help="when faults begin")
+    flag("--retry-interval", type=float, default=1.0, help="-retry-interval with faults from start")
     flag("--json", default=None, metavar="FILE", help="write the figures to FILE as JSON")
     flag("--interval", type=float, default=0.5, help="time between polls in the window, s")
     flag("--poll", type=float, default=0.1, help="least time between polls while detecting, s")

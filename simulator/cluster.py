@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, Unpack
 
 from simulator.metrics import (
+    CoordinateReport,
     Metrics,
     NodeTraffic,
     Observation,
@@ -64,6 +65,7 @@ from swim.events import (
     MemberUpdated,
 )
 from swim.members import Address
+from swim.serf.coordinate import distance
 from swim.serf.layer import (
     QueryAck,
     QueryAnswer,
@@ -75,6 +77,7 @@ from swim.serf.layer import (
     SerfUserEvent,
 )
 from swim.stack import UNREADABLE_REPLY, MemberStack, RejoinDue, StackEvent
+from swim.wire.serf import Coordinate
 
 PORT = 7946
 SOCKET_BUFFER_BYTES = 212_992
@@ -86,6 +89,9 @@ DATA_TIMEOUT = 0.2
 """TCP's minimum retransmission timeout for lost data (Linux's ``TCP_RTO_MIN``)."""
 REJOIN_INTERVAL = 5.0
 """The first wait between rejoin attempts while isolated (the trio runtime's default)."""
+COORDINATE_PAIRS = 2000
+"""Pairs of members whose estimated RTT a report compares with the true one, at most (a random
+sample of them in larger clusters: all pairs would be quadratic)."""
 RETRIES = 6
 """Retransmissions of one segment before TCP gives up (Linux's ``tcp_syn_retries``); the
 doubling timeouts outlast any stream deadline by then."""
@@ -376,6 +382,38 @@ class Cluster:
             network.blocked(observer, member) or network.blocked(member, observer)
         )
 
+    def mean_rtt(self, a: str, b: str) -> float:
+        """The round trip between ``a`` and ``b`` that the links give on average (latency,
+        distance and mean jitter both ways; a small packet's transmission time is left out)."""
+        first, second = self._node(a), self._node(b)
+        apart = math.dist(first.position, second.position)
+        rtt = 0.0
+        for source, target in ((a, b), (b, a)):
+            link = self.network.link(source, target)
+            rtt += link.latency + link.jitter + link.distance * apart
+        return rtt
+
+    def coordinate_samples(self, max_pairs: int = COORDINATE_PAIRS) -> list[tuple[float, float]]:
+        """(estimated, mean) RTTs for up to ``max_pairs`` pairs of running members where the
+        first holds the second's coordinate: the estimate is what ``serf rtt`` prints there."""
+        pairs: list[tuple[str, str, Coordinate, Coordinate]] = []
+        for name in self.running():
+            serf = self._stack(self._node(name)).serf
+            if serf is None:
+                continue
+            held = serf.coordinates()
+            mine = held.get(name)
+            if mine is None:
+                continue
+            pairs += [
+                (name, member, mine, theirs)
+                for member, theirs in held.items()
+                if member != name and self.is_running(member)
+            ]
+        if len(pairs) > max_pairs:
+            pairs = self.random_for("coordinates").sample(pairs, max_pairs)
+        return [(distance(mine, theirs), self.mean_rtt(a, b)) for a, b, mine, theirs in pairs]
+
     def is_running(self, name: str) -> bool:
         """Whether ``name``'s process runs: false once it crashed, or once its leave went out
         (a leaving node runs until then); a paused node still runs."""
@@ -409,6 +447,7 @@ class Cluster:
             events=dict(metrics.event_counts),
             user_events=self.serf_metrics.user_events(),
             queries=self.serf_metrics.queries(),
+            coordinates=CoordinateReport.of(self.coordinate_samples()) if self._serf else None,
             max_health=max((s for t in metrics.health.values() for _, s in t), default=0),
             unhealthy_node_seconds=metrics.unhealthy_seconds(self.now),
             extra=dict(extra or {}),

@@ -202,6 +202,41 @@ class TrafficSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinateReport:
+    """How well Serf's network coordinates estimate round trips: for pairs (observer, member)
+    where the observer holds the member's coordinate, the distance from its own to it (what
+    ``serf rtt`` prints there) against the link model's mean RTT, in seconds."""
+
+    pairs: int
+    median_rtt: float
+    median_error: float
+    """The median of |estimated RTT - true RTT|."""
+    p90_error: float
+    median_relative_error: float
+    """The median of |estimated - true| / true."""
+
+    @classmethod
+    def of(cls, samples: Iterable[tuple[float, float]]) -> CoordinateReport | None:
+        """The report for (estimated, true) RTT pairs; None when there are none."""
+        pairs = list(samples)
+        if not pairs:
+            return None
+        errors = sorted(abs(estimated - true) for estimated, true in pairs)
+        relative = sorted(abs(estimated - true) / true for estimated, true in pairs if true > 0)
+        return cls(
+            pairs=len(pairs),
+            median_rtt=_median(sorted(true for _, true in pairs)),
+            median_error=_median(errors),
+            p90_error=errors[min(len(errors) - 1, int(0.9 * len(errors)))],
+            median_relative_error=_median(relative) if relative else 0.0,
+        )
+
+
+def _median(ordered: list[float]) -> float:
+    return ordered[len(ordered) // 2]
+
+
+@dataclass(frozen=True, slots=True)
 class Results:
     """Everything a run measured, as plain data; ``to_dict`` gives JSON-ready dicts."""
 
@@ -233,6 +268,8 @@ class Results:
     """Each Serf user event sent (Serf-enabled clusters)."""
     queries: tuple[QueryReport, ...] = ()
     """Each Serf query sent (Serf-enabled clusters)."""
+    coordinates: CoordinateReport | None = None
+    """How well network coordinates estimate RTTs at the end (Serf-enabled clusters)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Scenario-specific figures."""
 

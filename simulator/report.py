@@ -89,6 +89,14 @@ def _serf_lines(results: Results) -> list[str]:
             f"user events: {len(events)} sent, {whole} reached every member running when sent"
             f"{median}; {duplicates} delivered twice; {coalescable} coalescable ones"
         )
+    coordinates = results.coordinates
+    if coordinates is not None:
+        lines.append(
+            f"network coordinates: median error {coordinates.median_error * 1e3:.2f} ms "
+            f"({coordinates.median_relative_error:.0%}) on a median RTT of "
+            f"{coordinates.median_rtt * 1e3:.2f} ms, 90% within "
+            f"{coordinates.p90_error * 1e3:.2f} ms ({coordinates.pairs} pairs)"
+        )
     queries = results.queries
     if queries:
         answered = sum(q.answers for q in queries)

@@ -256,6 +256,14 @@ SCENARIOS: dict[str, Scenario] = {
             _pause,
         ),
         Scenario(
+            "coordinates",
+            "Serf layers on every member and no faults: how well Serf's network coordinates "
+            "estimate round trips (--profile wan gives links of different latencies)",
+            {},
+            _steady,
+            serf=True,
+        ),
+        Scenario(
             "serf",
             "Serf layers on every member: a user event every `every` s and a query every "
             "`query_every` s until `settle` s before the end, a split into halves at "

@@ -93,6 +93,7 @@ from swim.stack import UNREADABLE_REPLY
 from swim.toplevel import describe
 from swim.wire import serf as serf_wire
 from swim.wire.crypto import KeyringError, decode_key
+from swim.wire.serf import Coordinate
 
 if TYPE_CHECKING:  # only an agent with handlers imports swim.handlers (0.14 MB)
     from swim.handlers import EventHandler, Handlers
@@ -147,6 +148,8 @@ class AgentOptions:
     rpc_auth: str | None = None
     snapshot: str | None = None
     rejoin_after_leave: bool = False
+    disable_coordinates: bool = False
+    """Keep no network coordinate: acks carry none and ``get-coordinate`` answers Ok=false."""
     log_level: str = "INFO"
     event_loop: str = "trio"
     event_handlers: list[EventHandler] = field(default_factory=list)
@@ -169,7 +172,19 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     flag("-rpc-addr", "--rpc-addr", default=DEFAULT_RPC_ADDR, help="RPC endpoint address")
     flag("-rpc-auth", "--rpc-auth", default=None, help="token RPC clients must present")
     flag("-snapshot", "--snapshot", default=None, help="file to persist members and clocks")
-    flag("-rejoin", "--rejoin", action="store_true", help="rejoin the snapshot after a leave")
+    # Go booleans: -rejoin, -rejoin=true, -rejoin=false (the command rewrites the last form)
+    flag(
+        "-rejoin",
+        "--rejoin",
+        action=argparse.BooleanOptionalAction,
+        help="rejoin the snapshot after a leave",
+    )
+    flag(
+        "-disable-coordinates",
+        "--disable-coordinates",
+        action=argparse.BooleanOptionalAction,
+        help="keep no network coordinate (serf rtt then has none for this agent)",
+    )
     flag("-log-level", "--log-level", default="INFO", help="trace, debug, info, warn or err")
     flag(
         "-event-handler",
@@ -271,6 +286,7 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
         rpc_auth=settings.rpc_auth,
         snapshot=settings.snapshot_path,
         rejoin_after_leave=bool(settings.rejoin_after_leave),
+        disable_coordinates=bool(settings.disable_coordinates),
         log_level=log_level,
         event_loop=event_loop,
         retry_join=list(settings.retry_join),
@@ -483,6 +499,9 @@ class NodeBackend:
             **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
             **({"gateway": _gateway_section(self.gateway)} if self.gateway else {}),
         }
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        return self._node.serf.coordinate(node)
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self._subscribers.append(deliver)
@@ -773,6 +792,7 @@ async def _start_node(
         tags=options.tags,
         user_coalesce_period=AGENT_COALESCE_PERIOD,
         user_quiescent_period=AGENT_QUIESCENT_PERIOD,
+        disable_coordinates=options.disable_coordinates,
     )
     host, port = options.bind
     try:

@@ -56,6 +56,7 @@ class AgentSettings:
     retry_interval: float | None = None
     retry_max_attempts: int | None = None
     rejoin_after_leave: bool | None = None
+    disable_coordinates: bool | None = None
     http_addr: str | None = None
     dns_addr: str | None = None
     domain: str | None = None
@@ -90,6 +91,7 @@ FLAGS = {
     "retry_interval": "-retry-interval",
     "retry_max_attempts": "-retry-max",
     "rejoin_after_leave": "-rejoin",
+    "disable_coordinates": "-disable-coordinates",
     "tags": "-tag",
     "start_join": "-join",
     "retry_join": "-retry-join",
@@ -110,6 +112,7 @@ _KINDS = {
     "retry_interval": "duration",
     "retry_max_attempts": "integer",
     "rejoin_after_leave": "boolean",
+    "disable_coordinates": "boolean",
     "dns_ttl": "duration",
     "services": "services",
 }
@@ -118,7 +121,6 @@ _KINDS = {
 SERF_ONLY_KEYS = frozenset(
     {
         "role",
-        "disable_coordinates",
         "tags_file",
         "protocol",
         "replay_on_join",
@@ -165,7 +167,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
     The agent's flags that a file may set too default to None here, so that :func:`merge`
     sees which ones the command line gave; their defaults apply after the merge."""
-    parser.set_defaults(bind=None, profile=None, rpc_addr=None, rejoin=None, log_level=None)
+    parser.set_defaults(
+        bind=None,
+        profile=None,
+        rpc_addr=None,
+        rejoin=None,
+        disable_coordinates=None,
+        log_level=None,
+    )
     flag = parser.add_argument
     for name, metavar, what in (
         ("config-file", "FILE", "a JSON file of serf's settings; repeatable"),

@@ -1,9 +1,9 @@
 """The ``swim`` command.
 
 The agent-client commands (``members``, ``join``, ``leave``, ``force-leave``, ``tags``,
-``event``, ``keys``, ``query``) speak Serf's RPC protocol, so they drive a shoal agent or a Serf
-one alike.  They take serf's flags, single-dash (``-rpc-addr=...``) or double-dash, and print
-what serf prints.
+``event``, ``keys``, ``query``, ``rtt``) speak Serf's RPC protocol, so they drive a shoal agent
+or a Serf one alike.  They take serf's flags, single-dash (``-rpc-addr=...``) or double-dash,
+and print what serf prints.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from swim.rpc import (
     host_port,
     parse_rpc_addr,
 )
+from swim.serf.coordinate import distance
 from swim.toplevel import run_command
 from swim.wire.crypto import encode_key
+from swim.wire.serf import Coordinate
 
 ClientCommand = Callable[[RpcClient, argparse.Namespace], Awaitable[None]]
 
@@ -132,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
     _option(keys, "remove", default="", metavar="KEY", help="remove a key (not the primary)")
     _flag(keys, "list", "list every key and how many members hold it")
 
+    rtt = _client_parser(
+        commands,
+        "rtt",
+        "estimate the round trip time between two members from their network coordinates",
+        _rtt,
+        "getting coordinates",
+    )
+    rtt.add_argument("node", nargs="+", help="a member's name; the agent's own if only one")
+
     query = _client_parser(
         commands, "query", "ask the cluster and print acks and answers", _query, "sending query"
     )
@@ -173,7 +184,9 @@ def _option(parser: argparse.ArgumentParser, name: str, **options: Any) -> None:
     parser.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **options)
 
 
-_BOOLEAN_FLAGS = frozenset({"coalesce", "detailed", "list", "no-ack", "prune", "replay"})
+_BOOLEAN_FLAGS = frozenset(
+    {"coalesce", "detailed", "disable-coordinates", "list", "no-ack", "prune", "rejoin", "replay"}
+)
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})  # Go's strconv.ParseBool
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 
@@ -272,6 +285,8 @@ def _run_client(args: argparse.Namespace) -> int:
                 "swim keys: give exactly one of -install KEY, -use KEY, -remove KEY, -list"
             )
         args.failing = _KEY_FAILURES[actions[0]]
+    if args.command == "rtt" and len(args.node) > 2:
+        return _fail("swim rtt: give one or two node names (one: against the agent itself)")
     if args.command == "query" and not 0 <= args.relay_factor <= 255:
         return _fail("swim query: -relay-factor must be between 0 and 255")
     status: int = anyio.run(_client_main, args, backend="trio")
@@ -292,7 +307,13 @@ async def _client_main(args: argparse.Namespace) -> int:
             await args.client_command(client, args)
         except (RpcError, RpcConnectionError) as exc:
             return _fail(f"{args.failing}: {_hinted(exc)}")
+        except CommandError as exc:
+            return _fail(str(exc))
     return 0
+
+
+class CommandError(Exception):
+    """A client command cannot do what was asked; the message says why, as serf's would."""
 
 
 def _hinted(exc: Exception) -> str:
@@ -375,6 +396,31 @@ async def _keys(client: RpcClient, args: argparse.Namespace) -> None:
             print(_columns(failures), file=sys.stderr)
         print(file=sys.stderr)
         raise
+
+
+async def _rtt(client: RpcClient, args: argparse.Namespace) -> None:
+    """``serf rtt``: the distance between two members' coordinates, as the agent holds them."""
+    nodes = list(args.node)
+    if len(nodes) == 1:
+        nodes.append((await client.stats())["agent"]["name"])
+    first, second = [await _coordinate_of(client, node) for node in nodes]
+    try:
+        seconds = distance(first, second)
+    except ValueError as exc:
+        raise CommandError(
+            f"Cannot compare the coordinates of {nodes[0]} and {nodes[1]}: {exc}"
+        ) from None
+    print(f"Estimated {nodes[0]} <-> {nodes[1]} rtt: {seconds * 1000.0:.3f} ms")
+
+
+async def _coordinate_of(client: RpcClient, node: str) -> Coordinate:
+    coordinate = await client.get_coordinate(node)
+    if coordinate is None:
+        raise CommandError(
+            f"Could not find a coordinate for node {_go_json(node)} (unknown, not probed yet, "
+            "or its agent runs with -disable-coordinates)"
+        )
+    return coordinate
 
 
 async def _query(client: RpcClient, args: argparse.Namespace) -> None:

@@ -42,7 +42,7 @@ class Counters:
 
 class Delegate(Protocol):
     """What a layer above the engine (the Serf layer) hears and adds, as memberlist's
-    ``Delegate`` and ``EventDelegate`` do together."""
+    ``Delegate``, ``EventDelegate`` and ``PingDelegate`` do together."""
 
     def notify(self, event: Event) -> None:
         """An engine event, as it happens (membership changes, user messages, ...)."""
@@ -52,6 +52,14 @@ class Delegate(Protocol):
 
     def merge_remote_state(self, data: bytes, join: bool) -> None:
         """A peer's part of its push-pull state."""
+
+    def ack_payload(self) -> bytes:
+        """What our acks to direct pings carry (memberlist's ``PingDelegate.AckPayload``:
+        Serf's network coordinate)."""
+
+    def ping_completed(self, name: str, rtt: float, payload: bytes) -> None:
+        """Our direct ping of member ``name`` was acked within the probe timeout, ``rtt``
+        seconds after we sent it, with ``payload`` (``NotifyPingComplete``)."""
 
 
 @dataclass(slots=True, eq=False)

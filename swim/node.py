@@ -270,7 +270,8 @@ class Node:
     differs.  With ``tags`` (even empty) the node runs the Serf layer: tags travel as Serf
     tags, and user events, queries and Serf's join and leave intents work with Serf agents.
     ``user_coalesce_period`` and ``user_quiescent_period`` coalesce Serf user events as a Serf
-    agent does (off by default, as in the Serf library).
+    agent does (off by default, as in the Serf library).  The Serf layer keeps Serf's network
+    coordinates (carried in ping acks) unless ``disable_coordinates``.
     ``exit_when_isolated`` (seconds) makes an isolated node raise
     :class:`IsolatedError` out of its ``async with`` block once that long has passed without
     reconnecting; by default an isolated node keeps serving and keeps trying to rejoin.
@@ -295,6 +296,7 @@ class Node:
         keyring_file: str | None = None,
         user_coalesce_period: float = 0.0,
         user_quiescent_period: float = 0.0,
+        disable_coordinates: bool = False,
     ) -> None:
         self.config = config or Config.lan()
         self._name = name or socket.gethostname()
@@ -316,6 +318,7 @@ class Node:
         self._tags = None if tags is None else dict(tags)
         self._keyring_file = keyring_file
         self._coalescing = (user_coalesce_period, user_quiescent_period)
+        self._disable_coordinates = disable_coordinates
         self._queries: dict[int, QueryResult] = {}
         self._runtime = RuntimeStatistics()
         self._stack: MemberStack | None = None
@@ -324,6 +327,7 @@ class Node:
         self._listener: SocketListener | None = None
         self._background = Background()
         self._wakeup = anyio.Event()
+        self._timers_wait_until = -math.inf  # the deadline the timer task sleeps towards
         self._subscribers: weakref.WeakSet[EventStream] = weakref.WeakSet()
         self._joins: dict[int, tuple[anyio.Event, list[JoinCompleted]]] = {}
         self._reliable: dict[int, tuple[anyio.Event, list[str | None]]] = {}
@@ -372,6 +376,7 @@ class Node:
             quiescent_period=self._coalescing[1],
             rejoin_interval=self._rejoin_interval,
             exit_when_isolated=self._exit_when_isolated,
+            disable_coordinates=self._disable_coordinates,
         )
         nursery = self._background.nursery
         nursery.start_soon(self._receive_datagrams)
@@ -602,8 +607,8 @@ class Node:
     # ------------------------------------------------------------------ plumbing
 
     def _flush(self, wake_timers: bool = True) -> None:
-        """Carry out what the stack asked for, and let the timer task re-read its deadline
-        (an input may have brought it closer).
+        """Carry out what the stack asked for, and wake the timer task if an input brought
+        the next deadline closer than the one it sleeps towards.
 
         Nothing here waits: datagrams go out before the events that report them are
         delivered (a LeaveCompleted comes with the leave's last copies), and a flush cannot
@@ -622,7 +627,9 @@ class Node:
             if not (events or datagrams):
                 break
         if wake_timers:
-            self._wakeup.set()
+            deadline = stack.next_deadline()
+            if (math.inf if deadline is None else deadline) != self._timers_wait_until:
+                self._wakeup.set()
 
     def _send(self, data: bytes, address: Address) -> None:
         """One datagram, on the socket itself: it never blocks (a full send buffer drops the
@@ -683,9 +690,12 @@ class Node:
         stack = self.stack
         while True:
             deadline = stack.next_deadline()
-            with anyio.move_on_at(math.inf if deadline is None else deadline):
+            self._timers_wait_until = math.inf if deadline is None else deadline
+            with anyio.move_on_at(self._timers_wait_until):
                 await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+            self._timers_wait_until = -math.inf
+            if self._wakeup.is_set():
+                self._wakeup = anyio.Event()
             stack.tick(anyio.current_time())
             self._flush(wake_timers=False)
 

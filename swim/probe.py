@@ -45,6 +45,9 @@ class Probe:
     expected_nacks: int = 0
     nacks: int = 0
     done: bool = False
+    direct: bool = True
+    """Still within the probe timeout: an ack now measures the RTT (memberlist hands only
+    these to its ping delegate)."""
 
     def penalty(self) -> int:
         """Health points a failed probe costs: the nacks that did not come (the helpers could
@@ -126,6 +129,9 @@ class Prober:
         if waiter.timer is not None:
             waiter.timer.cancel()
         if isinstance(waiter, Probe):
+            delegate = self._ctx.delegate
+            if waiter.direct and delegate is not None:
+                delegate.ping_completed(waiter.target, self._ctx.now - waiter.start, ack.payload)
             self._succeeded(waiter)
         else:
             waiter.answered = True
@@ -169,6 +175,7 @@ class Prober:
         """No direct ack in time: ask others to probe, and try TCP, until the probe ends."""
         if probe.done:
             return
+        probe.direct = False
         ctx = self._ctx
         config = ctx.config
         end = ctx.timers.schedule(
@@ -235,7 +242,8 @@ class Prober:
             ctx.counters.dropped_packets += 1
             return
         destination = _reply_address(ping.source_addr, ping.source_port, source)
-        ack = wire.encode(wire.Ack(seq_no=ping.seq_no))
+        payload = ctx.delegate.ack_payload() if ctx.delegate is not None else b""
+        ack = wire.encode(wire.Ack(seq_no=ping.seq_no, payload=payload))
         pinger = table.get(ping.source_node)
         if pinger is not None and pinger.state in _ACCUSED:
             # A member we suspect or hold dead is up and reaches us, and has not refuted our

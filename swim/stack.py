@@ -114,6 +114,7 @@ class MemberStack:
         event_size_limit: int = serf_wire.DEFAULT_USER_EVENT_SIZE_LIMIT,
         rejoin_interval: float = 5.0,
         exit_when_isolated: float | None = None,
+        disable_coordinates: bool = False,
     ) -> None:
         if tags is not None:
             meta = serf_wire.encode_tags(tags, config.meta_max_size)
@@ -129,6 +130,7 @@ class MemberStack:
                 event_size_limit=event_size_limit,
                 coalesce_period=coalesce_period,
                 quiescent_period=quiescent_period,
+                disable_coordinates=disable_coordinates,
             )
         self._timers = self.engine.timers
         self._rejoin_interval = rejoin_interval

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from swim import cli
 from swim.agent import (
     AgentError,
     AgentOptions,
@@ -56,6 +57,7 @@ def test_later_files_override_earlier_ones_and_flags_override_files(tmp_path: Pa
             "retry_interval": "1m30s",
             "retry_max_attempts": 4,
             "rejoin_after_leave": True,
+            "disable_coordinates": True,
         },
     )
     second = write(
@@ -78,6 +80,23 @@ def test_later_files_override_earlier_ones_and_flags_override_files(tmp_path: Pa
     assert opts.retry_join == ["10.0.0.9"]
     assert (opts.retry_interval, opts.retry_max) == (90.0, 0)  # -retry-max=0 over the file's 4
     assert opts.rejoin_after_leave
+    assert opts.disable_coordinates
+
+
+def test_disable_coordinates_is_serfs_flag() -> None:
+    assert agent_options("-node=x", "-disable-coordinates").disable_coordinates
+    assert not agent_options("-node=x").disable_coordinates
+
+
+def test_boolean_flags_take_gos_values_and_override_the_files(tmp_path: Path) -> None:
+    file = write(tmp_path / "on.json", {"rejoin_after_leave": True, "disable_coordinates": True})
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    argv = [f"-config-file={file}", "-rejoin=false", "-disable-coordinates=false"]
+    opts = options_from_args(parser.parse_args(cli._go_booleans(parser, argv)))
+    assert not opts.rejoin_after_leave
+    assert not opts.disable_coordinates
+    assert agent_options("-node=x", "-rejoin").rejoin_after_leave
 
 
 def test_without_files_or_flags_the_defaults_are_serfs() -> None:

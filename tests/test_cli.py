@@ -139,3 +139,15 @@ def test_the_command_loads_only_the_event_loop_it_runs() -> None:
             [sys.executable, "-c", probe, backend], capture_output=True, text=True, check=True
         )
         assert done.stdout.strip() == repr([backend])
+
+
+def test_only_a_node_with_a_key_loads_cryptography() -> None:
+    """cryptography (about 8 MiB resident) is loaded by the first keyring, not by the agent."""
+    probe = (
+        "import sys, swim.cli, swim.agent, swim.node, discovery\n"
+        "before = 'cryptography' in sys.modules\n"
+        "swim.wire.Keyring([bytes(16)])\n"
+        "print(before, 'cryptography' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]

@@ -46,6 +46,7 @@ from swim.rpc import (
     parse_rpc_addr,
     serve_rpc,
 )
+from swim.wire.serf import Coordinate
 
 KEY = "s3cret"
 KEY_1 = "T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s="
@@ -72,6 +73,13 @@ def member(name: str, ip: str, status: str = "alive", **tags: str) -> RpcMember:
         delegate_cur=4,
     )
 
+
+COORDINATES = {
+    "web-1": Coordinate((0.003,) + (0.0,) * 7, error=0.2, adjustment=0.0, height=0.0005),
+    "web-2": Coordinate((-0.001,) + (0.0,) * 7, error=0.2, adjustment=0.0005, height=0.0005),
+    "odd": Coordinate((0.0,) * 3, error=0.2, adjustment=0.0, height=0.0),
+}
+"""What the fake agent holds: web-1 <-> web-2 is 4 + 0.5 + 0.5 + 0.5 = 5.5 ms."""
 
 CLUSTER = [
     member("web-1", "10.0.0.1", role="web"),
@@ -119,6 +127,9 @@ class FakeBackend:
 
     def stats(self) -> dict[str, dict[str, str]]:
         return {"agent": {"name": "web-1"}, "serf": {"members": "4", "encrypted": "false"}}
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        return COORDINATES.get(node)
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
         self.subscribers.append(deliver)
@@ -197,6 +208,8 @@ async def test_every_command_round_trips(agent: str, backend: FakeBackend) -> No
             await client.update_tags({"role": "cache"}, ["zone"])
             await client.user_event("deploy", b"\x00v1\xff", coalesce=False)
             assert await client.stats() == backend.stats()
+            assert await client.get_coordinate("web-2") == COORDINATES["web-2"]
+            assert await client.get_coordinate("db-1") is None
             await client.leave()
     assert backend.calls == [
         ("join", ["10.0.0.9", "10.0.0.10:7946"], True),
@@ -599,6 +612,33 @@ async def test_serf_members_prints_what_swim_prints(
     assert await serf("members", f"-rpc-addr={agent}") == (0, members_text(CLUSTER) + "\n")
     v6_json = await serf("members", f"-rpc-addr={agent}", "-name=v6", "-format=json")
     assert v6_json == (0, members_json(CLUSTER[3:]) + "\n")
+
+
+async def test_serf_rtt_and_swim_rtt_print_the_same_estimate(
+    agent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = "Estimated web-1 <-> web-2 rtt: 5.500 ms\n"
+    assert await serf("rtt", f"-rpc-addr={agent}", "web-1", "web-2") == (0, expected)
+    assert await swim("rtt", f"-rpc-addr={agent}", "web-1", "web-2") == 0
+    assert capsys.readouterr().out == expected
+    # one name: against the agent itself (web-1)
+    assert await serf("rtt", f"-rpc-addr={agent}", "web-2") == (
+        0,
+        "Estimated web-2 <-> web-1 rtt: 5.500 ms\n",
+    )
+    assert await swim("rtt", f"-rpc-addr={agent}", "web-2") == 0
+    assert capsys.readouterr().out == "Estimated web-2 <-> web-1 rtt: 5.500 ms\n"
+
+
+async def test_swim_rtt_errors(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = await serf("rtt", f"-rpc-addr={agent}", "db-1", "web-1")
+    assert status == 1 and 'Could not find a coordinate for node "db-1"' in out
+    assert await swim("rtt", f"-rpc-addr={agent}", "db-1", "web-1") == 1
+    assert 'Could not find a coordinate for node "db-1"' in capsys.readouterr().err
+    assert await swim("rtt", f"-rpc-addr={agent}", "odd", "web-1") == 1
+    assert "coordinates of 3 and 8 dimensions" in capsys.readouterr().err
+    assert await swim("rtt", f"-rpc-addr={agent}", "a", "b", "c") == 1
+    assert "give one or two node names" in capsys.readouterr().err
 
 
 async def test_serf_members_filters_and_errors(agent: str) -> None:

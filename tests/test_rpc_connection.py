@@ -5,6 +5,7 @@ Serf's Go clients read (and shoal's server sent before it was sans-IO)."""
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from typing import Any
 
@@ -54,8 +55,10 @@ from swim.rpc.connection import (
     Unreadable,
 )
 from swim.rpc.schema import (
+    CoordinateReply,
     EventRequest,
     ForceLeave,
+    GetCoordinate,
     Handshake,
     InstallKey,
     Join,
@@ -73,6 +76,7 @@ from swim.rpc.schema import (
     Stream,
     Tags,
 )
+from swim.wire.serf import Coordinate
 from tests.test_rpc import CLUSTER, KEY, KEY_1
 
 NOW = 1000.0
@@ -192,11 +196,6 @@ def test_an_unknown_command_is_answered_then_closes() -> None:
 
 def test_serf_commands_shoal_does_not_serve_keep_the_connection() -> None:
     connection = server()
-    # get-coordinate returns a body Serf's client waits for; monitor returns none.
-    assert answered(connection, {"Command": "get-coordinate", "Seq": 1}, {"Node": "web-1"}) == [
-        {"Seq": 1, "Error": UNSUPPORTED_COMMAND},
-        {},
-    ]
     assert answered(connection, {"Command": "monitor", "Seq": 2}, {"LogLevel": "debug"}) == [
         {"Seq": 2, "Error": UNSUPPORTED_COMMAND}
     ]
@@ -429,6 +428,35 @@ def test_replies_and_errors_carry_the_body_their_command_returns() -> None:
         objects = (header | {"Seq": seq}, body) if body is not None else (header | {"Seq": seq},)
         request(connection, *objects)
         assert unpack(connection.send(reply)) == wire
+
+
+def test_a_coordinate_reply_is_serfs_coordinate_response_byte_for_byte() -> None:
+    connection = server()
+    ask = {"Command": "get-coordinate", "Seq": 1}
+    assert request(connection, ask, {"Node": "web-1"}) == Request(1, GetCoordinate("web-1"))
+    coordinate = Coordinate((0.5,) + (0.0,) * 7, error=1.5, adjustment=0.25, height=1e-5)
+    sent = connection.send(CoordinateReply(coordinate))
+    header = msgpack.packb({"Seq": 1, "Error": ""})
+    assert sent.startswith(header)
+    body = sent[len(header) :]
+    # struct fields in Go's sorted order, every number a float64, as go-msgpack writes them
+    assert body == (
+        b"\x82\xa5Coord\x84\xaaAdjustment\xcb"
+        + struct.pack(">d", 0.25)
+        + b"\xa5Error\xcb"
+        + struct.pack(">d", 1.5)
+        + b"\xa6Height\xcb"
+        + struct.pack(">d", 1e-5)
+        + b"\xa3Vec\x98"
+        + b"".join(b"\xcb" + struct.pack(">d", x) for x in coordinate.vec)
+        + b"\xa2Ok\xc3"
+    )
+    # none known: Go's zero coordinate (a nil vector) and Ok false
+    request(connection, ask | {"Seq": 2}, {"Node": "ghost"})
+    assert unpack(connection.send(CoordinateReply(None))) == [
+        {"Seq": 2, "Error": ""},
+        {"Coord": {"Adjustment": 0.0, "Error": 0.0, "Height": 0.0, "Vec": None}, "Ok": False},
+    ]
 
 
 def test_a_failure_takes_the_exception_message_or_its_type() -> None:

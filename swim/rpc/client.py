@@ -42,6 +42,7 @@ from swim.rpc.schema import (
 )
 from swim.serf.layer import QueryOptions
 from swim.sockets import connect_failure
+from swim.wire.serf import Coordinate
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,12 @@ class RpcClient:
     async def stats(self) -> dict[str, dict[str, str]]:
         """The agent's figures by section, as ``serf info`` shows them."""
         return self._body(await self._request(schema.Stats()), schema.StatsReply).sections
+
+    async def get_coordinate(self, node: str) -> Coordinate | None:
+        """The network coordinate the agent holds for member ``node``, or None when it has
+        none (not probed yet, unknown, or coordinates disabled)."""
+        reply = await self._request(schema.GetCoordinate(node))
+        return self._body(reply, schema.CoordinateReply).coordinate
 
     async def install_key(self, key: str) -> RpcKeyResult:
         """Install the base64 ``key`` on every member (``serf keys -install``).  Raises

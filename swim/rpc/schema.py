@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Final, TypeVar
 import msgpack
 
 from swim.wire.errors import DecodeError
+from swim.wire.serf import Coordinate
 from swim.wire.structs import Field, Kind, StructCodec
 
 DEFAULT_RPC_ADDR: Final = "127.0.0.1:7373"
@@ -572,6 +573,15 @@ class Stats:
     FIELDS: ClassVar[tuple[Field, ...]] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class GetCoordinate:
+    """The network coordinate the agent holds for member ``node`` (``serf rtt``)."""
+
+    COMMAND: ClassVar[str] = "get-coordinate"
+    FIELDS: ClassVar[tuple[Field, ...]] = (Field("Node", "node", _STR),)
+    node: str = ""
+
+
 RequestBody = (
     Handshake
     | Auth
@@ -591,6 +601,7 @@ RequestBody = (
     | RpcQuery
     | Respond
     | Stats
+    | GetCoordinate
 )
 """A request to every command shoal serves; ``COMMAND`` names it."""
 
@@ -615,6 +626,7 @@ REQUESTS: Final[Mapping[str, type[RequestBody]]] = {
         RpcQuery,
         Respond,
         Stats,
+        GetCoordinate,
     )
 }
 """The request of each command shoal serves; the rest of :data:`SERF_COMMANDS` it refuses."""
@@ -647,7 +659,18 @@ class StatsReply:
     sections: dict[str, dict[str, str]]
 
 
-ReplyBody = Joined | MemberList | RpcKeyResult | StatsReply
+@dataclass(frozen=True, slots=True)
+class CoordinateReply:
+    """A member's network coordinate, or None when the agent has none for it (Serf's
+    ``coordinateResponse``: a zero coordinate and ``Ok`` false)."""
+
+    coordinate: Coordinate | None
+
+
+MAX_COORDINATE_DIMENSIONS: Final = 64
+"""Most dimensions a coordinate in a reply may have (Serf's have 8)."""
+
+ReplyBody = Joined | MemberList | RpcKeyResult | StatsReply | CoordinateReply
 
 REPLIES: Final[Mapping[str, type[ReplyBody]]] = {
     "join": Joined,
@@ -658,6 +681,7 @@ REPLIES: Final[Mapping[str, type[ReplyBody]]] = {
     "remove-key": RpcKeyResult,
     "list-keys": RpcKeyResult,
     "stats": StatsReply,
+    "get-coordinate": CoordinateReply,
 }
 """The reply body of each command shoal serves that returns one."""
 
@@ -732,6 +756,8 @@ def encode_reply_body(body: ReplyBody | None, command: str) -> bytes:
     for a failed one (Serf's clients read a body even when the reply is an error)."""
     if isinstance(body, StatsReply):
         return pack(body.sections)
+    if isinstance(body, CoordinateReply):
+        return pack(_coordinate_map(body.coordinate))
     if isinstance(body, RpcKeyResult):
         keys = _CODECS[RpcKeyResult].to_map(body)
         if command != "list-keys":
@@ -745,10 +771,54 @@ def encode_reply_body(body: ReplyBody | None, command: str) -> bytes:
 def decode_reply_body(command: str, value: object) -> ReplyBody:
     """The body of a reply to ``command``, which returns one."""
     cls = REPLIES[command]
+    if cls is CoordinateReply:
+        return _coordinate_reply(_map(value, "the get-coordinate reply"))
     if cls is not StatsReply:
         return decode(cls, value, f"the {command} reply")
     sections = _map(value, "the stats reply")
     return StatsReply({_text(k, "a stats section"): _text_map(v, k) for k, v in sections.items()})
+
+
+def _coordinate_map(coordinate: Coordinate | None) -> dict[str, object]:
+    """Serf's ``coordinateResponse``: the struct's fields in Go's (sorted) order, and Go's
+    zero coordinate (a nil vector) when there is none."""
+    if coordinate is None:
+        zero = {"Adjustment": 0.0, "Error": 0.0, "Height": 0.0, "Vec": None}
+        return {"Coord": zero, "Ok": False}
+    fields = {
+        "Adjustment": float(coordinate.adjustment),
+        "Error": float(coordinate.error),
+        "Height": float(coordinate.height),
+        "Vec": [float(x) for x in coordinate.vec],
+    }
+    return {"Coord": fields, "Ok": True}
+
+
+def _number(value: object, key: str) -> float:
+    if type(value) is float or (type(value) is int and abs(value) < 1 << 53):
+        return float(value)
+    if value is None:
+        return 0.0
+    raise _type_error(key, value, "a number")
+
+
+def _coordinate_reply(reply: dict[Any, Any]) -> CoordinateReply:
+    if not _flag(reply.get("Ok"), "Ok"):
+        return CoordinateReply(None)
+    fields = _map(reply.get("Coord"), "Coord")
+    vec = fields.get("Vec")
+    if vec is None:
+        vec = []
+    if type(vec) is not list or len(vec) > MAX_COORDINATE_DIMENSIONS:
+        raise _type_error("Vec", vec, f"a list of at most {MAX_COORDINATE_DIMENSIONS} numbers")
+    return CoordinateReply(
+        Coordinate(
+            vec=tuple(_number(x, "Vec") for x in vec),
+            error=_number(fields.get("Error"), "Error"),
+            adjustment=_number(fields.get("Adjustment"), "Adjustment"),
+            height=_number(fields.get("Height"), "Height"),
+        )
+    )
 
 
 def encode_event(event: RpcEvent) -> bytes:

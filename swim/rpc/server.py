@@ -48,6 +48,7 @@ from swim.rpc.schema import (
     RpcQueryRecord,
 )
 from swim.sockets import serve_connections
+from swim.wire.serf import Coordinate
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,11 @@ class AgentBackend(Protocol):
 
     def stats(self) -> dict[str, dict[str, str]]:
         """Figures for operators, grouped by section (``serf info`` prints them)."""
+        ...
+
+    def coordinate(self, node: str) -> Coordinate | None:
+        """The network coordinate held for member ``node`` (this agent's for its own name),
+        or None: none known yet, or coordinates disabled."""
         ...
 
     def subscribe(self, deliver: Callable[[RpcEvent], None]) -> Callable[[], None]:
@@ -462,6 +468,8 @@ async def _call(backend: AgentBackend, body: RequestBody) -> Reply:
         await backend.set_tags(dict(body.tags), list(body.delete))
     elif isinstance(body, schema.Stats):
         return schema.StatsReply(backend.stats())
+    elif isinstance(body, schema.GetCoordinate):
+        return schema.CoordinateReply(backend.coordinate(body.node))
     elif isinstance(body, schema.InstallKey):
         return await backend.install_key(body.key)
     elif isinstance(body, schema.UseKey):

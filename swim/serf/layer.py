@@ -19,6 +19,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Generic, TypedDict, TypeVar, Unpack
 
 from swim import wire
@@ -33,9 +34,11 @@ from swim.events import (
 )
 from swim.logs import bump
 from swim.members import Address, Member, MemberState, ip_bytes, ip_text, name_problem
+from swim.serf.coordinate import CoordinateClient, CoordinateRejected
 from swim.timers import TimerKind
 from swim.wire import serf as msg
 from swim.wire.crypto import KeyringError
+from swim.wire.serf import Coordinate
 
 log = logging.getLogger("swim.serf")
 
@@ -246,6 +249,11 @@ class SerfStatistics:
     """New user events or queries the de-duplication ring had no room for."""
     intents_refused: int = 0
     """Intents about unknown members past :data:`MAX_INTENTS`, or with impossible names."""
+    coordinates_rejected: int = 0
+    """Ack payloads whose coordinate could not be read or used (wrong version, malformed,
+    NaN or infinite, wrong dimensions, implausibly large), or with an impossible RTT."""
+    coordinate_resets: int = 0
+    """Times our own coordinate became invalid and started over (Serf's stat of that name)."""
 
 
 @dataclass(slots=True)
@@ -293,6 +301,7 @@ class Serf:
         event_size_limit: int = msg.DEFAULT_USER_EVENT_SIZE_LIMIT,
         coalesce_period: float = 0.0,
         quiescent_period: float = 0.0,
+        disable_coordinates: bool = False,
     ) -> None:
         self.engine = engine
         self._coalesce_period = coalesce_period
@@ -333,6 +342,15 @@ class Serf:
         """The next query's serial (none is 0, an absent ID's value on the RPC wire)."""
         self._leaving = False
         self._out: list[SerfEvent] = []
+        self._vivaldi: CoordinateClient | None = None
+        self._coordinates: dict[str, Coordinate] = {}
+        """The last coordinate each member's ack carried, and ours (Serf's cache)."""
+        self._ack_payload = b""
+        if not disable_coordinates:
+            # a stream of its own (seeded by the name): the engine's draws stay as they were
+            self._vivaldi = CoordinateClient(random.Random(f"vivaldi {engine.name}"))
+            self._coordinates[engine.name] = self._vivaldi.coordinate
+            self._ack_payload = msg.encode_coordinate(self._vivaldi.coordinate)
         self._schedule(self._now + REAP_INTERVAL, TimerKind.SERF_REAP, self._reap)
         self._on_node_join(engine.local_member)
         engine.attach(self)
@@ -420,7 +438,40 @@ class Serf:
                         continue
                     self._on_user_event(msg.UserEvent(slot.ltime, event.name, event.payload))
 
+    def ack_payload(self) -> bytes:
+        """Our coordinate after Serf's version byte, for acks (none when disabled)."""
+        return self._ack_payload
+
+    def ping_completed(self, name: str, rtt: float, payload: bytes) -> None:
+        """Update our coordinate from a direct ping's RTT and the coordinate its ack carried
+        (``ping_delegate.go NotifyPingComplete``); bad payloads are dropped and counted."""
+        vivaldi = self._vivaldi
+        if vivaldi is None or not payload or name not in self._members:
+            return  # a member that sends no coordinate (not Serf) simply gets none
+        try:
+            theirs = msg.decode_coordinate(payload)
+            resets = vivaldi.resets
+            mine = vivaldi.update(name, theirs, rtt)
+        except (wire.DecodeError, CoordinateRejected) as exc:
+            self._statistics = bump(self._statistics, "coordinates_rejected")
+            log.debug("rejected the coordinate in %s's ack: %s", name, exc)
+            return
+        if vivaldi.resets != resets:
+            self._statistics = bump(self._statistics, "coordinate_resets")
+        self._coordinates[name] = theirs
+        self._coordinates[self.engine.name] = mine
+        self._ack_payload = msg.encode_coordinate(mine)
+
     # ------------------------------------------------------------------ commands
+
+    def coordinate(self, name: str) -> Coordinate | None:
+        """The last coordinate member ``name`` sent us (ours for our name), or None: none
+        came yet, or coordinates are disabled (Serf's ``GetCachedCoordinate``)."""
+        return self._coordinates.get(name)
+
+    def coordinates(self) -> Mapping[str, Coordinate]:
+        """Every coordinate held, ours included, by member name (a read-only view)."""
+        return MappingProxyType(self._coordinates)
 
     def members(self) -> list[SerfMember]:
         return list(self._members.values())
@@ -687,6 +738,9 @@ class Serf:
     def _forget(self, name: str) -> None:
         member = self._members.pop(name)
         self._departed.pop(name, None)
+        self._coordinates.pop(name, None)
+        if self._vivaldi is not None:
+            self._vivaldi.forget(name)
         self._out.append(MemberReaped(name, member))
 
     def _reap(self) -> None:

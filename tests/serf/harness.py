@@ -94,6 +94,7 @@ class Layer:
         reconnect_timeout: float = 24 * 3600.0,
         tombstone_timeout: float = 24 * 3600.0,
         event_size_limit: int = msg.DEFAULT_USER_EVENT_SIZE_LIMIT,
+        disable_coordinates: bool = False,
     ) -> None:
         self.now = now
         self.stack = MemberStack(
@@ -106,6 +107,7 @@ class Layer:
             now=now,
             tombstone_timeout=tombstone_timeout,
             event_size_limit=event_size_limit,
+            disable_coordinates=disable_coordinates,
         )
         self.engine = self.stack.engine
         assert self.stack.serf is not None
