@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from discovery.catalog import Health, Instance
 from discovery.gateway.view import DATACENTER, CatalogView, NodeEntry, instance_id
 from discovery.records import RegistrationError, ServiceRecord, check_name
+from swim import __version__
 from swim.config import parse_duration
 
 DEFAULT_WAIT = 300.0
@@ -328,8 +329,6 @@ def _agent_members(view: CatalogView, q: Mapping[str, str], blocking: bool) -> A
 
 
 def _agent_self(view: CatalogView, q: Mapping[str, str], blocking: bool) -> Action:
-    from swim import __version__  # noqa: PLC0415 (the package's version only)
-
     local = view.nodes.get(view.local_node)
     return _json(
         {
