@@ -108,6 +108,8 @@ def _instance_entry(instance: Instance) -> dict[str, Any]:
         "weight": instance.weight,
         "revision": instance.revision,
         "metadata": None if instance.metadata_address is None else list(instance.metadata_address),
+        "tags": list(instance.tags),
+        "id": instance.instance_id,
     }
 
 
@@ -117,6 +119,9 @@ def _instance(cluster: str, entry: Mapping[str, Any]) -> Instance:
         raise ValueError(f"an entry has a field of the wrong type: {entry!r}")
     metadata = entry["metadata"]
     metadata_address = None if metadata is None else (str(metadata[0]), int(metadata[1]))
+    tags = entry.get("tags", [])  # absent from caches written before tags travelled
+    if not isinstance(tags, list):
+        raise ValueError(f"an entry's tags are not a list: {entry!r}")
     return Instance(
         service=str(entry["service"]),
         node=str(entry["node"]),
@@ -128,4 +133,6 @@ def _instance(cluster: str, entry: Mapping[str, Any]) -> Instance:
         metadata_address=metadata_address,
         cluster=cluster,
         stale=True,
+        tags=tuple(str(tag) for tag in tags),
+        instance_id=str(entry.get("id", "")),
     )

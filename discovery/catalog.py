@@ -63,6 +63,10 @@ class Instance:
     cluster: str = ""
     stale: bool = False
     """Loaded from the cache file and not yet confirmed by gossip."""
+    tags: tuple[str, ...] = ()
+    """The instance's service tags (Consul's ``Tags``)."""
+    instance_id: str = ""
+    """Its ID as registered (Consul's ``ID``); empty when that is the service name."""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -180,6 +184,8 @@ class Catalog:
                 incarnation=member.incarnation,
                 metadata_address=metadata_address,
                 cluster=self.cluster,
+                tags=service.tags,
+                instance_id=service.instance_id,
             )
             for name, service in record.services.items()
         }

@@ -170,14 +170,20 @@ class ServiceHost:
         weight: int = DEFAULT_WEIGHT,
         host: str | None = None,
         metadata: Metadata | None = None,
+        tags: Iterable[str] = (),
+        instance_id: str = "",
     ) -> ServiceRecord:
-        """Advertise a service instance on this node (replacing one of the same name).
+        """Advertise a service instance on this node (replacing one of the same name);
+        ``tags`` and ``instance_id`` are Consul's service Tags and ID, for the gateway.
 
         Raises :class:`~discovery.records.RegistrationError` for a bad field and
         :class:`~discovery.records.RegistrationTooLarge` when the tags would not fit.
         """
         packed = encode_metadata(metadata or {})
-        record = ServiceRecord(port, group, version, weight, revision_of(packed), host)
+        revision = revision_of(packed)
+        record = ServiceRecord(
+            port, group, version, weight, revision, host, tuple(tags), instance_id
+        )
         registration = _Registration(record, dict(metadata or {}))
         async with self._tags_lock:
             await self._publish({**self._registrations, check_name(name): registration})

@@ -6,7 +6,10 @@ One tag per instance, readable by any Serf user (``serf members -tag svc.orders=
 
 ``p`` port (required), ``g`` group, ``v`` version, ``w`` weight (default 100), ``r`` metadata
 revision in hex (absent: no metadata; see :mod:`discovery.introspection`), ``h`` host when the
-service listens elsewhere than the node's address.  Defaults are left out, so a record takes
+service listens elsewhere than the node's address, ``t`` tags joined by ``;`` (Consul's service
+tags: the gateway and DNS filter on them), ``i`` an instance ID when it differs from the
+service name (Consul's ``ID``).  A node advertises one instance per service name (the tag key
+is the name).  Defaults are left out, so a record takes
 some 30 bytes and the default 512-byte metadata limit holds about fifteen services.  Two
 node-level tags sit beside them: ``svc-meta=<port>``, where the node's metadata service
 listens, and ``svc-draining=1`` while the node drains; they use ``-`` rather than ``.`` so that
@@ -32,6 +35,8 @@ MAX_WEIGHT = 65_535
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_.:+/@~-]{0,64}\Z")
 _HOST = re.compile(r"[A-Za-z0-9_.:-]{1,253}\Z")
+TAG_SEPARATOR = ";"
+MAX_TAGS = 16
 
 
 class RegistrationError(ValueError):
@@ -62,6 +67,9 @@ class ServiceRecord:
     weight: int = DEFAULT_WEIGHT
     revision: int = 0
     host: str | None = None
+    tags: tuple[str, ...] = ()
+    instance_id: str = ""
+    """Empty: the service name is the instance's ID."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65_536:
@@ -77,6 +85,18 @@ class ServiceRecord:
                 )
         if self.host is not None and not _HOST.match(self.host):
             raise RegistrationError(f"host {self.host!r} is not an IP address or host name")
+        if len(self.tags) > MAX_TAGS:
+            raise RegistrationError(f"{len(self.tags)} tags, over the limit of {MAX_TAGS}")
+        for tag in self.tags:
+            if not tag or not _LABEL.match(tag):
+                raise RegistrationError(
+                    f"tag {tag!r} is invalid; use 1-64 letters, digits or _.:+/@~- per tag"
+                )
+        if self.instance_id and not _NAME.match(self.instance_id):
+            raise RegistrationError(
+                f"instance ID {self.instance_id!r} is invalid; use 1-63 letters, digits, '_', "
+                "'.' or '-', starting with a letter or digit"
+            )
 
     def encode(self) -> str:
         """The tag value: ``p=8080`` and every field that differs from its default."""
@@ -91,6 +111,10 @@ class ServiceRecord:
             fields.append(f"r={self.revision:x}")
         if self.host is not None:
             fields.append(f"h={self.host}")
+        if self.tags:
+            fields.append(f"t={TAG_SEPARATOR.join(self.tags)}")
+        if self.instance_id:
+            fields.append(f"i={self.instance_id}")
         return ",".join(fields)
 
     @classmethod
@@ -112,6 +136,8 @@ class ServiceRecord:
                 weight=int(fields.get("w", DEFAULT_WEIGHT)),
                 revision=int(fields.get("r", "0"), 16),
                 host=fields.get("h"),
+                tags=tuple(fields["t"].split(TAG_SEPARATOR)) if fields.get("t") else (),
+                instance_id=fields.get("i", ""),
             )
         except ValueError as exc:
             raise RegistrationError(f"bad field in {text!r}: {exc}") from None

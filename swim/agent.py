@@ -26,6 +26,8 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup, TaskStatus
 
+from discovery.gateway import Gateway, ListenError
+from discovery.host import ServiceHost
 from swim import keys, wire
 from swim.agentconfig import (
     DEFAULT_RETRY_INTERVAL,
@@ -36,6 +38,16 @@ from swim.agentconfig import (
     flag_settings,
     load_settings,
     readable_by_others,
+)
+from swim.agentgateway import (
+    DRAIN_TIMEOUT,
+    GatewayOptions,
+    GatewaySettingsError,
+    add_gateway_arguments,
+    drain,
+    gateway_options,
+    listen_flag,
+    start_gateway,
 )
 from swim.background import Background
 from swim.config import Config, ConfigError, parse_duration
@@ -147,6 +159,8 @@ class AgentOptions:
     event_handler_timeout: float = HANDLER_TIMEOUT
     metrics_addr: tuple[str, int] | None = None
     """Where to serve ``GET /metrics`` (Prometheus' text format); None: nowhere."""
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    """``-http-addr``, ``-dns-addr`` and the config file's ``services``."""
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +219,7 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help="event loop to run on (default: trio)",
     )
     add_config_arguments(parser)
+    add_gateway_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> AgentOptions:
@@ -279,6 +294,10 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
             f"{MIN_RETRY_INTERVAL:g}s"
         )
         retry_interval = MIN_RETRY_INTERVAL
+    try:
+        gateway = gateway_options(settings)
+    except GatewaySettingsError as exc:
+        raise AgentError(str(exc)) from None
     return AgentOptions(
         node=node,
         bind=_address(origin("bind"), settings.bind or "0.0.0.0:7946", 7946, any_port=True),
@@ -303,6 +322,7 @@ def options_from_settings(settings: AgentSettings, *, event_loop: str = "trio") 
         retry_interval=retry_interval,
         retry_max=retry_max,
         warnings=tuple(warnings),
+        gateway=gateway,
     )
 
 
@@ -453,6 +473,8 @@ class NodeBackend:
         """The ``-event-handler`` scripts, whose figures :meth:`stats` reports."""
         self.logs = LogHub()
         """The log lines RPC monitors get, once :meth:`LogHub.install` ed."""
+        self.gateway: Gateway | None = None
+        """The ``-http-addr`` / ``-dns-addr`` gateway, whose counters :meth:`stats` reports."""
 
     def members(self) -> list[RpcMember]:
         return [_rpc_member(m) for m in self._node.serf.members()]
@@ -516,6 +538,7 @@ class NodeBackend:
                 for event, name in script.filters
             },
             **({"handlers": _strings(self.handlers.statistics())} if self.handlers else {}),
+            **({"gateway": _gateway_section(self.gateway)} if self.gateway else {}),
         }
 
     def coordinate(self, node: str) -> Coordinate | None:
@@ -605,6 +628,17 @@ def _task_count(loop: str) -> int:
     import asyncio  # noqa: PLC0415
 
     return len(asyncio.all_tasks())
+
+
+def _gateway_section(gateway: Gateway) -> dict[str, str]:
+    """The gateway's counters: ``http.NAME`` and ``dns.NAME``, and its index."""
+    section = {"index": str(gateway.view.index)}
+    for prefix, counters in (
+        ("http", gateway.http_statistics()),
+        ("dns", gateway.dns_statistics()),
+    ):
+        section.update({f"{prefix}.{k}": v for k, v in _strings(counters).items()})
+    return section
 
 
 def _rpc_section(stats: RpcServerStatistics) -> dict[str, str]:
@@ -741,6 +775,9 @@ async def run_agent(
             raise AgentError(advice) from None
         if options.metrics_addr is not None:
             await _start_metrics(nursery, options.metrics_addr, node, rpc_server, backend)
+        services = None
+        if options.gateway.wanted:
+            backend.gateway, services = await _start_gateway(stack, node, options.gateway)
         if handle_signals:
             nursery.start_soon(_wait_for_signal, shutdown)
         try:
@@ -759,6 +796,9 @@ async def run_agent(
             nursery.start_soon(_retry_join, node, options)
         task_status.started(RunningAgent(node, (rpc_host, rpc_port)))
         await shutdown.wait()
+        if services is not None and node.engine.local_member.state is not MemberState.LEFT:
+            with anyio.move_on_after(DRAIN_TIMEOUT + config.leave_timeout + 2.0):
+                await drain(services)
         if node.engine.local_member.state is not MemberState.LEFT:
             log.info("leaving the cluster")
             with anyio.move_on_after(config.leave_timeout + 2.0):
@@ -793,6 +833,25 @@ async def _start_metrics(
         example = f"-metrics-addr=127.0.0.1:{port}"
         raise AgentError(_listen_advice("-metrics-addr", host, port, exc, example)) from None
     log.info("serving metrics at http://%s/metrics", format_address((host, port)))
+
+
+async def _start_gateway(
+    stack: AsyncExitStack, node: Node, options: GatewayOptions
+) -> tuple[Gateway | None, ServiceHost]:
+    """The agent's services and gateway; a listener that fails names its flag and the fix."""
+    try:
+        gateway, host = await start_gateway(stack, node, options)
+    except ListenError as exc:
+        flag = listen_flag(exc)
+        example = f"{flag}=127.0.0.1:{exc.port}"
+        raise AgentError(_listen_advice(flag, exc.host, exc.port, exc.cause, example)) from None
+    except GatewaySettingsError as exc:
+        raise AgentError(str(exc)) from None
+    listening = (gateway.http_address, gateway.dns_address) if gateway else (None, None)
+    for name, address in zip(("HTTP API", "DNS"), listening, strict=True):
+        if address is not None:
+            log.info("gateway: %s at %s", name, format_address(address))
+    return gateway, host
 
 
 def _start_handlers(

@@ -57,9 +57,16 @@ class AgentSettings:
     retry_max_attempts: int | None = None
     rejoin_after_leave: bool | None = None
     disable_coordinates: bool | None = None
+    http_addr: str | None = None
+    dns_addr: str | None = None
+    domain: str | None = None
+    dns_ttl: float | None = None
+    http_token: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     start_join: tuple[str, ...] = ()
     retry_join: tuple[str, ...] = ()
+    services: tuple[Mapping[str, Any], ...] = ()
+    """Service definitions (Consul's JSON: Name, ID, Port, Address, Tags, Meta) to register."""
     origins: Mapping[str, str] = field(default_factory=dict)
     """Where each value said came from: ``-bind``, or ``config file PATH: bind``."""
     warnings: tuple[str, ...] = ()
@@ -88,8 +95,15 @@ FLAGS = {
     "tags": "-tag",
     "start_join": "-join",
     "retry_join": "-retry-join",
+    "http_addr": "-http-addr",
+    "dns_addr": "-dns-addr",
+    "domain": "-domain",
+    "dns_ttl": "-dns-ttl",
+    "http_token": "-http-token",
+    "services": "services",
 }
-"""serf's config keys that ``swim agent`` reads, and the flag each one stands for."""
+"""serf's config keys that ``swim agent`` reads (and the gateway's, named as Consul's), and the
+flag each one stands for (``services`` has none: only a config file says it)."""
 
 _KINDS = {
     "tags": "tags",
@@ -99,6 +113,8 @@ _KINDS = {
     "retry_max_attempts": "integer",
     "rejoin_after_leave": "boolean",
     "disable_coordinates": "boolean",
+    "dns_ttl": "duration",
+    "services": "services",
 }
 """The JSON type of each key that is not a plain string."""
 
@@ -137,10 +153,13 @@ MAX_CONFIG_FILE = 1 << 20
 """Bytes a config file may hold: far more than any has, and a device given by mistake (such as
 /dev/zero) is refused rather than read without end."""
 
-SECRET_KEYS = ("encrypt_key", "rpc_auth")
+SECRET_KEYS = ("encrypt_key", "rpc_auth", "http_token")
 """Keys whose values let whoever reads them into the cluster or the RPC endpoint."""
 
 _LISTS = ("start_join", "retry_join")
+CONFIG_ONLY = ("services",)
+"""Keys with no flag: only a config file says them."""
+MAX_SERVICES = 64
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +206,9 @@ def flag_settings(args: argparse.Namespace) -> AgentSettings:
     config file's value stands unless a flag overrides it)."""
     said: dict[str, Any] = {}
     for key, flag in FLAGS.items():
-        value = getattr(args, flag[1:].replace("-", "_"))
+        if key in CONFIG_ONLY:
+            continue
+        value = getattr(args, flag[1:].replace("-", "_"), None)
         if value is not None and value != []:
             said[key] = value
     tags: dict[str, str] = {}
@@ -210,6 +231,14 @@ def flag_settings(args: argparse.Namespace) -> AgentSettings:
                 f"-retry-max {text!r}: expected how many attempts, such as 5 (0: no limit)"
             )
         said["retry_max_attempts"] = int(text)
+    if "dns_ttl" in said:
+        text = said["dns_ttl"]
+        try:
+            said["dns_ttl"] = (
+                float(text) if text.isascii() and text.isdigit() else parse_duration(text)
+            )
+        except ValueError as exc:
+            raise SettingsError(f"-dns-ttl: {exc}") from None
     origins = {key: FLAGS[key] for key in [*said, *(["tags"] if tags else [])] if key not in _LISTS}
     return AgentSettings(**said, tags=tags, origins=origins)
 
@@ -235,6 +264,7 @@ def merge(base: AgentSettings, over: AgentSettings) -> AgentSettings:
     changes["tags"] = {**base.tags, **over.tags}
     for name in _LISTS:
         changes[name] = getattr(base, name) + getattr(over, name)
+    changes["services"] = base.services + over.services
     changes["origins"] = {**base.origins, **over.origins}
     changes["warnings"] = base.warnings + over.warnings
     return dataclasses.replace(base, **changes)
@@ -310,31 +340,43 @@ def _known_keys(key: str) -> str:
 def _typed(where: str, key: str, value: object) -> object:
     """``value`` checked against the type of ``key``; a duration comes back in seconds."""
     kind = _KINDS.get(key, "string")
-    wrong = f"{where}: {key}: expected {{}}, got {json.dumps(value)}"
+    got = json.dumps(value)
+
+    def wrong(expected: str) -> str:  # not str.format: the value may hold braces
+        return f"{where}: {key}: expected {expected}, got {got}"
+
     if kind == "string" and not isinstance(value, str):
-        raise SettingsError(wrong.format("a string") + f"; put it in quotes: {_quoted(value)}")
+        raise SettingsError(wrong("a string") + f"; put it in quotes: {_quoted(value)}")
     if kind == "boolean" and not isinstance(value, bool):
-        raise SettingsError(wrong.format("true or false") + "; write it without quotes")
+        raise SettingsError(wrong("true or false") + "; write it without quotes")
     if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
         fix = f"; write it without quotes: {value}" if _whole(value) else ", such as 3"
-        raise SettingsError(wrong.format("a whole number") + fix)
+        raise SettingsError(wrong("a whole number") + fix)
     if kind == "strings":
         if isinstance(value, str):
-            raise SettingsError(wrong.format("a list") + f"; write it as [{json.dumps(value)}]")
+            raise SettingsError(wrong("a list") + f"; write it as [{json.dumps(value)}]")
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise SettingsError(wrong.format('a list of strings, such as ["10.0.0.5:7946"]'))
+            raise SettingsError(wrong('a list of strings, such as ["10.0.0.5:7946"]'))
     if kind == "tags":
         if not isinstance(value, dict):
-            raise SettingsError(wrong.format('an object of strings, such as {"role": "web"}'))
+            raise SettingsError(wrong('an object of strings, such as {"role": "web"}'))
         for tag, text in value.items():
             if not isinstance(text, str):
                 raise SettingsError(
                     f"{where}: {key}.{tag}: expected a string, got {json.dumps(text)}; put it "
                     f"in quotes: {_quoted(text)}"
                 )
+    if kind == "services":
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise SettingsError(
+                wrong('a list of service objects, such as [{"Name": "web", "Port": 80}]')
+            )
+        if len(value) > MAX_SERVICES:
+            raise SettingsError(f"{where}: {key}: {len(value)} services, over {MAX_SERVICES}")
+        return tuple(value)
     if kind == "duration":
         if not isinstance(value, str):
-            raise SettingsError(wrong.format("a duration") + f'; give it a unit: "{value}s"')
+            raise SettingsError(wrong("a duration") + f'; give it a unit: "{value}s"')
         try:
             return parse_duration(value)
         except ValueError as exc:

@@ -198,6 +198,9 @@ def test_a_serf_setting_swim_lacks_is_ignored_with_a_warning(tmp_path: Path) -> 
         ('{"tags": {"n": 1}}', 'tags.n: expected a string, got 1; put it in quotes: "1"'),
         ('{"retry_interval": 30}', "retry_interval: expected a duration, got 30; give it a unit"),
         ('{"retry_interval": "30 s"}', "retry_interval: '30 s' is not a duration such as 5s"),
+        ('{"start_join": {"a": 1}}', 'start_join: expected a list of strings, such as ["10.0'),
+        ('{"services": [1]}', "services: expected a list of service objects"),
+        ('{"http_token": 5}', "http_token: expected a string, got 5"),
     ],
 )
 def test_a_bad_config_file_is_one_line_naming_the_file_the_key_and_the_fix(
@@ -261,3 +264,27 @@ def test_the_retry_flags_are_checked_and_a_short_interval_is_raised_as_serf_does
 )
 def test_durations_are_gos(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_the_gateway_settings_come_from_files_and_flags(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "agent.json",
+        {
+            "http_addr": "8500",
+            "dns_addr": ":8600",
+            "http_token": "s3cret",
+            "services": [{"Name": "web", "Port": 80, "Tags": ["a"]}],
+        },
+    )
+    gateway = agent_options(f"-config-file={config}", "-domain=consul", "-dns-ttl=30s").gateway
+    assert gateway.http == ("127.0.0.1", 8500)  # a port alone listens on loopback
+    assert gateway.dns == ("127.0.0.1", 8600)
+    assert (gateway.domain, gateway.dns_ttl, gateway.token) == ("consul.", 30, "s3cret")
+    assert [(s.name, s.port, s.tags) for s in gateway.services] == [("web", 80, ("a",))]
+    assert agent_options().gateway.http is None  # off unless given
+
+
+def test_a_service_defined_twice_is_refused(tmp_path: Path) -> None:
+    web = {"Name": "web", "Port": 80}
+    config = write(tmp_path / "agent.json", {"services": [web, {**web, "Port": 81}]})
+    assert "is defined twice" in refusal(f"-config-file={config}")

@@ -1,6 +1,7 @@
 """The layers hold: imports run one way, and the sans-IO layers touch no I/O framework.
 
-DESIGN.md: bytes -> wire -> member stack -> (runtime | simulator) -> discovery.  Every module
+DESIGN.md: bytes -> wire -> member stack -> (runtime | simulator) -> discovery -> agent (the
+agent runs discovery's gateway and service host).  Every module
 of the packages is placed in a layer here (a new module must be placed too), and each may
 import only from its own layer or those below.  Nothing in the wire, the member stack or the
 simulator imports trio, anyio or asyncio.
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("swim", "discovery", "simulator")
 
-WIRE, STACK, RUNTIME, AGENT, DISCOVERY = range(5)
+WIRE, STACK, RUNTIME, DISCOVERY, AGENT = range(5)
 """Layers, lowest first.  The simulator sits beside the runtime: at the runtime's rank, but it
 may not import the runtime (see SIDE_BY_SIDE)."""
 
@@ -55,6 +56,8 @@ LAYERS: dict[str, int] = {
     "swim.agent": AGENT,
     "swim.demo": AGENT,
     "swim.cli": AGENT,
+    "swim.agentconfig": AGENT,
+    "swim.agentgateway": AGENT,  # the agent's gateway: above discovery, which it runs
     "simulator": RUNTIME,
     "discovery": DISCOVERY,
 }

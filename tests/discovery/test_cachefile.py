@@ -17,7 +17,8 @@ from tests.discovery.helpers import member
 
 def test_a_catalog_survives_the_file(tmp_path: Path) -> None:
     catalog = Catalog("core")
-    catalog.apply(member("a", {"web": ServiceRecord(8080, "blue", "2", 5, 9)}))
+    record = ServiceRecord(8080, "blue", "2", 5, 9, tags=("x", "y"), instance_id="web-a")
+    catalog.apply(member("a", {"web": record}))
     catalog.apply(member("b", state=MemberState.DEAD))
     path = tmp_path / "cache.json"
     cachefile.save(path, {"core": cachefile.snapshot(catalog)})
@@ -26,6 +27,7 @@ def test_a_catalog_survives_the_file(tmp_path: Path) -> None:
     assert web.stale and web.health is Health.ALIVE
     assert web.address == ("10.0.0.1", 8080) and web.metadata_address == ("10.0.0.1", 9000)
     assert (web.group, web.version, web.weight, web.revision) == ("blue", "2", 5, 9)
+    assert (web.tags, web.instance_id) == (("x", "y"), "web-a")
     assert loaded["core"].services == ("web",)
     assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]  # no temporary left
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -106,3 +109,24 @@ def test_too_many_registrations_name_the_size_and_the_limit() -> None:
 def test_fourteen_services_with_metadata_fit_the_default_limit() -> None:
     services = {f"service-{i:02}": ServiceRecord(8000 + i, revision=2**32 - 1) for i in range(14)}
     assert check_size(write_tags({}, services, metadata_port=9000, draining=True), 512) <= 512
+
+
+def test_tags_and_an_instance_id_travel_in_the_record() -> None:
+    record = ServiceRecord(8080, tags=("blue", "v1.2"), instance_id="web-2")
+    assert record.encode() == "p=8080,t=blue;v1.2,i=web-2"
+    assert ServiceRecord.decode(record.encode()) == record
+    assert ServiceRecord.decode("p=8080").tags == ()  # records without them still read
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"tags": ("a;b",)}, "tag 'a;b' is invalid"),
+        ({"tags": ("",)}, "tag '' is invalid"),
+        ({"tags": tuple(f"t{n}" for n in range(17))}, "17 tags, over the limit of 16"),
+        ({"instance_id": "-x"}, "instance ID '-x' is invalid"),
+    ],
+)
+def test_bad_tags_and_ids_are_refused_saying_why(fields: dict[str, Any], said: str) -> None:
+    with pytest.raises(RegistrationError, match=re.escape(said)):
+        ServiceRecord(80, **fields)

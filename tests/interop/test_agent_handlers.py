@@ -91,7 +91,8 @@ async def test_a_user_event_reaches_a_swim_handler_as_it_reaches_serfs(agents: A
     environments = {}
     for who in ("serf", "shoal"):
         environments[who] = (await written(agents.directory / f"{who}.env", who)).splitlines()
-        assert (agents.directory / f"{who}.stdin").read_text() == "v1\n", who
+        # the handler writes .stdin after .env: wait for it too, or a loaded machine races
+        assert await written(agents.directory / f"{who}.stdin", who) == "v1\n", who
     shoal_env = dict(line.split("=", 1) for line in environments["shoal"])
     assert shoal_env == {
         "SERF_EVENT": "user",
