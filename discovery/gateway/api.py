@@ -149,7 +149,7 @@ def _blocking(
     client sees the lower index and starts over."""
     if blocking and "index" in query:
         text_index = query["index"]
-        if not (text_index.isascii() and text_index.isdigit()):
+        if not (text_index.isascii() and text_index.isdigit() and len(text_index) <= 20):
             raise BadRequest(f"Invalid index {text_index!r}: give the X-Consul-Index last seen")
         wait = parse_wait(query["wait"]) if query.get("wait") else DEFAULT_WAIT
         if int(text_index) == view.index and wait > 0:
@@ -408,7 +408,7 @@ def parse_registration(body: bytes) -> Registration:
     ``Meta``; keys in any case, as Consul reads them); :class:`BadRequest` says what is wrong."""
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise BadRequest("Request decode failed: the body is not JSON") from None
     if not isinstance(raw, dict):
         raise BadRequest('Request decode failed: expected an object such as {"Name": "web"}')

@@ -54,6 +54,9 @@ class Limits:
     """Seconds to send one whole request; a slower client gets 408 (DNS: is cut off)."""
     max_header_bytes: int = 16_384
     max_body_bytes: int = 65_536
+    write_timeout: float = 10.0
+    """Seconds a client gets to take one reply; one that does not read is cut off, so that
+    it cannot hold a connection slot for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ class HttpStatistics:
     refused: int = 0
     """Connections beyond ``max_connections``, answered 503 and closed."""
     broken: int = 0
+    internal_errors: int = 0
+    """Requests whose handling failed (a bug): answered 500 and logged."""
 
 
 class ListenError(Exception):
@@ -230,7 +235,7 @@ class Gateway:
                     self._count("refused")
                     connection = h11.Connection(h11.SERVER)
                     busy = api.text(503, "Too many connections; try again later")
-                    await _send_reply(connection, stream, busy, close=True, unsolicited=True)
+                    await self._send(connection, stream, busy, close=True, unsolicited=True)
                     return
                 async with self._http_slots:
                     await self._http_requests(stream)
@@ -251,23 +256,44 @@ class Gateway:
                 late = api.text(
                     408, f"Request timeout: send a request within {limits.read_timeout:g} s"
                 )
-                await _send_reply(connection, stream, late, close=True, unsolicited=True)
+                await self._send(connection, stream, late, close=True, unsolicited=True)
                 return
             if request is None:
                 return
             if isinstance(request, api.Reply):
                 self._count("bad_requests")
-                await _send_reply(connection, stream, request, close=True)
+                await self._send(connection, stream, request, close=True)
                 return
             self._count("requests")
-            reply = await self._answer(request)
+            try:
+                reply = await self._answer(request)
+            except Exception:  # a bug must cost this request, not the gateway and its agent
+                self._count("internal_errors")
+                log.exception("internal error answering %s %s", request.method, request.target)
+                reply = api.text(500, "Internal error; the gateway's log has the details")
             if reply.status in (400, 403, 413):
                 self._count("bad_requests")
             head = request.method == "HEAD"
-            await _send_reply(connection, stream, reply, close=False, head=head)
+            if not await self._send(connection, stream, reply, close=False, head=head):
+                return
             if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                 return
             connection.start_next_cycle()
+
+    async def _send(
+        self,
+        connection: h11.Connection,
+        stream: SocketStream,
+        reply: api.Reply,
+        **options: bool,
+    ) -> bool:
+        """Send ``reply`` unless the client takes longer than ``write_timeout`` to read it;
+        False when it was cut off."""
+        with anyio.move_on_after(self._limits.write_timeout):
+            await _send_reply(connection, stream, reply, **options)
+            return True
+        self._count("timeouts")
+        return False
 
     async def _read_request(
         self, connection: h11.Connection, stream: SocketStream
@@ -415,7 +441,10 @@ class Gateway:
                         del buffer[:end]
                         if reply is None:
                             return
-                        await stream.send(len(reply).to_bytes(2, "big") + reply)
+                        with anyio.move_on_after(self._limits.write_timeout) as sending:
+                            await stream.send(len(reply).to_bytes(2, "big") + reply)
+                        if sending.cancelled_caught:
+                            return  # a client that does not read its answers
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                     return
 
@@ -496,5 +525,6 @@ _REASONS = {
     408: "Request Timeout",
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }

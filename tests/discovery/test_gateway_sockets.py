@@ -168,6 +168,32 @@ async def test_malformed_http_is_400_and_the_gateway_keeps_serving() -> None:
         assert started.http_statistics().bad_requests == 2
 
 
+async def test_requests_that_would_break_a_parser_are_400_and_never_end_the_gateway() -> None:
+    async with gateway() as (started, _):
+        address = address_of(started)
+        huge_index = "/v1/catalog/services?index=" + "9" * 5000
+        assert (await request(address, "GET", huge_index))[0] == 400
+        nested = b"[" * 60_000
+        assert (await request(address, "PUT", "/v1/agent/service/register", nested))[0] == 400
+        assert (await request(address, "GET", "/v1/agent/self"))[0] == 200
+
+
+async def test_a_client_that_never_reads_its_replies_is_cut_off() -> None:
+    """Pipelined requests whose replies are never read would fill the socket buffers and
+    hold the connection's slot for good; the write timeout frees it."""
+    async with gateway(Limits(max_connections=1, write_timeout=0.3)) as (started, _):
+        address = address_of(started)
+        hog = await anyio.connect_tcp(*address)
+        async with hog:
+            with anyio.fail_after(LIMIT):
+                ask = b"GET /v1/catalog/nodes HTTP/1.1\r\nHost: t\r\n\r\n" * 200
+                with anyio.move_on_after(2.0):  # until the gateway stops reading us
+                    for _ in range(2_000):
+                        await hog.send(ask)
+                await wait_until(lambda: started.http_statistics().timeouts >= 1)
+            assert (await request(address, "GET", "/v1/agent/self"))[0] == 200
+
+
 async def test_oversized_headers_and_bodies_are_refused() -> None:
     async with gateway(Limits(max_header_bytes=1024, max_body_bytes=100)) as (started, _):
         address = address_of(started)
