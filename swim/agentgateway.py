@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from discovery.gateway import Gateway, ListenError
+from discovery.gateway import Gateway, ListenError, register
 from discovery.gateway.api import BadRequest, Registration, parse_registration
 from discovery.gateway.dns import DEFAULT_DOMAIN
 from discovery.host import ServiceHost
@@ -144,14 +144,7 @@ async def start_gateway(
     host = await stack.enter_async_context(ServiceHost(node))
     for service in options.services:
         try:
-            await host.register(
-                service.name,
-                service.port,
-                host=service.address,
-                tags=service.tags,
-                instance_id="" if service.instance_id == service.name else service.instance_id,
-                metadata=service.meta,
-            )
+            await register(host, service)
         except (RegistrationError, ValueError) as exc:
             raise GatewaySettingsError(f"services: {service.name!r}: {exc}") from None
     if options.http is None and options.dns is None:

@@ -6,6 +6,6 @@ node's view; :mod:`discovery.gateway.api` and :mod:`discovery.gateway.dns` decid
 answer without I/O.
 """
 
-from discovery.gateway.server import Gateway, HttpStatistics, Limits, ListenError
+from discovery.gateway.server import Gateway, HttpStatistics, Limits, ListenError, register
 
-__all__ = ["Gateway", "HttpStatistics", "Limits", "ListenError"]
+__all__ = ["Gateway", "HttpStatistics", "Limits", "ListenError", "register"]

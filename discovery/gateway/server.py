@@ -373,19 +373,11 @@ class Gateway:
                 )
             if registered_id == registration.instance_id and name != registration.name:
                 return api.text(400, f"ID {registered_id!r} is already used by service {name!r}")
-        given_id = registration.instance_id
         try:
-            await host.register(
-                registration.name,
-                registration.port,
-                host=registration.address,
-                tags=registration.tags,
-                instance_id="" if given_id == registration.name else given_id,
-                metadata=registration.meta,
-            )
+            await register(host, registration)
         except (RegistrationError, ValueError) as exc:
             return api.text(400, f"Invalid service: {exc}")
-        log.info("registered service %s (ID %s)", registration.name, given_id)
+        log.info("registered service %s (ID %s)", registration.name, registration.instance_id)
         self.resync()
         return api.Reply(200, b"")
 
@@ -464,6 +456,21 @@ def _local(listener: MultiListener[SocketStream]) -> tuple[str, int]:
     address = listener.listeners[0].extra(SocketAttribute.local_address)
     assert isinstance(address, tuple)
     return str(address[0]), int(address[1])
+
+
+async def register(host: ServiceHost, registration: api.Registration) -> None:
+    """Advertise a Consul service definition through ``host``, as the HTTP API and the agent's
+    config file both do; the ID travels only when it differs from the name.  Raises what
+    :meth:`ServiceHost.register` raises for a registration it cannot advertise."""
+    given_id = registration.instance_id
+    await host.register(
+        registration.name,
+        registration.port,
+        host=registration.address,
+        tags=registration.tags,
+        instance_id="" if given_id == registration.name else given_id,
+        metadata=registration.meta,
+    )
 
 
 async def _send_reply(
