@@ -36,11 +36,11 @@ class Throttle:
 S = TypeVar("S")
 
 
-def bump(snapshot: S, counter: str) -> S:
-    """``snapshot`` (a frozen dataclass of counters) with one more ``counter``: components
-    whose counters change rarely keep their statistics as an immutable snapshot and replace it
-    on each count, so that :meth:`statistics` hands it out as it is."""
-    return dataclasses.replace(snapshot, **{counter: getattr(snapshot, counter) + 1})  # type: ignore[type-var]
+def bump(snapshot: S, counter: str, by: int = 1) -> S:
+    """``snapshot`` (a frozen dataclass of counters) with ``counter`` raised by ``by``:
+    components whose counters change rarely keep their statistics as an immutable snapshot and
+    replace it on each count, so that :meth:`statistics` hands it out as it is."""
+    return dataclasses.replace(snapshot, **{counter: getattr(snapshot, counter) + by})  # type: ignore[type-var]
 
 
 def held_back(count: int) -> str:

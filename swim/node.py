@@ -17,7 +17,7 @@ import random
 import socket
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -459,11 +459,8 @@ class Node:
             max(map(len, self._subscribers), default=0),
         )
 
-    def _count(self, counter: str) -> None:
-        self._runtime = bump(self._runtime, counter)
-
-    def _count_bytes(self, counter: str, size: int) -> None:
-        self._runtime = replace(self._runtime, **{counter: getattr(self._runtime, counter) + size})
+    def _count(self, counter: str, by: int = 1) -> None:
+        self._runtime = bump(self._runtime, counter, by)
 
     def events(self) -> EventStream:
         """Subscribe to events from now on (membership, user messages, isolation)."""
@@ -800,7 +797,7 @@ class Node:
             self._flush()
             if reply is not None:
                 await stream.send(reply)
-                self._count_bytes("stream_bytes_out", len(reply))
+                self._count("stream_bytes_out", len(reply))
 
     async def _read_stream(self, stream: SocketStream, first: bytes = b"") -> IncomingStream:
         """Read one message off ``stream``; past :data:`LARGE_STREAM` bytes, decode in a worker
@@ -824,7 +821,7 @@ class Node:
                 if done:
                     return incoming
         finally:
-            self._count_bytes("stream_bytes_in", received)
+            self._count("stream_bytes_in", received)
 
     async def _outbound_stream(self, request: StreamRequest) -> None:
         incoming: IncomingStream | None = None
@@ -836,7 +833,7 @@ class Node:
                 self._count("outbound_streams")
                 async with stream:
                     await stream.send(request.data)
-                    self._count_bytes("stream_bytes_out", len(request.data))
+                    self._count("stream_bytes_out", len(request.data))
                     if request.expects_reply:
                         incoming = await self._read_stream(stream)
             except OSError as exc:
